@@ -1,0 +1,354 @@
+"""Video datasets for SMILE pretraining and fine-tuning.
+
+Pretraining sample: decode -> multi-scale crop -> (background) -> motion infusion -> mask,
+returning `(clip uint8 [3, T, H, W], mask bool [N], object_tokens bool [N])`; mask True =
+masked, object_tokens True = token covered by an infused object. The clip stays uint8 so the
+workers and the host-to-device copy move a quarter of the bytes: ImageNet normalisation
+(`utils.normalize_video`) runs once on the training device.
+Fine-tuning sample: decode -> crop/flip (train) or resize + crop views (eval) -> normalised
+float clip [3, T, H, W].
+"""
+import glob
+import os
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+import masking_generator
+import motion_infusion
+from utils import normalize_video
+from video_io import (BadInputTracker, VideoDecodeError, dense_indices, read_clip,
+                      segment_indices)
+
+DATASET_CLASSES = {"Kinetics-400": 400, "SSV2": 174, "UCF101": 101, "HMDB51": 51}
+MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def add_args(parser):
+    group = parser.add_argument_group("data")
+    group.add_argument("--data_path", default=None,
+                       help="pretraining: the train list file; fine-tuning: the folder holding "
+                            "train.csv / val.csv / test.csv ('PATH LABEL' lines)")
+    group.add_argument("--data_root", default="", help="prefix for relative paths in the lists")
+    group.add_argument("--data_set", default="Kinetics-400", choices=tuple(DATASET_CLASSES))
+    group.add_argument("--nb_classes", type=int, default=None,
+                       help="number of classes (default: the dataset's own)")
+    group.add_argument("--num_frames", type=int, default=16)
+    group.add_argument("--sampling_rate", type=int, default=4,
+                       help="frame stride of dense sampling (VideoMAE: 4 K400, 2 SSv2)")
+    group.add_argument("--input_size", type=int, default=224)
+    group.add_argument("--short_side_size", type=int, default=224,
+                       help="evaluation: resize the short side to this before cropping views")
+    group.add_argument("--test_num_segment", type=int, default=5)
+    group.add_argument("--test_num_crop", type=int, default=3)
+    group.add_argument("--video_backend", default="decord", choices=("decord", "pyav"))
+    group.add_argument("--background", default="video", choices=motion_infusion.BACKGROUNDS,
+                       help="what objects move over (paper Table 7): the video, one of its "
+                            "frames, a still image from --background_path, black or noise")
+    group.add_argument("--background_path", default=None,
+                       help="folder of still images for --background image")
+    group.add_argument("--num_synthetic_clips", type=int, default=10000,
+                       help="epoch length for --background black/noise (no dataset needed)")
+    group.add_argument("--max_bad_fraction", type=float, default=0.05,
+                       help="stop when more than this fraction of samples cannot be read")
+    group.add_argument("--max_retries", type=int, default=10,
+                       help="unreadable samples in a row before giving up")
+    group.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def check_args(args):
+    """Raise ValueError (one line) for data settings that cannot work."""
+    masking_generator.token_grid(args.num_frames, args.input_size, args.patch_size,
+                                 args.tubelet_size)
+    if not 0 < args.mask_ratio < 1:
+        raise ValueError(f"--mask_ratio must be in (0, 1), got {args.mask_ratio}")
+    if not 0 <= args.traj_unmask_ratio <= 1:
+        raise ValueError(f"--traj_unmask_ratio must be in [0, 1], got {args.traj_unmask_ratio}")
+    if not 0 <= args.infusion_prob <= 1:
+        raise ValueError(f"--infusion_prob must be in [0, 1], got {args.infusion_prob}")
+    if args.num_objects < 1:
+        raise ValueError(f"--num_objects must be >= 1, got {args.num_objects}")
+    if args.background in ("video", "frame") and not args.data_path:
+        raise ValueError(f"--background {args.background} needs --data_path")
+    if args.data_path and args.background in ("video", "frame") and not os.path.exists(
+            args.data_path):
+        raise ValueError(f"--data_path {args.data_path} does not exist")
+    if args.background == "image" and not (args.background_path
+                                           and os.path.isdir(args.background_path)):
+        raise ValueError("--background image needs --background_path, a folder of images")
+    if args.objects_path and not os.path.isdir(args.objects_path):
+        raise ValueError(f"--objects_path {args.objects_path} is not a folder")
+
+
+def read_list(path, root="", require_label=True):
+    """'PATH LABEL' lines -> [(path, label)]. Paths may contain spaces; the label is the last
+    field. Without require_label a bare path is allowed (label -1)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"annotation list {path} not found")
+    entries = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+                entries.append((os.path.join(root, parts[0]), int(parts[1])))
+            elif not require_label:
+                entries.append((os.path.join(root, line), -1))
+            else:
+                raise ValueError(f"{path}:{lineno}: expected 'PATH LABEL' with an integer "
+                                 f"label, got {line!r}")
+    if not entries:
+        raise ValueError(f"annotation list {path} has no entries")
+    return entries
+
+
+# ---------------------------------------------------------------- spatial transforms
+def resize(frames, width, height):
+    return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)
+                     for f in frames])
+
+
+def multi_scale_crop(frames, size, rng, scales=MULTI_SCALES, max_distort=1):
+    """VideoMAE/TSN GroupMultiScaleCrop: crop sides from `scales` x short side (aspect distorted
+    by at most `max_distort` scale steps) at one of 13 fixed positions, then resize to size²."""
+    height, width = frames.shape[1:3]
+    base = min(height, width)
+    sides = [size if abs(int(base * s) - size) < 3 else int(base * s) for s in scales]
+    pairs = [(w, h) for i, h in enumerate(sides) for j, w in enumerate(sides)
+             if abs(i - j) <= max_distort]
+    crop_w, crop_h = pairs[rng.integers(len(pairs))]
+    step_x, step_y = (width - crop_w) / 4, (height - crop_h) / 4
+    grid = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0),
+            (1, 1), (3, 1), (1, 3), (3, 3)]
+    gx, gy = grid[rng.integers(len(grid))]
+    x0, y0 = int(gx * step_x), int(gy * step_y)
+    return resize(frames[:, y0:y0 + crop_h, x0:x0 + crop_w], size, size)
+
+
+def random_resized_crop(frames, size, rng, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3)):
+    """Same crop for every frame: area fraction in `scale`, log-uniform aspect in `ratio`."""
+    height, width = frames.shape[1:3]
+    for _ in range(10):
+        area = height * width * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+        w, h = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            x0, y0 = rng.integers(width - w + 1), rng.integers(height - h + 1)
+            return resize(frames[:, y0:y0 + h, x0:x0 + w], size, size)
+    side = min(height, width)  # fall back to a centre square
+    y0, x0 = (height - side) // 2, (width - side) // 2
+    return resize(frames[:, y0:y0 + side, x0:x0 + side], size, size)
+
+
+def resize_short_side(frames, short_side):
+    height, width = frames.shape[1:3]
+    if min(height, width) == short_side:
+        return frames
+    s = short_side / min(height, width)
+    return resize(frames, max(int(round(width * s)), short_side),
+                  max(int(round(height * s)), short_side))
+
+
+def view_crop(frames, size, view, num_views):
+    """Square crop number `view` of `num_views` evenly spaced along the long side."""
+    height, width = frames.shape[1:3]
+    slack_y, slack_x = height - size, width - size
+    where = 0.5 if num_views == 1 else view / (num_views - 1)
+    y0 = int(round(slack_y * where)) if slack_y > slack_x else slack_y // 2
+    x0 = int(round(slack_x * where)) if slack_x >= slack_y else slack_x // 2
+    return frames[:, y0:y0 + size, x0:x0 + size]
+
+
+def to_tensor(frames):
+    """uint8 [T, H, W, 3] -> uint8 tensor [3, T, H, W] (a view, no copy)."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)
+
+
+def list_images(folder):
+    paths = sorted(p for p in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
+                   if p.lower().endswith(IMAGE_SUFFIXES))
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    return paths
+
+
+def read_image(path):
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise VideoDecodeError(path, "not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)[None]
+
+
+# ---------------------------------------------------------------- datasets
+class _RetryingDataset(Dataset):
+    """Draws a different sample when one cannot be read, within the tracker's bounds.
+    Each attempt gets its own rng from (seed, epoch, index, attempt): reproducible per seed and
+    independent of how samples are spread over workers."""
+
+    def __init__(self, seed, tracker):
+        self.seed = seed
+        self.epoch = 0
+        self.tracker = tracker
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def rng(self, index, attempt=0):
+        return np.random.default_rng([self.seed, self.epoch, index, attempt])
+
+    def retrying(self, index, load):
+        attempt = 0
+        while True:  # bounded: the tracker raises after max_retries failures in a row
+            rng = self.rng(index, attempt)
+            try:
+                out = load(index, rng)
+            except (VideoDecodeError, motion_infusion.ObjectImageError) as err:
+                self.tracker.failed(err.path, getattr(err, "reason", str(err)))
+                attempt += 1
+                index = int(rng.integers(len(self)))
+                continue
+            self.tracker.succeeded()
+            return out
+
+
+class PretrainingDataset(_RetryingDataset):
+    """Clips for SMILE pretraining from a video list or a synthetic background."""
+
+    def __init__(self, args, entries, infuser, mask_generator):
+        super().__init__(args.seed, BadInputTracker(args.max_bad_fraction, args.max_retries))
+        self.entries = entries
+        self.args = args
+        self.infuser = infuser
+        self.mask_generator = mask_generator
+        self.grid = mask_generator.grid
+        self.images = list_images(args.background_path) if args.background == "image" else None
+
+    def __len__(self):
+        if self.entries is not None:
+            return len(self.entries)
+        if self.images is not None:
+            return len(self.images)
+        return self.args.num_synthetic_clips
+
+    def background(self, index, rng):
+        """uint8 [T, S, S, 3] after crop and resize, before infusion."""
+        a = self.args
+        if a.background == "image":
+            still = multi_scale_crop(read_image(self.images[index]), a.input_size, rng)[0]
+            return motion_infusion.still_background("image", a.num_frames, a.input_size,
+                                                    a.input_size, rng, image=still)
+        if a.background in ("black", "noise"):
+            return motion_infusion.still_background(a.background, a.num_frames, a.input_size,
+                                                    a.input_size, rng)
+        frames = read_clip(self.entries[index][0], a.video_backend,
+                           lambda n: dense_indices(n, a.num_frames, a.sampling_rate, rng))
+        frames = multi_scale_crop(frames, a.input_size, rng)
+        if a.background == "frame":
+            return motion_infusion.still_background("frame", a.num_frames, a.input_size,
+                                                    a.input_size, rng, clip=frames)
+        return frames
+
+    def stages(self, index, rng):
+        """Every intermediate of one sample (for the engine and for pictures)."""
+        a = self.args
+        original = self.background(index, rng)
+        infused, objects = original, None
+        object_tokens = np.zeros(int(np.prod(self.grid)), dtype=bool)
+        if rng.uniform() < a.infusion_prob:
+            infused, objects = self.infuser(original, rng)
+            object_tokens = masking_generator.object_tokens(objects, a.traj_region, self.grid,
+                                                            a.patch_size, a.tubelet_size)
+        mask = self.mask_generator(rng, object_tokens)
+        return dict(original=original, infused=infused, objects=objects, mask=mask,
+                    object_tokens=object_tokens)
+
+    def __getitem__(self, index):
+        s = self.retrying(index, self.stages)
+        return (to_tensor(s["infused"]), torch.from_numpy(s["mask"]),
+                torch.from_numpy(s["object_tokens"]))
+
+
+class VideoClsDataset(_RetryingDataset):
+    """Labelled clips for fine-tuning and evaluation.
+
+    train: random clip, random resized crop, flip unless `flip` is False -> (clip, label).
+    validation: one centre view; test: test_num_segment x test_num_crop views per video.
+    Evaluation never substitutes another video for a bad one: it returns
+    (clip, label, video_index, view_index, ok) with ok False and a zero clip instead.
+    """
+
+    def __init__(self, args, entries, mode, segment_sampling, flip):
+        super().__init__(args.seed, BadInputTracker(args.max_bad_fraction, args.max_retries))
+        self.args, self.entries, self.mode = args, entries, mode
+        self.segment_sampling, self.flip = segment_sampling, flip
+        self.num_segments = args.test_num_segment if mode == "test" else 1
+        self.num_crops = args.test_num_crop if mode == "test" else 1
+
+    def __len__(self):
+        views = 1 if self.mode == "train" else self.num_segments * self.num_crops
+        return len(self.entries) * views
+
+    def indices(self, rng=None, view=0, num_views=1):
+        a = self.args
+        if self.segment_sampling:
+            return lambda n: segment_indices(n, a.num_frames, rng, view, num_views)
+        return lambda n: dense_indices(n, a.num_frames, a.sampling_rate, rng, view, num_views)
+
+    def load_train(self, index, rng):
+        path, label = self.entries[index]
+        frames = read_clip(path, self.args.video_backend, self.indices(rng))
+        frames = random_resized_crop(frames, self.args.input_size, rng)
+        if self.flip and rng.uniform() < 0.5:
+            frames = frames[:, :, ::-1]
+        return normalize_video(to_tensor(frames)), label
+
+    def __getitem__(self, index):
+        if self.mode == "train":
+            return self.retrying(index, self.load_train)
+        views = self.num_segments * self.num_crops
+        video_index, view = divmod(index, views)
+        segment, crop = divmod(view, self.num_crops)
+        path, label = self.entries[video_index]
+        a = self.args
+        try:
+            frames = read_clip(path, a.video_backend,
+                               self.indices(view=segment, num_views=self.num_segments))
+        except VideoDecodeError as err:
+            self.tracker.bad.setdefault(err.path, err.reason)
+            clip = torch.zeros(3, a.num_frames, a.input_size, a.input_size)
+            return clip, label, video_index, view, False
+        frames = resize_short_side(frames, max(a.short_side_size, a.input_size))
+        frames = view_crop(frames, a.input_size, crop, self.num_crops)
+        return normalize_video(to_tensor(frames)), label, video_index, view, True
+
+
+def build_pretraining_dataset(args):
+    grid = masking_generator.token_grid(args.num_frames, args.input_size, args.patch_size,
+                                        args.tubelet_size)
+    entries = None
+    if args.background in ("video", "frame"):
+        entries = read_list(args.data_path, args.data_root, require_label=False)
+    infuser = motion_infusion.MotionInfuser(motion_infusion.build_object_bank(args),
+                                            args.num_objects, args.object_fit)
+    return PretrainingDataset(args, entries, infuser,
+                              masking_generator.build_mask_generator(args, grid))
+
+
+def build_dataset(is_train, test_mode, args):
+    """VideoMAE's interface: -> (dataset, nb_classes)."""
+    mode = "train" if is_train else ("test" if test_mode else "validation")
+    split = {"train": "train.csv", "validation": "val.csv", "test": "test.csv"}[mode]
+    entries = read_list(os.path.join(args.data_path, split), args.data_root)
+    nb_classes = args.nb_classes or DATASET_CLASSES[args.data_set]
+    bad = [label for _, label in entries if not 0 <= label < nb_classes]
+    if bad:
+        raise ValueError(f"{split}: label {bad[0]} outside [0, {nb_classes}) for --data_set "
+                         f"{args.data_set}; set --nb_classes")
+    ssv2 = args.data_set == "SSV2"  # TSN sampling, and flipping would swap left/right labels
+    return VideoClsDataset(args, entries, mode, segment_sampling=ssv2, flip=not ssv2), nb_classes

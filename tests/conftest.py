@@ -1,0 +1,46 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
+
+from media import moving_square_frames, write_video  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def video_dir(tmp_path_factory):
+    """Real H.264 files: 4 normal clips in 2 classes, one 3-frame clip and several broken files."""
+    root = tmp_path_factory.mktemp("videos")
+    paths = {}
+    for i in range(4):
+        label = i % 2
+        direction = (1, 0) if label == 0 else (0, 1)
+        paths[f"clip{i}"] = write_video(str(root / f"class{label}" / f"clip{i}.mp4"),
+                                        moving_square_frames(40, 80, 64, seed=i,
+                                                             direction=direction))
+    paths["short"] = write_video(str(root / "short.mp4"), moving_square_frames(3, 80, 64))
+    paths["missing"] = str(root / "does_not_exist.mp4")
+    paths["empty"] = str(root / "empty.mp4")
+    open(paths["empty"], "wb").close()
+    paths["text"] = str(root / "not_a_video.mp4")
+    with open(paths["text"], "w") as f:
+        f.write("this is not a video\n")
+    data = open(paths["clip0"], "rb").read()
+    paths["truncated"] = str(root / "truncated.mp4")
+    with open(paths["truncated"], "wb") as f:
+        f.write(data[:len(data) // 2])
+    return paths
+
+
+def write_list(path, entries):
+    with open(path, "w") as f:
+        f.writelines(f"{p} {label}\n" for p, label in entries)
+    return str(path)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,241 @@
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import datasets
+import video_io
+from conftest import write_list
+from media import moving_square_frames, pretrain_args
+
+
+# ---------------------------------------------------------------- decoding
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_decode_real_video_both_backends(video_dir, backend):
+    source = moving_square_frames(40, 80, 64, seed=0)
+    frames = video_io.read_clip(video_dir["clip0"], backend, lambda n: np.arange(0, 40, 5))
+    assert frames.shape == (8, 64, 80, 3) and frames.dtype == np.uint8
+    # lossy H.264, but it is the same picture
+    assert np.abs(frames.astype(int) - source[::5].astype(int)).mean() < 6
+
+
+def test_backends_agree(video_dir):
+    idx = lambda n: np.array([0, 7, 13, 39])  # noqa: E731
+    a = video_io.read_clip(video_dir["clip1"], "decord", idx)
+    b = video_io.read_clip(video_dir["clip1"], "pyav", idx)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 2
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize("case,reason", [("missing", "not found"), ("empty", "empty file"),
+                                         ("text", None), ("truncated", None)])
+def test_bad_files_raise_decode_error(video_dir, backend, case, reason):
+    with pytest.raises(video_io.VideoDecodeError, match=reason) as info:
+        video_io.read_clip(video_dir[case], backend, lambda n: [0])
+    assert info.value.path == video_dir[case]
+
+
+def test_dense_indices():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        idx = video_io.dense_indices(100, 16, 4, rng)
+        assert (np.diff(idx) == 4).all() and idx[0] >= 0 and idx[-1] <= 99
+    # the window spans (4 - 1) * 4 + 1 = 13 frames, so starts run 0 .. 87
+    assert list(video_io.dense_indices(100, 4, 4)) == [43, 47, 51, 55]  # centre view
+    views = [video_io.dense_indices(100, 4, 4, view=v, num_views=3)[0] for v in range(3)]
+    assert views == [0, 44, 87]
+    assert list(video_io.dense_indices(5, 4, 2)) == [0, 2, 4, 4]  # short: repeat the last
+
+
+def test_segment_indices():
+    rng = np.random.default_rng(0)
+    idx = video_io.segment_indices(80, 8, rng)
+    assert ((idx >= np.arange(8) * 10) & (idx < np.arange(1, 9) * 10)).all()
+    assert list(video_io.segment_indices(80, 8, view=0, num_views=2)) == list(
+        np.arange(8) * 10 + 2)
+    assert video_io.segment_indices(3, 8).max() <= 2
+
+
+# ---------------------------------------------------------------- lists
+def test_read_list(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("a.mp4 3\n\nsub dir/b c.mp4 7\n")
+    assert datasets.read_list(str(path), root="/data") == [("/data/a.mp4", 3),
+                                                         ("/data/sub dir/b c.mp4", 7)]
+
+
+def test_read_list_bad_line_names_file_and_line(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("a.mp4 3\nb.mp4 label\n")
+    with pytest.raises(ValueError, match=r"train.csv:2: expected 'PATH LABEL'"):
+        datasets.read_list(str(path))
+    assert datasets.read_list(str(path), require_label=False)[1] == ("b.mp4 label", -1)
+
+
+# ---------------------------------------------------------------- pretraining
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize("mask_type", ["tube", "trajectory"])
+def test_pretraining_dataset_video(video_dir, tmp_path, backend, mask_type):
+    listing = write_list(tmp_path / "train.csv", [(video_dir[f"clip{i}"], 0) for i in range(4)])
+    args = pretrain_args(background="video", data_path=listing, video_backend=backend,
+                         mask_type=mask_type)
+    datasets.check_args(args)
+    dataset = datasets.build_pretraining_dataset(args)
+    clip, mask, object_tokens = dataset[1]
+    assert clip.shape == (3, 8, 64, 64) and clip.dtype == torch.uint8
+    assert mask.shape == (64,) and mask.dtype == torch.bool and mask.sum() == 4 * int(0.8 * 16)
+    assert object_tokens.shape == (64,) and object_tokens.any()
+    again = dataset[1]
+    assert torch.equal(clip, again[0]) and torch.equal(mask, again[1])  # seeded per sample
+    dataset.set_epoch(1)
+    assert not torch.equal(clip, dataset[1][0])
+
+
+@pytest.mark.parametrize("background", ["frame", "image", "black", "noise"])
+def test_pretraining_backgrounds(video_dir, tmp_path, background):
+    import cv2
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(images / f"{i}.jpg"), np.full((50, 70, 3), 40 * i, np.uint8))
+    listing = write_list(tmp_path / "train.csv", [(video_dir["clip0"], 0)])
+    args = pretrain_args(background=background, data_path=listing,
+                         background_path=str(images), num_synthetic_clips=5)
+    datasets.check_args(args)
+    dataset = datasets.build_pretraining_dataset(args)
+    assert len(dataset) == {"frame": 1, "image": 3, "black": 5, "noise": 5}[background]
+    s = dataset.stages(0, dataset.rng(0))
+    assert (s["original"] == s["original"][0]).all()  # the background itself is still
+    assert not (s["infused"] == s["infused"][0]).all()  # the objects move
+    clip, mask, _ = dataset[0]
+    assert clip.shape == (3, 8, 64, 64)
+
+
+def test_no_infusion_gives_tube_mask(tmp_path):
+    dataset = datasets.build_pretraining_dataset(pretrain_args(infusion_prob=0.0))
+    s = dataset.stages(0, dataset.rng(0))
+    assert s["objects"] is None and not s["object_tokens"].any()
+    assert (s["original"] == s["infused"]).all()
+    per_slice = s["mask"].reshape(4, 16)
+    assert (per_slice == per_slice[0]).all()
+
+
+def test_infusion_probability():
+    dataset = datasets.build_pretraining_dataset(pretrain_args(infusion_prob=0.5,
+                                                               num_synthetic_clips=200))
+    infused = [dataset.stages(i, dataset.rng(i))["objects"] is not None for i in range(200)]
+    assert 0.38 < np.mean(infused) < 0.62
+
+
+def test_short_video_is_padded(video_dir, tmp_path):
+    listing = write_list(tmp_path / "train.csv", [(video_dir["short"], 0)])
+    dataset = datasets.build_pretraining_dataset(pretrain_args(background="video",
+                                                               data_path=listing))
+    clip, mask, _ = dataset[0]
+    assert clip.shape == (3, 8, 64, 64)
+    assert dataset.tracker.failures == 0
+
+
+def test_bad_videos_skipped_counted_reported_once(video_dir, tmp_path, caplog):
+    good = [(video_dir[f"clip{i}"], 0) for i in range(4)] * 10
+    listing = write_list(tmp_path / "train.csv", good + [(video_dir["text"], 0)])
+    args = pretrain_args(background="video", data_path=listing, max_bad_fraction=0.2)
+    dataset = datasets.build_pretraining_dataset(args)
+    bad_index = len(good)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            clip, _, _ = dataset[bad_index]  # a different, readable sample comes back
+            assert clip.shape == (3, 8, 64, 64)
+            dataset.set_epoch(dataset.epoch + 1)
+    assert dataset.tracker.failures == 3
+    assert list(dataset.tracker.bad) == [video_dir["text"]]
+    reports = [r for r in caplog.records if video_dir["text"] in r.getMessage()]
+    assert len(reports) == 1
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "text", "truncated"])
+def test_mostly_bad_dataset_stops_with_paths(video_dir, tmp_path, case):
+    entries = [(video_dir[case], 0)] * 30 + [(video_dir["clip0"], 0)]
+    listing = write_list(tmp_path / "train.csv", entries)
+    args = pretrain_args(background="video", data_path=listing, max_bad_fraction=0.1)
+    dataset = datasets.build_pretraining_dataset(args)
+    with pytest.raises(video_io.BadInputError, match=video_dir[case]):
+        for i in range(len(dataset)):
+            dataset[i]
+
+
+def test_all_bad_never_recurses(video_dir, tmp_path):
+    listing = write_list(tmp_path / "train.csv", [(video_dir["missing"], 0)] * 3)
+    dataset = datasets.build_pretraining_dataset(
+        pretrain_args(background="video", data_path=listing, max_retries=5))
+    with pytest.raises(video_io.BadInputError, match="5 samples in a row"):
+        dataset[0]
+
+
+@pytest.mark.parametrize("override,message", [
+    (dict(num_frames=7), "num_frames 7"),
+    (dict(input_size=100), "input_size 100"),
+    (dict(mask_ratio=1.0), "mask_ratio"),
+    (dict(infusion_prob=1.5), "infusion_prob"),
+    (dict(background="video", data_path=None), "needs --data_path"),
+    (dict(background="video", data_path="/nope.csv"), "does not exist"),
+    (dict(background="image", background_path=None), "background_path"),
+    (dict(objects_path="/nope"), "objects_path"),
+])
+def test_check_args(override, message):
+    with pytest.raises(ValueError, match=message):
+        datasets.check_args(pretrain_args(**override))
+
+
+# ---------------------------------------------------------------- fine-tuning
+def finetune_args(tmp_path, video_dir, data_set, extra=(), **overrides):
+    entries = [(video_dir[f"clip{i}"], i % 2) for i in range(4)] + list(extra)
+    for split in ("train", "val", "test"):
+        write_list(tmp_path / f"{split}.csv", entries)
+    return pretrain_args(data_path=str(tmp_path), data_set=data_set, nb_classes=2,
+                         test_num_segment=2, test_num_crop=3, short_side_size=64, **overrides)
+
+
+@pytest.mark.parametrize("data_set", ["Kinetics-400", "SSV2"])
+def test_finetune_dataset_modes(video_dir, tmp_path, data_set):
+    args = finetune_args(tmp_path, video_dir, data_set)
+    train, nb_classes = datasets.build_dataset(True, False, args)
+    assert nb_classes == 2 and len(train) == 4
+    clip, label = train[1]
+    assert clip.shape == (3, 8, 64, 64) and clip.dtype == torch.float32 and label == 1
+    assert train.segment_sampling == (data_set == "SSV2") and train.flip == (data_set != "SSV2")
+    val, _ = datasets.build_dataset(False, False, args)
+    assert len(val) == 4 and val[0][4] is True
+    test, _ = datasets.build_dataset(False, True, args)
+    assert len(test) == 4 * 2 * 3
+    views = [test[i] for i in range(6)]
+    assert all(v[2] == 0 and v[4] for v in views) and [v[3] for v in views] == list(range(6))
+    assert not torch.equal(views[0][0], views[2][0])  # crops differ
+
+
+def test_finetune_test_never_substitutes_bad_video(video_dir, tmp_path):
+    args = finetune_args(tmp_path, video_dir, "Kinetics-400", extra=[(video_dir["text"], 1)])
+    test, _ = datasets.build_dataset(False, True, args)
+    clip, label, video_index, view, ok = test[4 * 6]
+    assert video_index == 4 and ok is False and label == 1 and not clip.any()
+    assert video_dir["text"] in test.tracker.bad
+
+
+def test_finetune_label_out_of_range(video_dir, tmp_path):
+    args = finetune_args(tmp_path, video_dir, "UCF101", extra=[(video_dir["clip0"], 150)])
+    args.nb_classes = None
+    with pytest.raises(ValueError, match="label 150 outside"):
+        datasets.build_dataset(True, False, args)
+
+
+def test_dataloader_workers(video_dir, tmp_path):
+    listing = write_list(tmp_path / "train.csv", [(video_dir[f"clip{i}"], 0) for i in range(4)])
+    dataset = datasets.build_pretraining_dataset(pretrain_args(background="video",
+                                                               data_path=listing))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2)
+    batches = list(loader)
+    assert len(batches) == 2
+    video, mask, object_tokens = batches[0]
+    assert video.shape == (2, 3, 8, 64, 64) and mask.shape == (2, 64)
+    assert torch.equal(video[0], dataset[0][0])  # workers give what the main process gives

@@ -1,0 +1,64 @@
+"""The house layout (STYLE.md): one-way imports between top-level files, line budgets, and every
+flag that a module defines is read somewhere."""
+import ast
+import glob
+import os
+import re
+
+import pytest
+
+from conftest import ROOT
+
+LOCAL = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*.py"))}
+# what each top-level file may import from the project (anything not listed: nothing)
+ALLOWED = {
+    "datasets": {"motion_infusion", "masking_generator", "video_io", "utils"},
+    "modeling_pretrain": {"modeling_finetune"},
+    "engine_for_pretraining": {"utils"},
+    "engine_for_finetuning": {"utils"},
+    "run_smile_pretraining": {"datasets", "modeling_pretrain", "engine_for_pretraining", "utils",
+                              "motion_infusion", "masking_generator"},
+    "run_class_finetuning": {"datasets", "modeling_finetune", "engine_for_finetuning", "utils",
+                             "masking_generator"},
+}
+BUDGET = {"run_smile_pretraining": 300, "run_class_finetuning": 350, "datasets": 400,
+          "motion_infusion": 400, "masking_generator": 250, "modeling_finetune": 250,
+          "modeling_pretrain": 400, "engine_for_pretraining": 250, "engine_for_finetuning": 300,
+          "utils": 400, "video_io": 250}
+
+
+def local_imports(module):
+    tree = ast.parse(open(os.path.join(ROOT, module + ".py")).read())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names & LOCAL
+
+
+@pytest.mark.parametrize("module", sorted(LOCAL))
+def test_imports_flow_one_way(module):
+    imported = local_imports(module)
+    assert not {m for m in imported if m.startswith("run_")}, "nothing imports an entry point"
+    assert imported <= ALLOWED.get(module, set()), f"{module} imports {imported}"
+
+
+@pytest.mark.parametrize("module", sorted(LOCAL))
+def test_line_budget(module):
+    lines = len(open(os.path.join(ROOT, module + ".py")).read().splitlines())
+    assert module in BUDGET, f"{module}.py has no line budget: add it to STYLE and here"
+    assert lines <= BUDGET[module], f"{module}.py has {lines} lines, budget {BUDGET[module]}"
+
+
+def test_every_flag_is_read():
+    sources = ""
+    for path in glob.glob(os.path.join(ROOT, "**", "*.py"), recursive=True):
+        if f"{os.sep}tests{os.sep}" not in path and ".venv" not in path:
+            sources += open(path).read()
+    defined = set(re.findall(r"add_argument\(\s*\"--([a-z_0-9]+)\"", sources))
+    assert defined
+    unread = {flag for flag in defined
+              if not re.search(rf"\.{flag}\b", sources)}
+    assert not unread, f"flags defined but never read: {sorted(unread)}"

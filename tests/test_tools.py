@@ -1,0 +1,54 @@
+import os
+import shutil
+import subprocess
+import sys
+
+from PIL import Image
+
+from conftest import ROOT
+
+
+def run_tool(*argv):
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_make_lists(video_dir, tmp_path):
+    root = tmp_path / "videos"
+    for name in ("clip0", "clip1", "clip2", "clip3"):
+        src = video_dir[name]
+        dst = root / os.path.basename(os.path.dirname(src)) / os.path.basename(src)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+    shutil.copy(video_dir["text"], root / "class1" / "broken.mp4")
+    out = tmp_path / "lists"
+    result = run_tool("tools/make_lists.py", str(root), str(out), "--val_fraction", "0.5")
+    assert result.returncode == 0, result.stderr
+    assert "1 unreadable" in result.stdout and "broken.mp4" in result.stdout
+    train = (out / "train.csv").read_text().splitlines()
+    val = (out / "val.csv").read_text().splitlines()
+    assert len(train) == 2 and len(val) == 2
+    assert (out / "test.csv").read_text().splitlines() == val
+    assert (out / "classes.txt").read_text().splitlines() == ["0 class0", "1 class1"]
+    for line in train + val:
+        path, label = line.rsplit(" ", 1)
+        assert os.path.basename(os.path.dirname(path)) == f"class{label}"
+
+
+def test_visualize_infusion_writes_png_and_gif(tmp_path):
+    result = run_tool("tools/visualize_infusion.py", "--background", "noise", "--num_frames",
+                      "4", "--input_size", "64", "--output_dir", str(tmp_path), "--index", "2")
+    assert result.returncode == 0, result.stderr
+    assert "tokens masked" in result.stdout
+    png = Image.open(tmp_path / "infusion_2.png")
+    assert png.size == (4 * 64, 3 * 64)  # rows: original, infused, mask overlay
+    gif = Image.open(tmp_path / "infusion_2.gif")
+    assert gif.n_frames == 4
+
+
+def test_visualize_rejects_bad_geometry(tmp_path):
+    result = run_tool("tools/visualize_infusion.py", "--background", "black", "--num_frames",
+                      "5", "--output_dir", str(tmp_path))
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "error: --num_frames 5 is not divisible by the tubelet size 2"]

@@ -1,0 +1,167 @@
+"""Reading clips from video files: decoders, temporal sampling, bad-file accounting.
+
+Decoders return uint8 frames [T, H, W, 3] (RGB) for a list of frame indices chosen by a
+sampling function of the video's length. Every failure is a `VideoDecodeError` naming the file,
+so the dataset can skip it, count it and report it once.
+"""
+import logging
+import os
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class VideoDecodeError(RuntimeError):
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+# ---------------------------------------------------------------- temporal sampling
+def dense_indices(num_video_frames, num_frames, sampling_rate, rng=None, view=0, num_views=1):
+    """`num_frames` frames `sampling_rate` apart (K400-style; all pretraining).
+
+    With `rng` the window starts at a uniformly random frame; without, view `view` of
+    `num_views` starts at evenly spaced positions (the centre for one view). A video shorter
+    than the window repeats its last frame, as VideoMAE's loader does.
+    """
+    window = (num_frames - 1) * sampling_rate + 1
+    slack = max(num_video_frames - window, 0)
+    if rng is not None:
+        start = int(rng.integers(slack + 1))
+    elif num_views == 1:
+        start = slack // 2
+    else:
+        start = int(round(slack * view / (num_views - 1)))
+    return np.minimum(start + np.arange(num_frames) * sampling_rate, num_video_frames - 1)
+
+
+def segment_indices(num_video_frames, num_frames, rng=None, view=0, num_views=1):
+    """One frame per equal segment (TSN-style, SSv2 fine-tuning).
+
+    With `rng` a random frame within each segment; without, view `view` of `num_views` takes
+    the frame at offset (view + 0.5) / num_views through each segment.
+    """
+    segment = num_video_frames / num_frames
+    if rng is not None:
+        offsets = rng.uniform(0, 1, size=num_frames)
+    else:
+        offsets = np.full(num_frames, (view + 0.5) / num_views)
+    index = np.floor((np.arange(num_frames) + offsets) * segment).astype(int)
+    return np.clip(index, 0, num_video_frames - 1)
+
+
+# ---------------------------------------------------------------- decoders
+def _check_file(path):
+    if not os.path.isfile(path):
+        raise VideoDecodeError(path, "file not found")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "empty file")
+
+
+def decode_decord(path, choose_indices):
+    import decord
+    _check_file(path)
+    try:
+        reader = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
+        length = len(reader)
+        if length <= 0:
+            raise VideoDecodeError(path, "no decodable frames")
+        indices = choose_indices(length)
+        frames = reader.get_batch(list(indices)).asnumpy()
+    except VideoDecodeError:
+        raise
+    except Exception as err:  # decord raises its own DECORDError and plain RuntimeErrors
+        raise VideoDecodeError(path, f"decord: {type(err).__name__}: {err}") from err
+    return frames
+
+
+def decode_pyav(path, choose_indices):
+    import av
+    _check_file(path)
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(path, "no video stream")
+            stream = container.streams.video[0]
+            length = stream.frames
+            if length <= 0:  # header without a count: count packets, no decoding needed
+                length = sum(1 for packet in container.demux(stream) if packet.size)
+                container.seek(0)
+            if length <= 0:
+                raise VideoDecodeError(path, "no decodable frames")
+            indices = choose_indices(length)
+            wanted = set(int(i) for i in indices)
+            last = max(wanted)
+            decoded = {}
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    decoded[i] = frame.to_ndarray(format="rgb24")
+                if i >= last:
+                    break
+    except VideoDecodeError:
+        raise
+    except Exception as err:  # av.error.* for broken containers and streams
+        raise VideoDecodeError(path, f"pyav: {type(err).__name__}: {err}") from err
+    missing = wanted.difference(decoded)
+    if missing:
+        raise VideoDecodeError(path, f"truncated: frame {min(missing)} of {length} could not "
+                                     "be decoded")
+    return np.stack([decoded[int(i)] for i in indices])
+
+
+DECODERS = {"decord": decode_decord, "pyav": decode_pyav}
+
+
+def read_clip(path, backend, choose_indices):
+    """uint8 [T, H, W, 3] of the frames `choose_indices(video_length)` picks."""
+    frames = DECODERS[backend](path, choose_indices)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+        raise VideoDecodeError(path, f"decoded an unexpected array of shape {frames.shape}")
+    return frames
+
+
+# ---------------------------------------------------------------- bad input
+class BadInputError(RuntimeError):
+    """Too much of a dataset is unreadable: stop instead of training on what is left."""
+
+
+class BadInputTracker:
+    """Counts samples and failures (per process/worker), reports each bad path once and stops
+    the run when the failed fraction passes `max_fraction` after `min_samples` attempts, or
+    after `max_retries` failures in a row."""
+
+    def __init__(self, max_fraction, max_retries, min_samples=20):
+        self.max_fraction = max_fraction
+        self.max_retries = max_retries
+        self.min_samples = min_samples
+        self.attempts = 0
+        self.failures = 0
+        self.in_a_row = 0
+        self.bad = {}  # path -> reason
+
+    def succeeded(self):
+        self.attempts += 1
+        self.in_a_row = 0
+
+    def failed(self, path, reason):
+        self.attempts += 1
+        self.failures += 1
+        self.in_a_row += 1
+        if path not in self.bad:
+            self.bad[path] = reason
+            log.warning("skipping unreadable input %s (%s); %d bad so far", path, reason,
+                        len(self.bad))
+        if self.in_a_row >= self.max_retries:
+            raise BadInputError(f"{self.in_a_row} samples in a row could not be read; "
+                                f"{self.summary()}")
+        if self.attempts >= self.min_samples and self.failures > self.max_fraction * self.attempts:
+            raise BadInputError(f"{self.failures} of {self.attempts} samples failed, more than "
+                                f"--max_bad_fraction {self.max_fraction}; {self.summary()}")
+
+    def summary(self, limit=3):
+        shown = "; ".join(f"{p} ({r})" for p, r in list(self.bad.items())[:limit])
+        more = len(self.bad) - limit
+        return f"bad files: {shown}" + (f" and {more} more" if more > 0 else "")
