@@ -1,7 +1,8 @@
 """Video datasets for SMILE pretraining and fine-tuning.
 
 Pretraining sample: decode -> multi-scale crop -> (background) -> motion infusion -> mask,
-returning `(clip uint8 [3, T, H, W], mask bool [N], object_tokens bool [N])`; mask True =
+returning `(clip uint8 [3, T, H, W], mask bool [N] (or [K, N] with K masks per clip),
+object_tokens bool [N])`; mask True =
 masked, object_tokens True = token covered by an infused object. The clip stays uint8 so the
 workers and the host-to-device copy move a quarter of the bytes: ImageNet normalisation
 (`utils.normalize_video`) runs once on the training device.
@@ -60,6 +61,18 @@ def add_args(parser):
     return parser
 
 
+# what a stage implies when --mask_type / --infusion_prob are not given
+STAGE_DEFAULTS = {1: dict(mask_type="trajectory", infusion_prob=1.0),
+                  2: dict(mask_type="tube", infusion_prob=0.0)}
+
+
+def resolve_stage(args, stage):
+    """Fill the stage's masking and infusion defaults where the flags were left unset."""
+    for key, value in STAGE_DEFAULTS[stage].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def check_args(args):
     """Raise ValueError (one line) for data settings that cannot work."""
     masking_generator.token_grid(args.num_frames, args.input_size, args.patch_size,
@@ -68,8 +81,10 @@ def check_args(args):
         raise ValueError(f"--mask_ratio must be in (0, 1), got {args.mask_ratio}")
     if not 0 <= args.traj_unmask_ratio <= 1:
         raise ValueError(f"--traj_unmask_ratio must be in [0, 1], got {args.traj_unmask_ratio}")
-    if not 0 <= args.infusion_prob <= 1:
+    if args.infusion_prob is not None and not 0 <= args.infusion_prob <= 1:
         raise ValueError(f"--infusion_prob must be in [0, 1], got {args.infusion_prob}")
+    if args.num_masks_per_clip < 1:
+        raise ValueError(f"--num_masks_per_clip must be >= 1, got {args.num_masks_per_clip}")
     if args.num_objects < 1:
         raise ValueError(f"--num_objects must be >= 1, got {args.num_objects}")
     if args.background in ("video", "frame") and not args.data_path:
@@ -264,7 +279,8 @@ class PretrainingDataset(_RetryingDataset):
             infused, objects = self.infuser(original, rng)
             object_tokens = masking_generator.object_tokens(objects, a.traj_region, self.grid,
                                                             a.patch_size, a.tubelet_size)
-        mask = self.mask_generator(rng, object_tokens)
+        masks = [self.mask_generator(rng, object_tokens) for _ in range(a.num_masks_per_clip)]
+        mask = masks[0] if len(masks) == 1 else np.stack(masks)  # [N] or [K, N]
         return dict(original=original, infused=infused, objects=objects, mask=mask,
                     object_tokens=object_tokens)
 

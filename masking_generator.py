@@ -17,15 +17,19 @@ def add_args(parser):
     group = parser.add_argument_group("masking")
     group.add_argument("--patch_size", type=int, default=16, help="spatial token side (pixels)")
     group.add_argument("--tubelet_size", type=int, default=2, help="frames per token")
-    group.add_argument("--mask_type", default="trajectory",
+    group.add_argument("--mask_type", default=None,
                        choices=MASK_TYPES + tuple(MASK_TYPE_ALIASES),
-                       help="tube: VideoMAE tube masking; trajectory: SMILE stage-1 masking of the "
-                            "infused objects' tokens ('tubelet' is accepted as the authors' alias)")
+                       help="tube: VideoMAE tube masking; trajectory: SMILE masking of the infused "
+                            "objects' tokens ('tubelet': the authors' alias for tube). Default: "
+                            "trajectory in stage 1, tube in stage 2")
     group.add_argument("--mask_ratio", type=float, default=0.8,
                        help="fraction of tokens masked; the count per clip is exactly "
                             "T' * int(mask_ratio * H'W')")
     group.add_argument("--traj_unmask_ratio", type=float, default=0.1,
                        help="fraction of object tokens left visible by trajectory masking")
+    group.add_argument("--num_masks_per_clip", type=int, default=1,
+                       help="masks drawn per decoded clip, all trained on in the same step (the "
+                            "authors' --multiple_sampling is 2); the LR schedule counts steps")
     group.add_argument("--traj_region", default="box", choices=("box", "footprint"),
                        help="object region for trajectory masking: the unrotated box (what the "
                             "released models used) or the rotation-aware alpha footprint")

@@ -36,8 +36,9 @@ def add_args(parser):
                        help="list of object PNGs relative to --objects_path, one per line "
                             "(annotation_files/object_instances.txt format); default: scan")
     group.add_argument("--num_objects", type=int, default=2, help="objects pasted per clip")
-    group.add_argument("--infusion_prob", type=float, default=1.0,
-                       help="probability that a clip is motion-infused (0: never, stage 2)")
+    group.add_argument("--infusion_prob", type=float, default=None,
+                       help="probability that a clip is motion-infused. Default: 1 in stage 1, "
+                            "0 in stage 2, 0.5 in mixed training")
     group.add_argument("--object_fit", default="contain", choices=("contain", "stretch"),
                        help="contain: keep the object's aspect ratio inside its box; stretch: "
                             "distort it to the box (the authors' code)")

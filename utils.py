@@ -1,8 +1,25 @@
-"""Shared plumbing: normalisation constants and helpers used by both data and engines."""
+"""Plumbing shared by the entry points: normalisation, distributed set-up, seeding, the
+step-indexed LR schedule, atomic checkpoints with auto-resume, logging and pre-emption."""
+import glob
+import json
+import logging
+import math
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
 import torch
+import torch.distributed as dist
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+log = logging.getLogger("smile")
 
 
 def normalize_video(video, mean=IMAGENET_MEAN, std=IMAGENET_STD):
@@ -15,3 +32,227 @@ def normalize_video(video, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     scale = torch.tensor([1 / (255 * s) for s in std], device=video.device).view(shape)
     offset = torch.tensor([m / s for m, s in zip(mean, std)], device=video.device).view(shape)
     return video.float().mul_(scale).sub_(offset)
+
+
+# ---------------------------------------------------------------- distributed
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def init_distributed(device_name, local_rank_arg=-1):
+    """One process or many: torchrun (RANK/WORLD_SIZE/LOCAL_RANK; the old launcher's
+    --local_rank flag if LOCAL_RANK is unset) or SLURM srun (SLURM_PROCID/SLURM_NTASKS/
+    SLURM_LOCALID, MASTER_ADDR/PORT from the environment or the job's first node).
+    NCCL on GPUs, gloo on CPUs."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local = int(env.get("LOCAL_RANK", max(local_rank_arg, 0)))
+    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
+        rank, world, local = (int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
+                              int(env["SLURM_LOCALID"]))
+        if "MASTER_ADDR" not in env:
+            nodes = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]],
+                                   capture_output=True, text=True, check=True).stdout.split()
+            env["MASTER_ADDR"] = nodes[0]
+        env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", 0)) % 1000))
+    else:
+        rank, world, local = 0, 1, 0
+    use_cuda = device_name == "cuda" and torch.cuda.is_available()
+    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
+                                rank=rank, world_size=world)
+    return Dist(rank, world, local, device)
+
+
+def all_reduce_mean(value, dist_info):
+    if dist_info.world_size == 1:
+        return float(value)
+    t = torch.tensor(float(value), device=dist_info.device)
+    dist.all_reduce(t)
+    return t.item() / dist_info.world_size
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id):
+    """DataLoader workers: distinct, reproducible seeds (torch seeds each worker itself)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """This rank's share of a shuffled epoch, optionally starting after `skip_batches` batches.
+
+    The order of epoch e depends only on (seed, e), so a run resumed mid-epoch sees exactly
+    the batches it had not seen, and ranks split one global order: with R ranks, global batch
+    b holds the same clips as batch b of a one-process run with an R times larger batch.
+    """
+
+    def __init__(self, num_samples, batch_size, rank, world_size, seed):
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.per_rank = num_samples // world_size
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch, skip_batches=0):
+        self.epoch, self.skip = epoch, skip_batches * self.batch_size
+
+    def __iter__(self):
+        order = torch.randperm(self.num_samples,
+                               generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        mine = order[:self.per_rank * self.world_size][self.rank::self.world_size]
+        return iter(mine[self.skip:].tolist())
+
+    def __len__(self):
+        return max(self.per_rank - self.skip, 0)
+
+
+# ---------------------------------------------------------------- schedule
+def cosine_lr(step, base_lr, min_lr, warmup_steps, total_steps, warmup_lr=0.0):
+    """Linear warmup from warmup_lr to base_lr, then cosine to min_lr at total_steps."""
+    if step < warmup_steps:
+        return warmup_lr + (base_lr - warmup_lr) * step / warmup_steps
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------- checkpoints
+def save_checkpoint(path, state):
+    """Write to a temporary file, flush it to disk, then rename over `path`: a crash or kill at
+    any moment leaves either the old file or the new one, never a torn one."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def find_resume_checkpoint(output_dir):
+    """The newest checkpoint in output_dir that loads: checkpoint-latest.pth first, then
+    checkpoint-N.pth by descending N. Leftover temporary files are ignored."""
+    candidates = [os.path.join(output_dir, "checkpoint-latest.pth")]
+    numbered = glob.glob(os.path.join(output_dir, "checkpoint-*.pth"))
+    numbered = [p for p in numbered if re.search(r"checkpoint-(\d+)\.pth$", p)]
+    candidates += sorted(numbered, key=lambda p: -int(re.search(r"(\d+)\.pth$", p).group(1)))
+    newest = None
+    for path in candidates:
+        if not os.path.isfile(path):
+            continue
+        try:
+            state = load_checkpoint(path)
+        except Exception as err:  # unreadable: say so and fall back to an older one
+            log.warning("ignoring unreadable checkpoint %s: %s", path, err)
+            continue
+        if newest is None or state["step"] > newest[1]["step"]:
+            newest = (path, state)
+    return newest
+
+
+# ---------------------------------------------------------------- logging
+def setup_logging(dist_info, output_dir=None):
+    """Rank 0 logs INFO (to the console and output_dir/train.log); other ranks only errors."""
+    level = logging.INFO if dist_info.is_main else logging.ERROR
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if output_dir and dist_info.is_main:
+        handlers.append(logging.FileHandler(os.path.join(output_dir, "train.log")))
+    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        handlers=handlers, force=True)
+
+
+def git_sha():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
+                              timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_header(args, dist_info):
+    import timm
+    device = (torch.cuda.get_device_name(dist_info.device) if dist_info.device.type == "cuda"
+              else f"cpu ({os.cpu_count()} cores)")
+    return (f"git {git_sha()} | torch {torch.__version__} | timm {timm.__version__} | "
+            f"{device} x {dist_info.world_size} | python {sys.version.split()[0]}")
+
+
+class MetricLogger:
+    """Console lines with ETA, TensorBoard scalars and JSON lines (rank 0 only)."""
+
+    def __init__(self, output_dir, log_dir, enabled):
+        self.enabled = enabled
+        self.output_dir = output_dir
+        self.writer = None
+        if enabled and log_dir:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(log_dir=log_dir)
+
+    def scalars(self, step, values, prefix="train"):
+        if self.writer:
+            for key, value in values.items():
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def epoch(self, record):
+        if self.enabled:
+            with open(os.path.join(self.output_dir, "log.txt"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.writer:
+            self.writer.flush()
+
+    def close(self):
+        if self.writer:
+            self.writer.close()
+
+
+def format_eta(seconds):
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class StopFlag:
+    """SIGTERM / SIGUSR1 (SLURM pre-emption, time limit, scancel) set a flag that the training
+    loop checks after each step, so it can save and exit cleanly instead of dying mid-step."""
+
+    def __init__(self):
+        self.signal = None
+        self.since = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+        self.since = time.time()
+
+    def __bool__(self):
+        return self.signal is not None
+
+
+def stop_requested(flag, dist_info):
+    """True on every rank if any rank was signalled (all must save and stop together)."""
+    if dist_info.world_size == 1:
+        return bool(flag)
+    t = torch.tensor(1.0 if flag else 0.0, device=dist_info.device)
+    dist.all_reduce(t)
+    return t.item() > 0

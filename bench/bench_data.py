@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+sys.path.insert(0, ROOT)
 import datasets  # noqa: E402
 import masking_generator  # noqa: E402
 import motion_infusion  # noqa: E402
 import video_io  # noqa: E402
-from media import moving_square_frames, write_video  # noqa: E402
+from tools.synthetic_videos import moving_square_frames, write_video  # noqa: E402
 
 
 def data_args(**overrides):

@@ -71,6 +71,7 @@ def render(dataset, index, output_dir, args):
 
 def main(argv=None):
     args = get_args(argv)
+    datasets.resolve_stage(args, 1)  # pass --mask_type tube --infusion_prob 0 for stage 2
     try:
         datasets.check_args(args)
     except ValueError as err:

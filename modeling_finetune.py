@@ -1,0 +1,150 @@
+"""VideoMAE video ViT: tubelet embedding, fixed sinusoid positions, timm blocks with SDPA.
+
+State-dict keys follow VideoMAE/SMILE (`patch_embed.proj.*`, `blocks.N.attn.qkv.weight`,
+`blocks.N.attn.q_bias`, `blocks.N.attn.v_bias`, `blocks.N.attn.proj.*`, `blocks.N.norm1/2.*`,
+`blocks.N.mlp.fc1/fc2.*`, `norm.*` or `fc_norm.*`, `head.*`), so released checkpoints load
+strictly. The same class is the pretraining encoder (`num_classes=0`, final `norm`, visible
+tokens only) and the fine-tuning classifier (mean pooling + `fc_norm` + `head`).
+"""
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import Block
+from torch.utils.checkpoint import checkpoint
+
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+SIZES = {  # name: (embed_dim, depth, num_heads)
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+}
+
+
+def sinusoid_table(num_positions, dim):
+    """Fixed 1-D sine/cosine position table [1, num_positions, dim] (VideoMAE's, not learned)."""
+    position = np.arange(num_positions)[:, None]
+    rate = np.power(10000, 2 * (np.arange(dim) // 2) / dim)[None]
+    table = position / rate
+    table[:, 0::2] = np.sin(table[:, 0::2])
+    table[:, 1::2] = np.cos(table[:, 1::2])
+    return torch.tensor(table, dtype=torch.float32)[None]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with VideoMAE's bias layout (q and v biases, no k bias) and
+    `scaled_dot_product_attention` (flash / memory-efficient kernels where available)."""
+
+    def __init__(self, dim, num_heads, qkv_bias=True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+        self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        batch, tokens, dim = x.shape
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
+        qkv = F.linear(x, self.qkv.weight, bias)
+        q, k, v = qkv.view(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+def make_block(dim, num_heads, mlp_ratio, drop_path):
+    block = Block(dim, num_heads, mlp_ratio=mlp_ratio, drop_path=drop_path, norm_layer=LayerNorm)
+    block.attn = Attention(dim, num_heads)  # VideoMAE's q/v bias keys, zero k bias
+    return block
+
+
+class PatchEmbed(nn.Module):
+    """Video [B, 3, T, H, W] -> tokens [B, N, D]; token n = t * H'W' + h * W' + w."""
+
+    def __init__(self, patch_size, tubelet_size, embed_dim):
+        super().__init__()
+        size = (tubelet_size, patch_size, patch_size)
+        self.proj = nn.Conv3d(3, embed_dim, kernel_size=size, stride=size)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, img_size, patch_size, num_frames, tubelet_size, embed_dim, depth,
+                 num_heads, mlp_ratio=4.0, num_classes=0, use_mean_pooling=True,
+                 drop_path_rate=0.0, fc_drop_rate=0.0, init_scale=0.001, use_checkpoint=False):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.use_checkpoint = use_checkpoint
+        self.patch_embed = PatchEmbed(patch_size, tubelet_size, embed_dim)
+        self.num_patches = (num_frames // tubelet_size) * (img_size // patch_size) ** 2
+        self.register_buffer("pos_embed", sinusoid_table(self.num_patches, embed_dim),
+                             persistent=False)
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(make_block(embed_dim, num_heads, mlp_ratio, r) for r in rates)
+        self.norm = nn.Identity() if use_mean_pooling else LayerNorm(embed_dim)
+        self.fc_norm = LayerNorm(embed_dim) if use_mean_pooling else None
+        self.fc_dropout = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+        if num_classes > 0:
+            trunc_normal_(self.head.weight, std=0.02)
+            self.head.weight.data.mul_(init_scale)
+            self.head.bias.data.mul_(init_scale)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def no_weight_decay(self):
+        return {"pos_embed"}
+
+    def run_blocks(self, x):
+        for block in self.blocks:
+            # recomputation trades speed for memory; the frozen teacher never uses it
+            x = checkpoint(block, x, use_reentrant=False) if (
+                self.use_checkpoint and self.training) else block(x)
+        return x
+
+    def forward_features(self, x, mask=None):
+        """x [B, 3, T, H, W]; mask bool [B, N] (True = masked, dropped before the blocks) ->
+        normalised tokens [B, N_visible, D] in token order."""
+        x = self.patch_embed(x) + self.pos_embed.to(x.dtype)
+        if mask is not None:
+            x = x[~mask].reshape(x.shape[0], -1, self.embed_dim)
+        return self.norm(self.run_blocks(x))
+
+    def forward(self, x):
+        x = self.forward_features(x)
+        if self.fc_norm is not None:
+            x = self.fc_norm(x.mean(1))
+        return self.head(self.fc_dropout(x))
+
+
+def build_encoder(size, **kwargs):
+    embed_dim, depth, num_heads = SIZES[size]
+    return VisionTransformer(embed_dim=embed_dim, depth=depth, num_heads=num_heads, **kwargs)
+
+
+def vit_tiny_patch16_224(**kwargs):
+    return build_encoder("tiny", patch_size=16, **kwargs)
+
+
+def vit_small_patch16_224(**kwargs):
+    return build_encoder("small", patch_size=16, **kwargs)
+
+
+def vit_base_patch16_224(**kwargs):
+    return build_encoder("base", patch_size=16, **kwargs)

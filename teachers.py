@@ -1,0 +1,196 @@
+"""Frozen targets for the student: CLIP / DINO / DINOv2 patch features, or VideoMAE pixels.
+
+Every target maps the ImageNet-normalised student input video [B, 3, T, H, W] to targets
+[B, N, D] in student token order (n = t * H'W' + h * W' + w). Feature teachers see the first
+frame of each tubelet; their weights never change and they always stay in eval mode.
+"""
+import logging
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from utils import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger(__name__)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# name: (family, architecture, patch size, feature dim)
+TEACHERS = {
+    "clip_vit_b16": ("clip", dict(width=768, layers=12, heads=12), 16, 768),
+    "clip_vit_tiny": ("clip", dict(width=192, layers=2, heads=3), 16, 192),  # smoke tests only
+    "dino_vit_s16": ("timm", "vit_small_patch16_224.dino", 16, 384),
+    "dino_vit_b16": ("timm", "vit_base_patch16_224.dino", 16, 768),
+    "dinov2_vit_s14": ("timm", "vit_small_patch14_dinov2.lvd142m", 14, 384),
+    "dinov2_vit_b14": ("timm", "vit_base_patch14_dinov2.lvd142m", 14, 768),
+}
+HUB_NAMES = ("openai", "hub")
+
+
+def add_args(parser):
+    group = parser.add_argument_group("teacher and targets")
+    group.add_argument("--target_type", default="feature", choices=("feature", "pixel"),
+                       help="feature: frozen teacher patch features; pixel: VideoMAE's "
+                            "per-patch normalised pixels")
+    group.add_argument("--teacher_model", default="clip_vit_b16", choices=tuple(TEACHERS))
+    group.add_argument("--teacher_weights", default=None,
+                       help="state dict file (open_clip/OpenAI CLIP, the authors' visual-tower "
+                            "ViT-B-16.pt, or timm DINO/DINOv2); 'openai'/'hub' to download "
+                            "where there is internet; 'random' only for smoke tests")
+    group.add_argument("--target_norm", default=None,
+                       choices=("clip_channel", "token_layernorm", "none"),
+                       help="clip_channel (released default for features): per clip and channel "
+                            "over all tokens; token_layernorm; none (default for pixels)")
+    group.add_argument("--teacher_input_norm", default="imagenet", choices=("imagenet", "clip"),
+                       help="imagenet: the student's input as is (what the released models "
+                            "used); clip: re-normalised with CLIP's mean/std")
+    return parser
+
+
+def check_args(args):
+    if args.target_type == "pixel":
+        return
+    weights = args.teacher_weights
+    if weights is None:
+        raise ValueError("--teacher_weights is required for feature targets: a state dict "
+                         "file, 'openai'/'hub' (needs internet) or 'random' (smoke tests)")
+    if weights not in HUB_NAMES + ("random",) and not os.path.isfile(weights):
+        raise ValueError(f"--teacher_weights {weights} is not a file")
+
+
+def read_state_dict(path):
+    """Tensors from a checkpoint file, unwrapped from 'state_dict'/'model'/'module' keys and a
+    'module.' prefix. OpenAI's original CLIP files are TorchScript archives."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except RuntimeError:
+        state = torch.jit.load(path, map_location="cpu").state_dict()
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+class FrameTeacher(nn.Module):
+    """Wraps an image backbone `tokens_fn(images [M, 3, h, w]) -> [M, h'w', D]`."""
+
+    def __init__(self, backbone, tokens_fn, patch_size, grid, tubelet_size, input_norm):
+        super().__init__()
+        self.backbone = backbone.eval().requires_grad_(False)
+        self.tokens_fn = tokens_fn
+        self.patch_size, self.grid, self.tubelet_size = patch_size, grid, tubelet_size
+        if input_norm == "clip":  # undo ImageNet's mean/std, apply CLIP's
+            scale = [i / c for i, c in zip(IMAGENET_STD, CLIP_STD)]
+            shift = [(m - c) / s for m, c, s in zip(IMAGENET_MEAN, CLIP_MEAN, CLIP_STD)]
+        else:
+            scale, shift = [1.0] * 3, [0.0] * 3
+        self.register_buffer("scale", torch.tensor(scale).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode=True):  # frozen: eval whatever the wrapper asks
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, video):
+        frames = video[:, :, ::self.tubelet_size]
+        batch, channels, steps, height, width = frames.shape
+        images = frames.transpose(1, 2).reshape(batch * steps, channels, height, width)
+        images = images * self.scale + self.shift
+        _, grid_h, grid_w = self.grid
+        size = (grid_h * self.patch_size, grid_w * self.patch_size)
+        if size != (height, width):  # e.g. patch-14 teachers give the student's 16-px grid
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        dtype = next(self.backbone.parameters()).dtype
+        tokens = self.tokens_fn(images.to(dtype)).float()
+        return tokens.reshape(batch, steps * grid_h * grid_w, -1)
+
+
+def build_clip_visual(arch, image_size):
+    """open_clip's CLIP image tower, OpenAI flavour (QuickGELU), returning patch tokens after
+    ln_post; no text tower, so no tokenizer and no network."""
+    from open_clip.transformer import QuickGELU, VisionTransformer
+    return VisionTransformer(image_size=image_size, patch_size=16, mlp_ratio=4.0, output_dim=512,
+                             act_layer=QuickGELU, output_tokens=True, **arch)
+
+
+def load_clip_weights(visual, path):
+    from types import SimpleNamespace
+
+    from open_clip.model import resize_pos_embed
+    state = read_state_dict(path)
+    if any(k.startswith("visual.") for k in state):  # a whole CLIP model
+        state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+    wrapped = {"visual." + k: v for k, v in state.items()}
+    resize_pos_embed(wrapped, SimpleNamespace(visual=visual))  # other input sizes
+    state = {k[len("visual."):]: v for k, v in wrapped.items()}
+    missing, unexpected = visual.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "proj"]  # the projection is not used
+    if missing:
+        raise ValueError(f"--teacher_weights {path} is not a CLIP ViT image tower of this "
+                         f"size: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        log.info("teacher: ignored %d keys not in the image tower (e.g. %s)", len(unexpected),
+                 unexpected[0])
+
+
+def build_teacher(args, grid):
+    """The frozen target module for `args` and token grid (T', H', W')."""
+    if args.target_type == "pixel":
+        return PixelTarget(args.patch_size, args.tubelet_size)
+    family, arch, patch, _ = TEACHERS[args.teacher_model]
+    weights = args.teacher_weights
+    if weights == "random":
+        log.warning("=" * 72 + "\n  TEACHER HAS RANDOM WEIGHTS (--teacher_weights random): targets "
+                    "carry no semantics.\n  Use this for smoke tests only, never for results.\n"
+                    + "=" * 72)
+    if family == "clip":
+        backbone = build_clip_visual(arch, grid[1] * patch)
+        if weights in HUB_NAMES:
+            import open_clip
+            model = open_clip.create_model("ViT-B-16-quickgelu", pretrained="openai")
+            backbone.load_state_dict(model.visual.state_dict(), strict=False)
+        elif weights != "random":
+            load_clip_weights(backbone, weights)
+        tokens_fn = lambda images: backbone(images)[1]  # noqa: E731 (pooled, tokens)
+    else:
+        import timm
+        from timm.models.vision_transformer import checkpoint_filter_fn
+        backbone = timm.create_model(arch, pretrained=weights in HUB_NAMES, num_classes=0,
+                                     img_size=grid[1] * patch)
+        if weights not in HUB_NAMES + ("random",):
+            backbone.load_state_dict(checkpoint_filter_fn(read_state_dict(weights), backbone),
+                                     strict=False)
+        prefix = backbone.num_prefix_tokens
+        tokens_fn = lambda images: backbone.forward_features(images)[:, prefix:]  # noqa: E731
+    return FrameTeacher(backbone, tokens_fn, patch, grid, args.tubelet_size,
+                        args.teacher_input_norm)
+
+
+def target_dim(args):
+    if args.target_type == "pixel":
+        return args.tubelet_size * args.patch_size ** 2 * 3
+    return TEACHERS[args.teacher_model][3]
+
+
+class PixelTarget(nn.Module):
+    """VideoMAE's target: the tubelet's pixels (0..1), normalised per patch and channel over
+    its tubelet*patch² positions, flattened to tubelet*patch²*3 values."""
+
+    def __init__(self, patch_size, tubelet_size):
+        super().__init__()
+        self.patch_size, self.tubelet_size = patch_size, tubelet_size
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1),
+                             persistent=False)
+
+    @torch.no_grad()
+    def forward(self, video):
+        from einops import rearrange
+        pixels = video.float() * self.std + self.mean
+        patches = rearrange(pixels, "b c (t pt) (h ph) (w pw) -> b (t h w) (pt ph pw) c",
+                            pt=self.tubelet_size, ph=self.patch_size, pw=self.patch_size)
+        patches = (patches - patches.mean(dim=-2, keepdim=True)) / (
+            patches.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
+        return rearrange(patches, "b n p c -> b n (p c)")
