@@ -1,0 +1,157 @@
+"""Throughput of one SMILE pretraining step: clips/s, peak memory, teacher share, MFU.
+
+    python bench/bench_pretrain_step.py                       # CPU: tiny student/teacher
+    python bench/bench_pretrain_step.py --device cuda --model pretrain_videomae_base_patch16_224 \\
+        --teacher_model clip_vit_b16 --num_frames 16 --input_size 224 --batch_size 32 \\
+        --precision bf16 [--teacher_setup authors]
+
+Random weights and random uint8 clips (the data path has its own benchmark). FLOPs are
+counted by torch.utils.flop_counter on the real modules (teacher forward; student forward
+and backward), not assumed. --teacher_setup authors runs the teacher as the authors' code
+did: fp32 weights, no autocast, every block under gradient checkpointing.
+MFU = counted FLOPs per second / --peak_tflops (default: H100/H200 dense bf16, 989).
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import engine_for_pretraining as engine  # noqa: E402
+import modeling_pretrain  # noqa: E402
+import teachers  # noqa: E402
+from masking_generator import token_grid, tube_mask  # noqa: E402
+from utils import normalize_video  # noqa: E402
+
+
+def get_args():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--model", default="pretrain_videomae_tiny_patch16_224",
+                   choices=sorted(modeling_pretrain.MODELS))
+    p.add_argument("--teacher_model", default="clip_vit_tiny", choices=sorted(teachers.TEACHERS))
+    p.add_argument("--num_frames", type=int, default=8)
+    p.add_argument("--input_size", type=int, default=112)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--mask_ratio", type=float, default=0.8)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--teacher_setup", default="ours", choices=("ours", "authors"))
+    p.add_argument("--use_checkpoint", action="store_true", help="student gradient checkpointing")
+    p.add_argument("--compile", action="store_true", help="torch.compile student and teacher")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--peak_tflops", type=float, default=989.0)
+    return p.parse_args()
+
+
+def authors_teacher(teacher):
+    """fp32, no autocast, each transformer block wrapped in gradient checkpointing."""
+    blocks = teacher.backbone.transformer.resblocks
+    for i, block in enumerate(blocks):
+        blocks[i] = CheckpointedBlock(block)
+    return teacher.float()
+
+
+class CheckpointedBlock(torch.nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x, attn_mask=None):
+        return checkpoint(self.block, x, attn_mask, use_reentrant=False)
+
+
+def count_flops(fn):
+    """FLOPs of fn() with attention decomposed into counted matmuls: the fused kernels
+    (nn.MultiheadAttention's fast path, some SDPA backends) are invisible to the counter."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    counter = FlopCounterMode(display=False)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with counter, sdpa_kernel(SDPBackend.MATH):
+            fn()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return counter.get_total_flops()
+
+
+def main():
+    a = get_args()
+    device = torch.device(a.device)
+    torch.manual_seed(0)
+    grid = token_grid(a.num_frames, a.input_size, 16, 2)
+    targs = argparse.Namespace(target_type="feature", teacher_model=a.teacher_model,
+                               teacher_weights="random", teacher_input_norm="imagenet",
+                               patch_size=16, tubelet_size=2)
+    teacher = teachers.build_teacher(targs, grid).to(device)
+    if a.teacher_setup == "authors":
+        teacher = authors_teacher(teacher)
+    elif a.precision == "bf16":
+        teacher = teacher.to(torch.bfloat16)
+    student = modeling_pretrain.build_student(a.model, a.input_size, 16, a.num_frames, 2,
+                                              teachers.target_dim(targs),
+                                              use_checkpoint=a.use_checkpoint).to(device)
+    if a.compile:
+        student = torch.compile(student)
+        teacher.backbone = torch.compile(teacher.backbone)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=(
+        device.type == "cuda"))
+    scaler = torch.amp.GradScaler("cuda") if a.precision == "fp16" else None
+    gen = torch.Generator().manual_seed(0)
+    video = torch.randint(0, 256, (a.batch_size, 3, a.num_frames, a.input_size, a.input_size),
+                          dtype=torch.uint8, generator=gen)
+    mask = torch.stack([torch.from_numpy(tube_mask(grid, a.mask_ratio, __import__(
+        "numpy").random.default_rng(i))) for i in range(a.batch_size)])
+    batch = (video.pin_memory() if device.type == "cuda" else video, mask)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step():
+        return engine.train_step(student, teacher, batch, optimizer, 1e-4, a.precision, device,
+                                 "clip_channel", scaler=scaler)
+
+    x = normalize_video(video.to(device))
+    teacher_flops = count_flops(lambda: teacher(x))
+    step_flops = count_flops(step)  # teacher forward + student forward and backward
+    for _ in range(a.warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(a.steps):
+        step()
+    sync()
+    step_time = (time.perf_counter() - start) / a.steps
+    start = time.perf_counter()
+    for _ in range(a.steps):
+        teacher(x)
+    sync()
+    teacher_time = (time.perf_counter() - start) / a.steps
+
+    print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} | "
+          f"{a.model} + {a.teacher_model} ({a.teacher_setup} teacher) | {a.num_frames}x"
+          f"{a.input_size}^2, batch {a.batch_size}, mask {a.mask_ratio}, {a.precision}")
+    print(f"clips/s                  {a.batch_size / step_time:10.1f}")
+    print(f"step time                {1000 * step_time:10.1f} ms")
+    print(f"teacher share of step    {teacher_time / step_time:10.1%}")
+    print(f"GFLOPs per clip: teacher {teacher_flops / a.batch_size / 1e9:8.1f}, "
+          f"student fwd+bwd {(step_flops - teacher_flops) / a.batch_size / 1e9:8.1f}")
+    achieved = step_flops / step_time / 1e12
+    print(f"achieved                 {achieved:10.2f} TFLOP/s"
+          + (f"  (MFU {achieved / a.peak_tflops:.1%} of {a.peak_tflops:g})"
+             if device.type == "cuda" else ""))
+    if device.type == "cuda":
+        print(f"peak memory              {torch.cuda.max_memory_allocated() / 2**30:10.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+import argparse
+import os
+
+import pytest
+import torch
+
+import engine_for_pretraining as engine
+import modeling_pretrain
+import teachers
+import utils
+
+
+def teacher_args(**overrides):
+    args = teachers.add_args(argparse.ArgumentParser()).parse_args([])
+    defaults = dict(patch_size=16, tubelet_size=2, teacher_weights="random")
+    for key, value in {**defaults, **overrides}.items():
+        setattr(args, key, value)
+    return args
+
+
+def tiny_student(target_dim, frames=4, size=32):
+    return modeling_pretrain.build_student("pretrain_videomae_tiny_patch16_224", img_size=size,
+                                           patch_size=16, num_frames=frames, tubelet_size=2,
+                                           target_dim=target_dim)
+
+
+def random_mask(batch, n, masked, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    order = torch.rand(batch, n, generator=g).argsort(dim=1)
+    mask = torch.zeros(batch, n, dtype=torch.bool)
+    mask.scatter_(1, order[:, :masked], True)
+    return mask
+
+
+@pytest.mark.parametrize("target", ["clip_vit_tiny", "clip_vit_b16", "dino_vit_s16",
+                                    "dinov2_vit_s14", "pixel"])
+def test_forward_backward_shapes(target):
+    torch.manual_seed(0)
+    args = teacher_args(teacher_model=target if target != "pixel" else "clip_vit_tiny",
+                        target_type="pixel" if target == "pixel" else "feature")
+    grid = (2, 2, 2)
+    teacher = teachers.build_teacher(args, grid)
+    dim = teachers.target_dim(args)
+    video = torch.randn(2, 3, 4, 32, 32)
+    target_tokens = teacher(video)
+    assert target_tokens.shape == (2, 8, dim) and not target_tokens.requires_grad
+    student = tiny_student(dim)
+    mask = random_mask(2, 8, 6)
+    pred = student(video, mask)
+    assert pred.shape == (2, 6, dim)
+    loss = engine.feature_loss(pred, engine.normalize_target(target_tokens, "clip_channel"), mask)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_teacher_frozen_and_in_eval():
+    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    teacher.train()
+    assert not teacher.training and not teacher.backbone.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def hand_clip_tokens(visual, images):
+    """open_clip's own modules, step by step: the 196 (here 4) patch tokens after ln_post."""
+    x = visual.conv1(images).flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding
+    x = visual.transformer(visual.ln_pre(x))
+    return visual.ln_post(x)[:, 1:]
+
+
+@pytest.mark.parametrize("layout", ["open_clip", "visual_tower", "wrapped"])
+def test_clip_teacher_matches_hand_computation(tmp_path, layout):
+    torch.manual_seed(1)
+    source = teachers.build_clip_visual(teachers.TEACHERS["clip_vit_tiny"][1], 32)
+    state = source.state_dict()
+    if layout == "open_clip":  # a whole CLIP model's state dict
+        state = {f"visual.{k}": v for k, v in state.items()}
+        state["logit_scale"] = torch.tensor(4.6)
+    elif layout == "wrapped":
+        state = {"state_dict": {f"module.{k}": v for k, v in state.items()}}
+    path = tmp_path / "clip.pt"
+    torch.save(state, path)
+    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny",
+                                                  teacher_weights=str(path)), (2, 2, 2))
+    video = torch.randn(2, 3, 4, 32, 32)
+    out = teacher(video)
+    with torch.no_grad():
+        frames = video[:, :, ::2].transpose(1, 2).reshape(4, 3, 32, 32)  # frames 0 and 2
+        expected = hand_clip_tokens(source.eval(), frames).reshape(2, 2 * 4, -1)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_clip_teacher_input_norm_and_resized_positions(tmp_path):
+    torch.manual_seed(2)
+    source = teachers.build_clip_visual(teachers.TEACHERS["clip_vit_tiny"][1], 64)
+    path = tmp_path / "clip.pt"
+    torch.save(source.state_dict(), path)
+    # weights made for 64 px (4x4 grid) load into a 32 px teacher: positions are resized
+    args = teacher_args(teacher_model="clip_vit_tiny", teacher_weights=str(path))
+    video = torch.randn(1, 3, 2, 32, 32)
+    imagenet = teachers.build_teacher(args, (1, 2, 2))(video)
+    args.teacher_input_norm = "clip"
+    clip = teachers.build_teacher(args, (1, 2, 2))(video)
+    assert imagenet.shape == clip.shape == (1, 4, 192)
+    assert not torch.allclose(imagenet, clip)
+
+
+def test_wrong_teacher_weights_rejected(tmp_path):
+    path = tmp_path / "not_clip.pt"
+    torch.save({"encoder.weight": torch.zeros(3)}, path)
+    with pytest.raises(ValueError, match="not a CLIP ViT image tower"):
+        teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny",
+                                            teacher_weights=str(path)), (2, 2, 2))
+
+
+def test_random_teacher_warns_loudly(caplog):
+    teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    assert "RANDOM WEIGHTS" in caplog.text
+
+
+def test_target_normalisations():
+    target = torch.randn(2, 10, 4) * 3 + 5
+    out = engine.normalize_target(target, "clip_channel")
+    assert torch.allclose(out.mean(dim=1), torch.zeros(2, 4), atol=1e-5)
+    assert torch.allclose(out.std(dim=1, unbiased=True), torch.ones(2, 4), atol=1e-4)
+    manual = (target[0, :, 1] - target[0, :, 1].mean()) / (target[0, :, 1].std() + 1e-6)
+    assert torch.allclose(out[0, :, 1], manual, atol=1e-6)
+    per_token = engine.normalize_target(target, "token_layernorm")
+    assert torch.allclose(per_token.mean(dim=-1), torch.zeros(2, 10), atol=1e-5)
+    assert engine.normalize_target(target, "none") is target
+
+
+def test_pixel_target_is_videomae():
+    video = torch.randn(1, 3, 2, 32, 32)
+    target = teachers.PixelTarget(16, 2)(video)
+    assert target.shape == (1, 4, 2 * 16 * 16 * 3)
+    pixels = video * torch.tensor(utils.IMAGENET_STD).view(1, 3, 1, 1, 1) + torch.tensor(
+        utils.IMAGENET_MEAN).view(1, 3, 1, 1, 1)
+    patch = pixels[0, :, 0:2, 16:32, 0:16].permute(1, 2, 3, 0).reshape(-1, 3)  # token 2
+    manual = (patch - patch.mean(0)) / (patch.var(0, unbiased=True).sqrt() + 1e-6)
+    assert torch.allclose(target[0, 2].view(-1, 3), manual, atol=1e-5)
+
+
+def test_loss_decreases_on_fixed_batch():
+    torch.manual_seed(0)
+    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    student = tiny_student(192)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    batch = (torch.randint(0, 255, (4, 3, 4, 32, 32), dtype=torch.uint8), random_mask(4, 8, 6))
+    losses = [engine.train_step(student, teacher, batch, optimizer, 1e-3, "fp32",
+                                torch.device("cpu"), "clip_channel")["loss"] for _ in range(40)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_multiple_masks_share_one_teacher_pass():
+    torch.manual_seed(0)
+    calls = []
+    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    teacher.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    student = tiny_student(192)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    mask = torch.stack([random_mask(3, 8, 6, seed=s) for s in (0, 1)], dim=1)  # [B, K, N]
+    video = torch.randint(0, 255, (3, 3, 4, 32, 32), dtype=torch.uint8)
+    out = engine.train_step(student, teacher, (video, mask), optimizer, 1e-3, "fp32",
+                            torch.device("cpu"), "clip_channel")
+    assert calls == [3] and torch.isfinite(torch.tensor(out["loss"]))
+
+
+def test_non_finite_loss_stops():
+    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    student = tiny_student(192)
+    with torch.no_grad():
+        student.decoder.head.bias.fill_(float("nan"))
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    batch = (torch.randint(0, 255, (2, 3, 4, 32, 32), dtype=torch.uint8), random_mask(2, 8, 6))
+    with pytest.raises(engine.NonFiniteLossError, match="loss is nan"):
+        engine.train_step(student, teacher, batch, optimizer, 1e-3, "fp32", torch.device("cpu"),
+                          "clip_channel")
+    after = student.state_dict()
+    assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).all() for k in before)
+
+
+def test_checkpoint_keys_match_released_layout():
+    student = modeling_pretrain.build_student("pretrain_videomae_base_patch16_224", 224, 16, 16,
+                                              2, 768)
+    keys = set(student.state_dict())
+    expected = {"mask_token", "encoder_to_decoder.weight", "encoder.patch_embed.proj.weight",
+                "encoder.patch_embed.proj.bias", "encoder.norm.weight", "encoder.norm.bias",
+                "decoder.norm.weight", "decoder.norm.bias", "decoder.head.weight",
+                "decoder.head.bias"}
+    block = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.q_bias", "attn.v_bias",
+             "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias",
+             "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
+    expected |= {f"encoder.blocks.{i}.{k}" for i in range(12) for k in block}
+    expected |= {f"decoder.blocks.{i}.{k}" for i in range(4) for k in block}
+    assert keys == expected
+    assert student.state_dict()["encoder_to_decoder.weight"].shape == (384, 768)
+    assert student.state_dict()["mask_token"].shape == (1, 1, 384)
+    assert student.state_dict()["decoder.head.weight"].shape == (768, 384)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    student = tiny_student(192)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    path = str(tmp_path / "checkpoint-latest.pth")
+    utils.save_checkpoint(path, dict(model=student.state_dict(), optimizer=optimizer.state_dict(),
+                                     epoch=3, next_batch=0, step=30, args={"lr": 1e-3}))
+    state = utils.load_checkpoint(path)  # weights_only=True
+    restored = tiny_student(192)
+    restored.load_state_dict(state["model"])
+    video, mask = torch.randn(2, 3, 4, 32, 32), random_mask(2, 8, 6)
+    student.eval(), restored.eval()
+    assert torch.equal(student(video, mask), restored(video, mask))
+    assert utils.find_resume_checkpoint(str(tmp_path))[1]["epoch"] == 3
+
+
+def test_atomic_save_keeps_old_file_on_crash(tmp_path, monkeypatch):
+    path = str(tmp_path / "checkpoint-latest.pth")
+    utils.save_checkpoint(path, {"step": 1, "epoch": 1})
+
+    def crash(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt("killed mid-save")
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        utils.save_checkpoint(path, {"step": 2, "epoch": 2})
+    monkeypatch.undo()
+    assert utils.load_checkpoint(path)["step"] == 1
+
+
+def test_find_resume_prefers_newest_loadable(tmp_path):
+    utils.save_checkpoint(str(tmp_path / "checkpoint-4.pth"), {"step": 50, "epoch": 5})
+    utils.save_checkpoint(str(tmp_path / "checkpoint-9.pth"), {"step": 100, "epoch": 10})
+    (tmp_path / "checkpoint-latest.pth").write_bytes(b"torn")  # e.g. copied by hand, cut off
+    (tmp_path / "checkpoint-latest.pth.tmp.123").write_bytes(b"left by a kill")
+    path, state = utils.find_resume_checkpoint(str(tmp_path))
+    assert path.endswith("checkpoint-9.pth") and state["step"] == 100
+    assert utils.find_resume_checkpoint(str(tmp_path / "empty")) is None
+
+
+def test_cosine_schedule():
+    lrs = [utils.cosine_lr(s, 1.0, 0.1, 10, 110, 0.0) for s in range(111)]
+    assert lrs[0] == 0.0 and abs(lrs[5] - 0.5) < 1e-9 and lrs[10] == 1.0
+    assert abs(lrs[60] - 0.55) < 1e-9 and abs(lrs[110] - 0.1) < 1e-9
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_resumable_sampler_splits_one_order():
+    one = utils.ResumableSampler(20, 4, 0, 1, seed=3)
+    ranks = [utils.ResumableSampler(20, 2, r, 2, seed=3) for r in range(2)]
+    for s in [one, *ranks]:
+        s.set_epoch(1)
+    full = list(one)
+    a, b = list(ranks[0]), list(ranks[1])
+    assert sorted(a[:2] + b[:2]) == sorted(full[:4])  # global batch 0 is the same clips
+    one.set_epoch(1, skip_batches=2)
+    assert list(one) == full[8:] and len(one) == 12
+    one.set_epoch(2)
+    assert list(one) != full

@@ -1,0 +1,229 @@
+"""The pretraining CLI end to end on generated data: stages, resume, signals, processes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import run_smile_pretraining as run
+import utils
+from conftest import ROOT
+
+TINY = ["--model", "pretrain_videomae_tiny_patch16_224", "--teacher_model", "clip_vit_tiny",
+        "--teacher_weights", "random", "--num_frames", "4", "--input_size", "32",
+        "--background", "noise", "--device", "cpu", "--num_workers", "0", "--warmup_epochs",
+        "1", "--print_freq", "1", "--lr", "1e-2"]
+
+
+def cli(*argv, processes=1, wait=True, timeout=300):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*launcher, "run_smile_pretraining.py", *argv], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if not wait:
+        return proc
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def final_weights(output_dir, epochs):
+    return utils.load_checkpoint(os.path.join(output_dir, f"checkpoint-{epochs - 1}.pth"))["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def wait_for(path, text, proc, timeout=120):
+    start = time.time()
+    while time.time() - start < timeout:
+        if os.path.exists(path) and text in open(path).read():
+            return
+        assert proc.poll() is None, "the run ended before the expected log line"
+        time.sleep(0.02)
+    raise TimeoutError(text)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 2-epoch stage-1 run: 48 clips, batch 4 -> 12 steps per epoch."""
+    out = str(tmp_path_factory.mktemp("reference"))
+    code, log = cli(*TINY, "--num_synthetic_clips", "48", "--batch_size", "4", "--epochs", "2",
+                    "--output_dir", out)
+    assert code == 0, log
+    return out, log
+
+
+def test_stage1_outputs(reference):
+    out, log = reference
+    assert "RANDOM WEIGHTS" in log and "stage 1: mask trajectory, infusion p=1.00" in log
+    assert "eta epoch" in log and "clips/s" in log
+    for name in ("checkpoint-1.pth", "checkpoint-latest.pth", "args.json", "log.txt"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(out, "tb")))
+    epochs = [json.loads(line) for line in open(os.path.join(out, "log.txt"))]
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    state = utils.load_checkpoint(os.path.join(out, "checkpoint-1.pth"))
+    assert state["epoch"] == 2 and state["step"] == 24 and state["next_batch"] == 0
+    assert state["args"]["mask_type"] == "trajectory" and state["model_kwargs"]["target_dim"] == 192
+    assert {"encoder_to_decoder.weight", "mask_token"} <= set(state["model"])
+
+
+def test_stage2_from_stage1(reference, tmp_path):
+    stage1, _ = reference
+    code, log = cli(*TINY, "--num_synthetic_clips", "16", "--batch_size", "4", "--epochs", "1",
+                    "--first_stage_path", os.path.join(stage1, "checkpoint-1.pth"),
+                    "--output_dir", str(tmp_path))
+    assert code == 0, log
+    assert "stage 2: whole student from" in log and "mask tube, infusion p=0.00" in log
+    state = utils.load_checkpoint(str(tmp_path / "checkpoint-0.pth"))
+    assert state["step"] == 4  # a fresh schedule: steps count from 0 again
+
+
+def test_sigterm_saves_and_resume_matches(reference, tmp_path):
+    ref_out, _ = reference
+    args = [*TINY, "--num_synthetic_clips", "48", "--batch_size", "4", "--epochs", "2",
+            "--output_dir", str(tmp_path)]
+    proc = cli(*args, wait=False)
+    wait_for(str(tmp_path / "train.log"), "epoch 1/2 step 2/12", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "SIGTERM received: saved epoch 1 batch" in out
+    state = utils.load_checkpoint(str(tmp_path / "checkpoint-latest.pth"))
+    assert state["epoch"] == 0 and 0 < state["next_batch"] < 12
+    code, out = cli(*args)
+    assert code == 0, out
+    assert f"resumed from {tmp_path / 'checkpoint-latest.pth'}: epoch 1, batch" in out
+    assert_same_weights(final_weights(str(tmp_path), 2), final_weights(ref_out, 2))
+
+
+def test_sigkill_then_resume_matches(reference, tmp_path):
+    ref_out, _ = reference
+    args = [*TINY, "--num_synthetic_clips", "48", "--batch_size", "4", "--epochs", "2",
+            "--output_dir", str(tmp_path)]
+    proc = cli(*args, wait=False)
+    wait_for(str(tmp_path / "train.log"), "epoch 2/2 step 1/12", proc)
+    proc.kill()
+    proc.communicate()
+    for name in os.listdir(tmp_path):  # whatever is on disk loads
+        if name.endswith(".pth"):
+            utils.load_checkpoint(str(tmp_path / name))
+    code, out = cli(*args)
+    assert code == 0, out
+    assert "epoch 2, batch 0 (step 12)" in out
+    assert_same_weights(final_weights(str(tmp_path), 2), final_weights(ref_out, 2))
+
+
+def test_two_processes_match_one(tmp_path):
+    common = [*TINY, "--num_synthetic_clips", "32", "--epochs", "2"]
+    code, log = cli(*common, "--batch_size", "8", "--output_dir", str(tmp_path / "one"))
+    assert code == 0, log
+    code, log = cli(*common, "--batch_size", "4", "--output_dir", str(tmp_path / "two"),
+                    processes=2)
+    assert code == 0, log
+    assert "x 2 |" in open(tmp_path / "two" / "train.log").read()  # world size in the header
+    one = [json.loads(x)["train_loss"] for x in open(tmp_path / "one" / "log.txt")]
+    two = [json.loads(x)["train_loss"] for x in open(tmp_path / "two" / "log.txt")]
+    assert one == pytest.approx(two, rel=1e-4)
+    assert_same_weights(final_weights(str(tmp_path / "one"), 2),
+                        final_weights(str(tmp_path / "two"), 2))
+
+
+def test_deepspeed_two_process_cpu_step(tmp_path):
+    pytest.importorskip("deepspeed")
+    code, log = cli(*TINY, "--num_synthetic_clips", "16", "--batch_size", "4", "--epochs", "1",
+                    "--enable_deepspeed", "--output_dir", str(tmp_path), processes=2,
+                    timeout=600)
+    assert code == 0, log
+    state = utils.load_checkpoint(str(tmp_path / "checkpoint-0.pth"))
+    assert state["step"] == 2 and "mask_token" in state["model"]
+
+
+def test_multiple_masks_schedule_counts_real_steps(tmp_path):
+    code, log = cli(*TINY, "--num_synthetic_clips", "16", "--batch_size", "4", "--epochs", "1",
+                    "--num_masks_per_clip", "2", "--output_dir", str(tmp_path))
+    assert code == 0, log
+    assert "4 steps/epoch x 1 epochs, batch 4 x 1 processes x 2 masks" in log
+    assert utils.load_checkpoint(str(tmp_path / "checkpoint-0.pth"))["step"] == 4
+
+
+def test_non_finite_loss_stops_cleanly(tmp_path):
+    code, log = cli(*TINY, "--num_synthetic_clips", "16", "--batch_size", "4", "--epochs", "3",
+                    "--lr", "1e14", "--warmup_epochs", "0", "--output_dir", str(tmp_path))
+    assert code == 1
+    assert "loss is nan" in log or "loss is inf" in log
+    for name in os.listdir(tmp_path):
+        if name.endswith(".pth"):
+            state = utils.load_checkpoint(str(tmp_path / name))
+            assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--num_frames", "15"], "--num_frames 15 is not divisible by the tubelet size 2"),
+    (["--input_size", "40"], "--input_size 40 is not divisible by the patch size 16"),
+    (["--mask_ratio", "1.2"], "--mask_ratio must be in (0, 1)"),
+    (["--mask_ratio", "0"], "--mask_ratio must be in (0, 1)"),
+    (["--first_stage_path", "/nope/checkpoint-299.pth"], "does not exist; stage 2 starts"),
+    (["--teacher_weights", "/nope.pt"], "--teacher_weights /nope.pt is not a file"),
+    ([], "--teacher_weights is required"),
+    (["--background", "video"], "--background video needs --data_path"),
+    (["--resume", "/nope.pth"], "--resume /nope.pth does not exist"),
+    (["--batch_size", "0"], "--batch_size must be >= 1"),
+    (["--precision", "bf16"], "--precision bf16 needs --device cuda"),
+    (["--training_mode", "mixed", "--first_stage_path", __file__], "is for --training_mode"),
+])
+def test_bad_arguments_one_clear_line(argv, message):
+    args = run.parse_args([*TINY, *argv])
+    if not argv:  # a real run that forgot the teacher
+        args.teacher_weights = None
+    with pytest.raises(ValueError) as info:
+        run.check_args(args)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--num_frames", "15"], "error: --num_frames 15 is not divisible by the tubelet size 2"),
+    (["--teacher_model", "clip_vit_huge"], "invalid choice: 'clip_vit_huge'"),
+])
+def test_bad_arguments_cli_exit(argv, message, tmp_path):
+    code, out = cli(*TINY, *argv, "--output_dir", str(tmp_path))
+    assert code != 0
+    assert message in out.strip().splitlines()[-1]
+    assert not os.listdir(tmp_path)  # nothing built or written
+
+
+def test_local_rank_spellings():
+    assert run.parse_args(["--local-rank", "3"]).local_rank == 3
+    assert run.parse_args(["--local_rank", "2"]).local_rank == 2
+
+
+def test_config_file_defaults_and_cli_wins(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("mask_ratio: 0.9\nepochs: 7\n")
+    args = run.parse_args(["--config", str(config), "--epochs", "3"])
+    assert args.mask_ratio == 0.9 and args.epochs == 3
+
+
+@pytest.mark.parametrize("script", sorted(
+    os.path.relpath(os.path.join(d, f), ROOT) for d, _, files in os.walk(os.path.join(ROOT, "scripts"))
+    for f in files if f.endswith((".sh", ".slurm"))))
+def test_scripts_parse(script):
+    result = subprocess.run(["bash", "-n", os.path.join(ROOT, script)], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    text = open(os.path.join(ROOT, script)).read()
+    # a line ending in a flag value but no backslash would silently drop the next flags
+    in_array = False  # words of a bash array need no continuation
+    lines = text.split("\n")
+    for prev, line in zip(lines, lines[1:]):
+        in_array = ("=(" in prev or in_array) and ")" not in prev
+        if line.lstrip().startswith("--") and not in_array:
+            assert prev.rstrip().endswith("\\"), f"missing line continuation before: {line}"
