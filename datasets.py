@@ -11,6 +11,7 @@ float clip [3, T, H, W].
 """
 import glob
 import os
+import random
 
 import cv2
 import numpy as np
@@ -19,12 +20,13 @@ from torch.utils.data import Dataset
 
 import masking_generator
 import motion_infusion
-from utils import normalize_video
+from utils import IMAGENET_MEAN, normalize_video
 from video_io import (BadInputTracker, VideoDecodeError, dense_indices, read_clip,
                       segment_indices)
+from video_transforms import (multi_scale_crop, random_resized_crop, resize_short_side,
+                              same_ops_per_frame, to_tensor, view_crop)
 
 DATASET_CLASSES = {"Kinetics-400": 400, "SSV2": 174, "UCF101": 101, "HMDB51": 51}
-MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -41,11 +43,23 @@ def add_args(parser):
     group.add_argument("--sampling_rate", type=int, default=4,
                        help="frame stride of dense sampling (VideoMAE: 4 K400, 2 SSv2)")
     group.add_argument("--input_size", type=int, default=224)
+    group.add_argument("--patch_size", type=int, default=16, help="spatial token side (pixels)")
+    group.add_argument("--tubelet_size", type=int, default=2, help="frames per token")
     group.add_argument("--short_side_size", type=int, default=224,
                        help="evaluation: resize the short side to this before cropping views")
     group.add_argument("--test_num_segment", type=int, default=5)
     group.add_argument("--test_num_crop", type=int, default=3)
     group.add_argument("--video_backend", default="decord", choices=("decord", "pyav"))
+    group.add_argument("--max_bad_fraction", type=float, default=0.05,
+                       help="stop when more than this fraction of samples cannot be read")
+    group.add_argument("--max_retries", type=int, default=10,
+                       help="unreadable samples in a row before giving up")
+    group.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def add_pretraining_args(parser):
+    group = parser.add_argument_group("pretraining data")
     group.add_argument("--background", default="video", choices=motion_infusion.BACKGROUNDS,
                        help="what objects move over (paper Table 7): the video, one of its "
                             "frames, a still image from --background_path, black or noise")
@@ -53,11 +67,17 @@ def add_args(parser):
                        help="folder of still images for --background image")
     group.add_argument("--num_synthetic_clips", type=int, default=10000,
                        help="epoch length for --background black/noise (no dataset needed)")
-    group.add_argument("--max_bad_fraction", type=float, default=0.05,
-                       help="stop when more than this fraction of samples cannot be read")
-    group.add_argument("--max_retries", type=int, default=10,
-                       help="unreadable samples in a row before giving up")
-    group.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def add_finetune_args(parser):
+    """Fine-tuning augmentation (VideoMAE recipe through timm); only the fine-tuning CLI."""
+    group = parser.add_argument_group("fine-tuning augmentation")
+    group.add_argument("--aa", default="rand-m7-n4-mstd0.5-inc1",
+                       help="timm RandAugment policy, the same ops for every frame ('' = off)")
+    group.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
+    group.add_argument("--remode", default="pixel", help="random erasing mode")
+    group.add_argument("--recount", type=int, default=1, help="random erasing count")
     return parser
 
 
@@ -73,10 +93,12 @@ def resolve_stage(args, stage):
             setattr(args, key, value)
 
 
-def check_args(args):
+def check_args(args, pretraining=True):
     """Raise ValueError (one line) for data settings that cannot work."""
     masking_generator.token_grid(args.num_frames, args.input_size, args.patch_size,
                                  args.tubelet_size)
+    if not pretraining:
+        return
     if not 0 < args.mask_ratio < 1:
         raise ValueError(f"--mask_ratio must be in (0, 1), got {args.mask_ratio}")
     if not 0 <= args.traj_unmask_ratio <= 1:
@@ -121,68 +143,6 @@ def read_list(path, root="", require_label=True):
     if not entries:
         raise ValueError(f"annotation list {path} has no entries")
     return entries
-
-
-# ---------------------------------------------------------------- spatial transforms
-def resize(frames, width, height):
-    return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)
-                     for f in frames])
-
-
-def multi_scale_crop(frames, size, rng, scales=MULTI_SCALES, max_distort=1):
-    """VideoMAE/TSN GroupMultiScaleCrop: crop sides from `scales` x short side (aspect distorted
-    by at most `max_distort` scale steps) at one of 13 fixed positions, then resize to size²."""
-    height, width = frames.shape[1:3]
-    base = min(height, width)
-    sides = [size if abs(int(base * s) - size) < 3 else int(base * s) for s in scales]
-    pairs = [(w, h) for i, h in enumerate(sides) for j, w in enumerate(sides)
-             if abs(i - j) <= max_distort]
-    crop_w, crop_h = pairs[rng.integers(len(pairs))]
-    step_x, step_y = (width - crop_w) / 4, (height - crop_h) / 4
-    grid = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0),
-            (1, 1), (3, 1), (1, 3), (3, 3)]
-    gx, gy = grid[rng.integers(len(grid))]
-    x0, y0 = int(gx * step_x), int(gy * step_y)
-    return resize(frames[:, y0:y0 + crop_h, x0:x0 + crop_w], size, size)
-
-
-def random_resized_crop(frames, size, rng, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3)):
-    """Same crop for every frame: area fraction in `scale`, log-uniform aspect in `ratio`."""
-    height, width = frames.shape[1:3]
-    for _ in range(10):
-        area = height * width * rng.uniform(*scale)
-        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
-        w, h = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            x0, y0 = rng.integers(width - w + 1), rng.integers(height - h + 1)
-            return resize(frames[:, y0:y0 + h, x0:x0 + w], size, size)
-    side = min(height, width)  # fall back to a centre square
-    y0, x0 = (height - side) // 2, (width - side) // 2
-    return resize(frames[:, y0:y0 + side, x0:x0 + side], size, size)
-
-
-def resize_short_side(frames, short_side):
-    height, width = frames.shape[1:3]
-    if min(height, width) == short_side:
-        return frames
-    s = short_side / min(height, width)
-    return resize(frames, max(int(round(width * s)), short_side),
-                  max(int(round(height * s)), short_side))
-
-
-def view_crop(frames, size, view, num_views):
-    """Square crop number `view` of `num_views` evenly spaced along the long side."""
-    height, width = frames.shape[1:3]
-    slack_y, slack_x = height - size, width - size
-    where = 0.5 if num_views == 1 else view / (num_views - 1)
-    y0 = int(round(slack_y * where)) if slack_y > slack_x else slack_y // 2
-    x0 = int(round(slack_x * where)) if slack_x >= slack_y else slack_x // 2
-    return frames[:, y0:y0 + size, x0:x0 + size]
-
-
-def to_tensor(frames):
-    """uint8 [T, H, W, 3] -> uint8 tensor [3, T, H, W] (a view, no copy)."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)
 
 
 def list_images(folder):
@@ -305,6 +265,16 @@ class VideoClsDataset(_RetryingDataset):
         self.segment_sampling, self.flip = segment_sampling, flip
         self.num_segments = args.test_num_segment if mode == "test" else 1
         self.num_crops = args.test_num_crop if mode == "test" else 1
+        self.rand_augment = self.random_erasing = None
+        if mode == "train" and getattr(args, "aa", None):
+            from timm.data.auto_augment import rand_augment_transform
+            self.rand_augment = rand_augment_transform(args.aa, dict(
+                translate_const=int(args.input_size * 0.45),
+                img_mean=tuple(round(255 * m) for m in IMAGENET_MEAN)))
+        if mode == "train" and getattr(args, "reprob", 0) > 0:
+            from timm.data.random_erasing import RandomErasing
+            self.random_erasing = RandomErasing(args.reprob, mode=args.remode,
+                                                max_count=args.recount, device="cpu")
 
     def __len__(self):
         views = 1 if self.mode == "train" else self.num_segments * self.num_crops
@@ -319,10 +289,18 @@ class VideoClsDataset(_RetryingDataset):
     def load_train(self, index, rng):
         path, label = self.entries[index]
         frames = read_clip(path, self.args.video_backend, self.indices(rng))
+        # timm's augmentations draw from the global `random`/numpy state: seed it per sample
+        seed = int(rng.integers(2**31))
+        if self.rand_augment is not None:
+            frames = same_ops_per_frame(self.rand_augment, frames, seed)
         frames = random_resized_crop(frames, self.args.input_size, rng)
         if self.flip and rng.uniform() < 0.5:
             frames = frames[:, :, ::-1]
-        return normalize_video(to_tensor(frames)), label
+        clip = normalize_video(to_tensor(frames))
+        if self.random_erasing is not None:  # per frame, as VideoMAE (frames as a batch)
+            random.seed(seed)
+            clip = self.random_erasing(clip.transpose(0, 1)).transpose(0, 1)
+        return clip, label
 
     def __getitem__(self, index):
         if self.mode == "train":

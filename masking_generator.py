@@ -15,8 +15,6 @@ MASK_TYPE_ALIASES = {"tubelet": "tube"}
 
 def add_args(parser):
     group = parser.add_argument_group("masking")
-    group.add_argument("--patch_size", type=int, default=16, help="spatial token side (pixels)")
-    group.add_argument("--tubelet_size", type=int, default=2, help="frames per token")
     group.add_argument("--mask_type", default=None,
                        choices=MASK_TYPES + tuple(MASK_TYPE_ALIASES),
                        help="tube: VideoMAE tube masking; trajectory: SMILE masking of the infused "

@@ -111,6 +111,12 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self):
         return {"pos_embed"}
 
+    def group_matcher(self, coarse=False):
+        """Layer ids for timm's layer-wise LR decay, as VideoMAE: embedding 0, block i -> i + 1,
+        the final norms and the head last (full learning rate)."""
+        return dict(stem=r"^patch_embed", blocks=[(r"^blocks\.(\d+)", None),
+                                                  (r"^norm", (99999,))])
+
     def run_blocks(self, x):
         for block in self.blocks:
             # recomputation trades speed for memory; the frozen teacher never uses it
@@ -131,6 +137,40 @@ class VisionTransformer(nn.Module):
         if self.fc_norm is not None:
             x = self.fc_norm(x.mean(1))
         return self.head(self.fc_dropout(x))
+
+
+PRETRAINING_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token")
+
+
+def load_pretrained(model, path, model_key="model|module"):
+    """Load a pretraining (or fine-tuned) checkpoint into `model` and say exactly what did not
+    fit. `model_key` lists the keys that may hold the weights ('model|module': ours and
+    DeepSpeed's). Strips 'module.', 'encoder.' and 'backbone.', skips the decoder, drops a head
+    of the wrong shape. Returns dict(missing, unexpected, skipped); raises ValueError if the
+    checkpoint matches none of the model's weights."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in model_key.split("|"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    own = model.state_dict()
+    weights, skipped = {}, []
+    for name, value in state.items():
+        name = name.removeprefix("module.")
+        if name.startswith(PRETRAINING_ONLY) or name == "pos_embed":  # our table is fixed
+            skipped.append(name)
+            continue
+        for prefix in ("encoder.", "backbone."):
+            name = name.removeprefix(prefix)
+        if name.startswith("head.") and name in own and own[name].shape != value.shape:
+            skipped.append(name)  # a classifier for other classes
+            continue
+        weights[name] = value
+    if not set(weights) & set(own):
+        raise ValueError(f"{path}: none of its keys (e.g. {list(state)[:3]}) match the model; "
+                         f"check --model_key ({model_key})")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    return dict(missing=sorted(missing), unexpected=sorted(unexpected), skipped=sorted(skipped))
 
 
 def build_encoder(size, **kwargs):

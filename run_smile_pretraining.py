@@ -11,7 +11,6 @@ import os
 import sys
 
 import torch
-import yaml
 from timm.optim import create_optimizer_v2
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -29,9 +28,9 @@ log = logging.getLogger("smile")
 
 def get_args_parser():
     parser = argparse.ArgumentParser("SMILE pretraining", description=__doc__)
-    parser.add_argument("--config", default=None, help="YAML file of defaults; flags win")
     for module in (datasets, motion_infusion, masking_generator, teachers):
         module.add_args(parser)
+    datasets.add_pretraining_args(parser)
     g = parser.add_argument_group("training")
     g.add_argument("--training_mode", default="progressive",
                    choices=("progressive", "mixed", "single"),
@@ -42,43 +41,16 @@ def get_args_parser():
                    help="stage-1 checkpoint: stage 2 starts from its whole student")
     g.add_argument("--model", default="pretrain_videomae_base_patch16_224",
                    choices=sorted(modeling_pretrain.MODELS))
-    g.add_argument("--drop_path", type=float, default=0.0)
     g.add_argument("--use_checkpoint", action=argparse.BooleanOptionalAction, default=False,
                    help="gradient checkpointing of the student (less memory, slower)")
-    g.add_argument("--batch_size", type=int, default=32, help="clips per GPU (process)")
-    g.add_argument("--epochs", type=int, default=800)
-    g.add_argument("--lr", type=float, default=1.5e-4, help="per 256 clips (scaled linearly)")
-    g.add_argument("--min_lr", type=float, default=1e-5, help="per 256 clips")
-    g.add_argument("--warmup_lr", type=float, default=1e-6, help="per 256 clips")
-    g.add_argument("--warmup_epochs", type=int, default=40)
-    g.add_argument("--weight_decay", type=float, default=0.05)
-    g.add_argument("--opt_betas", type=float, nargs=2, default=(0.9, 0.95))
-    g.add_argument("--clip_grad", type=float, default=None)
-    g.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
-                   help="auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")
-    g.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    g.add_argument("--num_workers", type=int, default=10)
-    g.add_argument("--pin_mem", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--output_dir", default="runs/pretrain")
-    g.add_argument("--log_dir", default=None, help="TensorBoard folder (default OUTPUT_DIR/tb)")
-    g.add_argument("--save_ckpt_freq", type=int, default=20)
-    g.add_argument("--auto_resume", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--resume", default=None, help="checkpoint to resume from")
-    g.add_argument("--print_freq", type=int, default=20)
-    g.add_argument("--local_rank", "--local-rank", type=int, default=-1,
-                   help="set by torch.distributed.launch; torchrun uses LOCAL_RANK instead")
-    g.add_argument("--enable_deepspeed", action="store_true")
-    g.add_argument("--zero_stage", type=int, default=0, choices=(0, 1))
+    utils.add_run_args(parser)
+    parser.set_defaults(batch_size=32, epochs=800, lr=1.5e-4, min_lr=1e-5, warmup_lr=1e-6,
+                        warmup_epochs=40, opt_betas=(0.9, 0.95), output_dir="runs/pretrain")
     return parser
 
 
 def parse_args(argv=None):
-    parser = get_args_parser()
-    known, _ = parser.parse_known_args(argv)
-    if known.config:
-        with open(known.config) as f:
-            parser.set_defaults(**yaml.safe_load(f))
-    return parser.parse_args(argv)
+    return utils.parse_with_config(get_args_parser(), argv)
 
 
 def check_args(args):
@@ -90,13 +62,7 @@ def check_args(args):
     if args.first_stage_path and not os.path.isfile(args.first_stage_path):
         raise ValueError(f"--first_stage_path {args.first_stage_path} does not exist; stage 2 "
                          "starts from a stage-1 checkpoint (OUTPUT_DIR/checkpoint-N.pth)")
-    if args.resume and not os.path.isfile(args.resume):
-        raise ValueError(f"--resume {args.resume} does not exist")
-    for name in ("batch_size", "epochs", "print_freq", "save_ckpt_freq"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1")
-    if args.precision in ("bf16", "fp16") and args.device == "cpu":
-        raise ValueError(f"--precision {args.precision} needs --device cuda")
+    utils.check_run_args(args)
 
 
 def finalize_args(args, world_size):
@@ -109,15 +75,7 @@ def finalize_args(args, world_size):
         args.target_norm = "none" if args.target_type == "pixel" else "clip_channel"
     args.grid = list(masking_generator.token_grid(args.num_frames, args.input_size,
                                                   args.patch_size, args.tubelet_size))
-    args.total_batch_size = args.batch_size * world_size
-    scale = args.total_batch_size / 256
-    args.scaled_lr, args.scaled_min_lr = args.lr * scale, args.min_lr * scale
-    args.scaled_warmup_lr = args.warmup_lr * scale
-    if args.precision == "auto":
-        cuda = args.device == "cuda" and torch.cuda.is_available()
-        args.precision = ("fp32" if not cuda else
-                          "bf16" if torch.cuda.is_bf16_supported() else "fp16")
-    args.log_dir = args.log_dir or os.path.join(args.output_dir, "tb")
+    utils.finalize_run_args(args, world_size)
 
 
 def build_loader(args, dataset, dist_info):
@@ -167,8 +125,7 @@ def main(args):
              args.target_type if args.target_type == "pixel" else args.teacher_model)
 
     start_epoch, first_batch = 0, 0
-    resume = (args.resume, utils.load_checkpoint(args.resume)) if args.resume else (
-        utils.find_resume_checkpoint(args.output_dir) if args.auto_resume else None)
+    resume = utils.resume_checkpoint(args)
     if resume:
         path, state = resume
         model.load_state_dict(state["model"])

@@ -1,5 +1,6 @@
-"""Plumbing shared by the entry points: normalisation, distributed set-up, seeding, the
-step-indexed LR schedule, atomic checkpoints with auto-resume, logging and pre-emption."""
+"""Plumbing shared by the entry points: run flags, normalisation, distributed set-up, seeding,
+the step-indexed LR schedule, atomic checkpoints with auto-resume, logging and pre-emption."""
+import argparse
 import glob
 import json
 import logging
@@ -32,6 +33,79 @@ def normalize_video(video, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     scale = torch.tensor([1 / (255 * s) for s in std], device=video.device).view(shape)
     offset = torch.tensor([m / s for m, s in zip(mean, std)], device=video.device).view(shape)
     return video.float().mul_(scale).sub_(offset)
+
+
+# ---------------------------------------------------------------- run flags
+def add_run_args(parser):
+    """Flags both entry points share; each sets its own defaults with parser.set_defaults."""
+    parser.add_argument("--config", default=None, help="YAML file of defaults; flags win")
+    g = parser.add_argument_group("run")
+    g.add_argument("--drop_path", type=float, default=0.0, help="stochastic depth rate")
+    g.add_argument("--batch_size", type=int, default=None, help="clips per GPU (process)")
+    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--lr", type=float, default=None, help="per 256 clips (scaled linearly)")
+    g.add_argument("--min_lr", type=float, default=None, help="per 256 clips")
+    g.add_argument("--warmup_lr", type=float, default=None, help="per 256 clips")
+    g.add_argument("--warmup_epochs", type=int, default=None)
+    g.add_argument("--weight_decay", type=float, default=0.05)
+    g.add_argument("--opt_betas", type=float, nargs=2, default=None)
+    g.add_argument("--clip_grad", type=float, default=None)
+    g.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+                   help="auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")
+    g.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    g.add_argument("--num_workers", type=int, default=10)
+    g.add_argument("--pin_mem", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--output_dir", default=None)
+    g.add_argument("--log_dir", default=None, help="TensorBoard folder (default OUTPUT_DIR/tb)")
+    g.add_argument("--save_ckpt_freq", type=int, default=20)
+    g.add_argument("--auto_resume", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--resume", default=None, help="checkpoint to resume from")
+    g.add_argument("--print_freq", type=int, default=20)
+    g.add_argument("--local_rank", "--local-rank", type=int, default=-1,
+                   help="set by torch.distributed.launch; torchrun uses LOCAL_RANK instead")
+    g.add_argument("--enable_deepspeed", action="store_true")
+    g.add_argument("--zero_stage", type=int, default=0, choices=(0, 1))
+    return parser
+
+
+def parse_with_config(parser, argv=None):
+    """timm-style: --config run.yaml supplies defaults, the command line wins."""
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        import yaml
+        with open(known.config) as f:
+            parser.set_defaults(**yaml.safe_load(f))
+    return parser.parse_args(argv)
+
+
+def check_run_args(args):
+    if args.resume and not os.path.isfile(args.resume):
+        raise ValueError(f"--resume {args.resume} does not exist")
+    for name in ("batch_size", "epochs", "print_freq", "save_ckpt_freq"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1")
+    if args.precision in ("bf16", "fp16") and args.device == "cpu":
+        raise ValueError(f"--precision {args.precision} needs --device cuda")
+
+
+def finalize_run_args(args, world_size, batch_multiplier=1):
+    """Derived once: total batch, LRs scaled per 256 clips, the concrete precision."""
+    args.total_batch_size = args.batch_size * world_size * batch_multiplier
+    scale = args.total_batch_size / 256
+    args.scaled_lr, args.scaled_min_lr = args.lr * scale, args.min_lr * scale
+    args.scaled_warmup_lr = args.warmup_lr * scale
+    if args.precision == "auto":
+        cuda = args.device == "cuda" and torch.cuda.is_available()
+        args.precision = ("fp32" if not cuda else
+                          "bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    args.log_dir = args.log_dir or os.path.join(args.output_dir, "tb")
+
+
+def resume_checkpoint(args):
+    """(path, state) to resume from: --resume, else the newest in --output_dir, else None."""
+    if args.resume:
+        return args.resume, load_checkpoint(args.resume)
+    return find_resume_checkpoint(args.output_dir) if args.auto_resume else None
 
 
 # ---------------------------------------------------------------- distributed

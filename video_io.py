@@ -116,8 +116,19 @@ DECODERS = {"decord": decode_decord, "pyav": decode_pyav}
 
 
 def read_clip(path, backend, choose_indices):
-    """uint8 [T, H, W, 3] of the frames `choose_indices(video_length)` picks."""
-    frames = DECODERS[backend](path, choose_indices)
+    """uint8 [T, H, W, 3] of the frames `choose_indices(video_length)` picks.
+
+    A file decord cannot read (it rejects some valid streams, e.g. certain small frame sizes)
+    is tried once more with PyAV before it counts as bad."""
+    try:
+        frames = DECODERS[backend](path, choose_indices)
+    except VideoDecodeError as err:
+        if backend != "decord" or err.reason in ("file not found", "empty file"):
+            raise
+        try:
+            frames = decode_pyav(path, choose_indices)
+        except VideoDecodeError as second:
+            raise VideoDecodeError(path, f"{err.reason}; {second.reason}") from err
     if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
         raise VideoDecodeError(path, f"decoded an unexpected array of shape {frames.shape}")
     return frames

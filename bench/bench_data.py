@@ -32,6 +32,7 @@ def data_args(**overrides):
     parser = argparse.ArgumentParser()
     for module in (datasets, motion_infusion, masking_generator):
         module.add_args(parser)
+    datasets.add_pretraining_args(parser)
     args = parser.parse_args([])
     for key, value in overrides.items():
         setattr(args, key, value)

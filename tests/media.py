@@ -5,7 +5,9 @@ import os
 import cv2
 import numpy as np
 
-from tools.synthetic_videos import moving_square_frames, write_video  # noqa: F401
+from tools.synthetic_videos import moving_square_frames, write_video
+
+__all__ = ["moving_square_frames", "write_video", "write_object_png", "pretrain_args"]
 
 
 def write_object_png(path, width=60, height=40, color=(200, 30, 30), alpha=True):
@@ -26,6 +28,7 @@ def pretrain_args(**overrides):
     parser = argparse.ArgumentParser()
     for module in (datasets, motion_infusion, masking_generator):
         module.add_args(parser)
+    datasets.add_pretraining_args(parser)
     args = parser.parse_args([])
     defaults = dict(num_frames=8, input_size=64, patch_size=16, tubelet_size=2,
                     sampling_rate=2, background="noise", num_synthetic_clips=8)

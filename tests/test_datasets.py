@@ -7,7 +7,7 @@ import torch
 import datasets
 import video_io
 from conftest import write_list
-from media import moving_square_frames, pretrain_args
+from media import moving_square_frames, pretrain_args, write_video
 
 
 # ---------------------------------------------------------------- decoding
@@ -239,3 +239,10 @@ def test_dataloader_workers(video_dir, tmp_path):
     video, mask, object_tokens = batches[0]
     assert video.shape == (2, 3, 8, 64, 64) and mask.shape == (2, 64)
     assert torch.equal(video[0], dataset[0][0])  # workers give what the main process gives
+
+
+def test_decord_rejects_valid_file_pyav_reads_it(tmp_path):
+    # decord 0.6 fails on some small frame sizes ("size must exactly match"); PyAV steps in
+    path = write_video(str(tmp_path / "small.mp4"), moving_square_frames(12, 48, 40, size=8))
+    frames = video_io.read_clip(path, "decord", lambda n: [0, 5, 11])
+    assert frames.shape == (3, 40, 48, 3)

@@ -25,6 +25,7 @@ def get_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for module in (datasets, motion_infusion, masking_generator):
         module.add_args(parser)
+    datasets.add_pretraining_args(parser)
     parser.add_argument("--output_dir", default="runs/visualize")
     parser.add_argument("--index", type=int, default=0, help="which sample of the dataset")
     parser.add_argument("--num_samples", type=int, default=1)

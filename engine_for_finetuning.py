@@ -1,0 +1,177 @@
+"""Fine-tuning, evaluation and linear-probe loops.
+
+Evaluation is per view: every (video, view) gives logits; views are gathered across ranks and
+merged per video by averaging softmax probabilities. A video that could not be decoded is
+counted as failed and left out, never replaced by another video.
+"""
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from utils import all_reduce_mean, format_eta, stop_requested
+
+log = logging.getLogger("smile")
+
+
+def autocast(device, precision):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def train_one_epoch(model, criterion, loader, optimizer, lr_at, epoch, first_batch, run, logger,
+                    stop_flag, mixup_fn=None, model_ema=None, scaler=None):
+    """One epoch of supervised training with gradient accumulation over `run.update_freq`
+    batches; the LR schedule is indexed by optimizer updates. Returns (mean metrics, next
+    batch index or None when the epoch finished)."""
+    model.train()
+    total_loss, count, start = 0.0, 0, time.time()
+    for i, (clip, label) in enumerate(loader, start=first_batch):
+        clip = clip.to(run.device, non_blocking=True)
+        label = label.to(run.device, non_blocking=True)
+        if mixup_fn is not None:
+            clip, label = mixup_fn(clip, label)
+        update = (epoch * run.steps_per_epoch + i) // run.update_freq
+        with autocast(run.device, run.precision):
+            loss = criterion(model(clip), label)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss is {loss_value} at epoch {epoch + 1} batch {i}")
+        step_now = (i + 1) % run.update_freq == 0
+        if hasattr(model, "backward"):  # DeepSpeed accumulates and steps by itself
+            model.backward(loss)
+            model.step()
+        else:
+            (scaler.scale(loss) if scaler else loss).div(run.update_freq).backward()
+            if step_now:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(update) * group.get("lr_scale", 1.0)
+                if scaler:
+                    scaler.unscale_(optimizer)
+                if run.clip_grad:
+                    nn.utils.clip_grad_norm_(model.parameters(), run.clip_grad)
+                (scaler.step(optimizer), scaler.update()) if scaler else optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if model_ema is not None:
+                    model_ema.update(model)
+        total_loss += loss_value
+        count += 1
+        if (i + 1) % run.print_freq == 0 or i + 1 == run.steps_per_epoch:
+            elapsed = time.time() - start
+            left = (run.steps_per_epoch - i - 1) * elapsed / count
+            lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1)
+            log.info("epoch %d/%d step %d/%d  loss %.4f  lr %.3e  eta epoch %s", epoch + 1,
+                     run.epochs, i + 1, run.steps_per_epoch, loss_value, lr, format_eta(left))
+            logger.scalars(epoch * run.steps_per_epoch + i, {"loss": loss_value, "lr": lr})
+        if stop_requested(stop_flag, run.dist):
+            return {"loss": all_reduce_mean(total_loss / max(count, 1), run.dist)}, i + 1
+    return {"loss": all_reduce_mean(total_loss / max(count, 1), run.dist)}, None
+
+
+@torch.no_grad()
+def predict_views(model, loader, device, precision):
+    """Logits of every view the loader yields: dict of arrays video, view, ok, label, logits."""
+    model.eval()
+    out = {k: [] for k in ("video", "view", "ok", "label", "logits")}
+    for clip, label, video, view, ok in loader:
+        with autocast(device, precision):
+            logits = model(clip.to(device, non_blocking=True)).float().cpu()
+        for key, value in zip(out, (video, view, ok, label, logits)):
+            out[key].append(torch.as_tensor(value))
+    return {k: torch.cat(v).numpy() for k, v in out.items()}
+
+
+def gather_views(views, dist_info, sharded):
+    """With sharded evaluation every rank saw a part: collect all parts on every rank."""
+    if not sharded or dist_info.world_size == 1:
+        return views
+    parts = [None] * dist_info.world_size
+    dist.all_gather_object(parts, views)
+    return {k: np.concatenate([p[k] for p in parts]) for k in views}
+
+
+def merge_views(views, num_videos, num_classes):
+    """Average softmax over each video's decodable views -> (probs [V', C], labels [V'],
+    number of videos with no decodable view)."""
+    probs = np.zeros((num_videos, num_classes))
+    seen = np.zeros(num_videos, dtype=int)
+    labels = np.full(num_videos, -1)
+    pairs = set()
+    logits = torch.from_numpy(views["logits"]).float()
+    softmax = F.softmax(logits, dim=1).numpy()
+    for video, view, ok, label, p in zip(views["video"], views["view"], views["ok"],
+                                         views["label"], softmax):
+        labels[video] = label
+        if ok and (video, view) not in pairs:  # a view seen twice (padding) counts once
+            pairs.add((video, view))
+            probs[video] += p
+            seen[video] += 1
+    scored = seen > 0
+    return probs[scored] / seen[scored, None], labels[scored], int((~scored).sum())
+
+
+def classification_metrics(probs, labels):
+    """top-1, top-5 and class-mean top-1 in percent."""
+    if len(labels) == 0:
+        return dict(top1=0.0, top5=0.0, class_mean_top1=0.0)
+    order = np.argsort(-probs, axis=1)
+    top1 = order[:, 0] == labels
+    top5 = (order[:, :5] == labels[:, None]).any(axis=1)
+    per_class = [top1[labels == c].mean() for c in np.unique(labels)]
+    return dict(top1=100 * top1.mean(), top5=100 * top5.mean(),
+                class_mean_top1=100 * float(np.mean(per_class)))
+
+
+def evaluate(model, loader, dist_info, sharded, num_videos, num_classes, precision):
+    """Multi-view (or single-view) evaluation -> metrics dict with num_videos, num_failed."""
+    views = gather_views(predict_views(model, loader, dist_info.device, precision), dist_info,
+                         sharded)
+    probs, labels, failed = merge_views(views, num_videos, num_classes)
+    metrics = classification_metrics(probs, labels)
+    return dict(metrics, num_videos=num_videos, num_failed=failed,
+                num_views=int(len(views["video"])))
+
+
+# ---------------------------------------------------------------- linear probe
+@torch.no_grad()
+def extract_features(encoder, loader, dist_info, sharded, precision):
+    """Frozen features of every view: mean over tokens of the encoder's normalised output."""
+    encoder.eval()
+    out = {k: [] for k in ("video", "view", "ok", "label", "features")}
+    for clip, label, video, view, ok in loader:
+        with autocast(dist_info.device, precision):
+            feats = encoder.forward_features(clip.to(dist_info.device)).mean(dim=1)
+        for key, value in zip(out, (video, view, ok, label, feats.float().cpu())):
+            out[key].append(torch.as_tensor(value))
+    return gather_views({k: torch.cat(v).numpy() for k, v in out.items()}, dist_info, sharded)
+
+
+def train_probe(features, labels, num_classes, epochs, lr, weight_decay, batch_size, seed):
+    """Linear classifier on standardised features (BatchNorm without affine, then Linear),
+    AdamW with a cosine schedule over `epochs` passes of the cached features."""
+    torch.manual_seed(seed)
+    x = torch.from_numpy(features).float()
+    y = torch.from_numpy(labels).long()
+    probe = nn.Sequential(nn.BatchNorm1d(x.shape[1], affine=False), nn.Linear(x.shape[1],
+                                                                               num_classes))
+    nn.init.zeros_(probe[1].bias)
+    nn.init.normal_(probe[1].weight, std=0.01)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(x) / batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
+    for _ in range(epochs):
+        probe.train()
+        for idx in torch.randperm(len(x)).split(batch_size):
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            loss = F.cross_entropy(probe(x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return probe.eval()

@@ -1,0 +1,297 @@
+"""Fine-tuning, evaluation and linear probing of SMILE / VideoMAE encoders.
+
+    fine-tune:     --finetune PRETRAINED.pth                (train, validate, final multi-view test)
+    test only:     --eval --finetune FINETUNED.pth
+    linear probe:  --linear_probe --finetune PRETRAINED.pth (frozen encoder, cached features)
+
+Every mode writes OUTPUT_DIR/results.json (top1, top5, class_mean_top1 in percent, num_videos,
+num_failed, ...).
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+
+import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+import datasets
+import engine_for_finetuning as engine
+import modeling_finetune
+import utils
+
+log = logging.getLogger("smile")
+MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser("SMILE fine-tuning and evaluation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    datasets.add_args(parser)
+    datasets.add_finetune_args(parser)
+    utils.add_run_args(parser)
+    parser.set_defaults(batch_size=16, epochs=100, lr=1e-3, min_lr=1e-6, warmup_lr=1e-8,
+                        warmup_epochs=5, opt_betas=(0.9, 0.999), drop_path=0.1,
+                        output_dir="runs/finetune", save_ckpt_freq=10)
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default="vit_base_patch16_224", choices=MODELS)
+    g.add_argument("--finetune", default=None,
+                   help="checkpoint to start from (or to test); 'random': no weights (baseline)")
+    g.add_argument("--model_key", default="model|module", help="keys that hold the weights")
+    g.add_argument("--use_mean_pooling", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--init_scale", type=float, default=0.001, help="head initialisation scale")
+    g.add_argument("--fc_drop_rate", type=float, default=0.0)
+    g = parser.add_argument_group("recipe")
+    g.add_argument("--layer_decay", type=float, default=0.75, help="0.75 K400, 0.7 SSv2")
+    g.add_argument("--update_freq", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("--smoothing", type=float, default=0.1)
+    g.add_argument("--mixup", type=float, default=0.8)
+    g.add_argument("--cutmix", type=float, default=1.0)
+    g.add_argument("--mixup_prob", type=float, default=1.0)
+    g.add_argument("--mixup_switch_prob", type=float, default=0.5)
+    g.add_argument("--model_ema", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--model_ema_decay", type=float, default=0.9999)
+    g = parser.add_argument_group("evaluation and linear probe")
+    g.add_argument("--eval", action="store_true", help="only run the multi-view test")
+    g.add_argument("--dist_eval", action=argparse.BooleanOptionalAction, default=True,
+                   help="split evaluation views over the processes (off: each does all)")
+    g.add_argument("--linear_probe", action="store_true")
+    g.add_argument("--probe_train_segments", type=int, default=2,
+                   help="probe: clips per training video (centre crop each)")
+    g.add_argument("--probe_epochs", type=int, default=100)
+    g.add_argument("--probe_lr", type=float, default=1e-3)
+    g.add_argument("--probe_weight_decay", type=float, default=1e-4)
+    g.add_argument("--probe_batch_size", type=int, default=256)
+    return parser
+
+
+def check_args(args):
+    datasets.check_args(args, pretraining=False)
+    utils.check_run_args(args)
+    if not args.data_path or not os.path.isdir(args.data_path):
+        raise ValueError("--data_path must be the folder holding train.csv, val.csv, test.csv")
+    needed = ["test.csv"] + ([] if args.eval else ["train.csv"]) + (
+        [] if args.eval or args.linear_probe else ["val.csv"])
+    for name in needed:
+        if not os.path.isfile(os.path.join(args.data_path, name)):
+            raise ValueError(f"--data_path {args.data_path} has no {name}")
+    if (args.eval or args.linear_probe) and not args.finetune:
+        raise ValueError("--eval and --linear_probe need --finetune CHECKPOINT")
+    if args.finetune and args.finetune != "random" and not os.path.isfile(args.finetune):
+        raise ValueError(f"--finetune {args.finetune} does not exist")
+    if args.update_freq < 1:
+        raise ValueError("--update_freq must be >= 1")
+
+
+def build_model(args, nb_classes, probe=False):
+    size = {"vit_tiny_patch16_224": "tiny", "vit_small_patch16_224": "small"}.get(args.model,
+                                                                                  "base")
+    return modeling_finetune.build_encoder(
+        size, img_size=args.input_size, patch_size=args.patch_size, num_frames=args.num_frames,
+        tubelet_size=args.tubelet_size, num_classes=0 if probe else nb_classes,
+        use_mean_pooling=args.use_mean_pooling and not probe, drop_path_rate=0.0 if probe
+        else args.drop_path, fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale)
+
+
+def load_weights(model, args):
+    if args.finetune == "random":
+        log.warning("--finetune random: the encoder keeps its random initialisation (a baseline)")
+        return None
+    report = modeling_finetune.load_pretrained(model, args.finetune, args.model_key)
+    skipped = sorted({k.split(".")[0] for k in report["skipped"]})
+    log.info("loaded %s\n  missing: %s\n  unexpected: %s\n  skipped: %d keys (%s)",
+             args.finetune, report["missing"] or "none", report["unexpected"] or "none",
+             len(report["skipped"]), ", ".join(skipped) or "none")
+    return report
+
+
+def eval_loader(args, dataset, dist_info):
+    """Evaluation views in order; with --dist_eval each rank takes every world_size-th."""
+    indices = list(range(len(dataset)))
+    if args.dist_eval and dist_info.world_size > 1:
+        indices = indices[dist_info.rank::dist_info.world_size]
+    return DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=args.batch_size,
+                      num_workers=args.num_workers, shuffle=False)
+
+
+def write_results(args, dist_info, results):
+    log.info("results: %s", json.dumps(results))
+    if dist_info.is_main:
+        with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+
+
+def linear_probe(args, dist_info, nb_classes):
+    encoder = build_model(args, nb_classes, probe=True).to(dist_info.device)
+    load_weights(encoder, args)
+    sharded = args.dist_eval and dist_info.world_size > 1
+    features = {}
+    for split, segments, crops, csv in (("train", args.probe_train_segments, 1, "train.csv"),
+                                        ("test", args.test_num_segment, args.test_num_crop,
+                                         "test.csv")):
+        cache = os.path.join(args.output_dir, f"features_{split}.pt")
+        key = dict(checkpoint=os.path.abspath(args.finetune), segments=segments, crops=crops,
+                   mtime=os.path.getmtime(args.finetune) if os.path.isfile(args.finetune) else 0,
+                   frames=args.num_frames, size=args.input_size, seed=args.seed)
+        if os.path.isfile(cache) and torch.load(cache, weights_only=False)["key"] == key:
+            features[split] = torch.load(cache, weights_only=False)["views"]
+            log.info("probe: cached %s features from %s", split, cache)
+            continue
+        view_args = argparse.Namespace(**{**vars(args), "test_num_segment": segments,
+                                          "test_num_crop": crops})
+        dataset = datasets.VideoClsDataset(view_args, datasets.read_list(
+            os.path.join(args.data_path, csv), args.data_root), "test",
+            segment_sampling=args.data_set == "SSV2", flip=False)
+        features[split] = engine.extract_features(encoder, eval_loader(args, dataset, dist_info),
+                                                  dist_info, sharded, args.precision)
+        features[split]["num_videos"] = len(dataset.entries)
+        if dist_info.is_main:
+            torch.save(dict(key=key, views=features[split]), cache)
+    train = features["train"]
+    probe = engine.train_probe(train["features"][train["ok"]], train["label"][train["ok"]],
+                               nb_classes, args.probe_epochs, args.probe_lr,
+                               args.probe_weight_decay, args.probe_batch_size, args.seed)
+    test = dict(features["test"])
+    with torch.no_grad():
+        test["logits"] = probe(torch.from_numpy(test["features"]).float()).numpy()
+    probs, labels, failed = engine.merge_views(test, test["num_videos"], nb_classes)
+    results = dict(engine.classification_metrics(probs, labels), num_videos=test["num_videos"],
+                   num_failed=failed, mode="linear_probe", checkpoint=args.finetune,
+                   protocol=f"{args.probe_train_segments} train clips/video, "
+                            f"{args.test_num_segment}x{args.test_num_crop} test views, "
+                            f"{args.probe_epochs} epochs AdamW lr {args.probe_lr}")
+    write_results(args, dist_info, results)
+    return results
+
+
+def test(model, args, dist_info, nb_classes, mode):
+    dataset, _ = datasets.build_dataset(is_train=False, test_mode=True, args=args)
+    results = engine.evaluate(model, eval_loader(args, dataset, dist_info), dist_info,
+                              args.dist_eval, len(dataset.entries), nb_classes, args.precision)
+    results.update(mode=mode, checkpoint=args.finetune,
+                   views=f"{args.test_num_segment}x{args.test_num_crop}")
+    write_results(args, dist_info, results)
+    return results
+
+
+def main(args):
+    dist_info = utils.init_distributed(args.device, args.local_rank)
+    os.makedirs(args.output_dir, exist_ok=True)
+    utils.setup_logging(dist_info, args.output_dir)
+    utils.finalize_run_args(args, dist_info.world_size, args.update_freq)
+    log.info("%s", utils.run_header(args, dist_info))
+    utils.seed_everything(args.seed)
+    nb_classes = args.nb_classes or datasets.DATASET_CLASSES[args.data_set]
+    if args.linear_probe:
+        return linear_probe(args, dist_info, nb_classes)
+    model = build_model(args, nb_classes).to(dist_info.device)
+    if args.eval:
+        load_weights(model, args)
+        return test(model, args, dist_info, nb_classes, "test")
+    if args.finetune:
+        load_weights(model, args)
+
+    train_set, nb_classes = datasets.build_dataset(is_train=True, test_mode=False, args=args)
+    val_set, _ = datasets.build_dataset(is_train=False, test_mode=False, args=args)
+    sampler = utils.ResumableSampler(len(train_set), args.batch_size, dist_info.rank,
+                                     dist_info.world_size, args.seed)
+    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=args.num_workers, worker_init_fn=utils.seed_worker,
+                        pin_memory=args.pin_mem and dist_info.device.type == "cuda")
+    steps_per_epoch = len(loader)
+    if steps_per_epoch < args.update_freq:
+        raise ValueError(f"{len(train_set)} videos make fewer batches than --update_freq")
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=args.scaled_lr,
+                                    weight_decay=args.weight_decay, layer_decay=args.layer_decay,
+                                    betas=tuple(args.opt_betas))
+    scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
+    mixup_fn = None
+    if args.mixup > 0 or args.cutmix > 0:
+        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                         switch_prob=args.mixup_switch_prob, label_smoothing=args.smoothing,
+                         num_classes=nb_classes)
+    criterion = (SoftTargetCrossEntropy() if mixup_fn else LabelSmoothingCrossEntropy(
+        args.smoothing) if args.smoothing > 0 else torch.nn.CrossEntropyLoss())
+    model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
+
+    start_epoch, first_batch = 0, 0
+    resume = utils.resume_checkpoint(args)
+    if resume:
+        path, state = resume
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if model_ema is not None and state.get("model_ema"):
+            model_ema.load_state_dict(state["model_ema"])
+        start_epoch, first_batch = state["epoch"], state["next_batch"]
+        log.info("resumed from %s: epoch %d, batch %d", path, start_epoch + 1, first_batch)
+    if args.enable_deepspeed:
+        import deepspeed
+        config = {"train_micro_batch_size_per_gpu": args.batch_size,
+                  "gradient_accumulation_steps": args.update_freq,
+                  "gradient_clipping": args.clip_grad or 0.0,
+                  "zero_optimization": {"stage": args.zero_stage}, "steps_per_print": 2**31}
+        model, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                      config=config, dist_init_required=False)
+    elif dist_info.world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[dist_info.local_rank]
+                                        if dist_info.device.type == "cuda" else None)
+    net = model.module if hasattr(model, "module") else model
+    updates_per_epoch = steps_per_epoch // args.update_freq
+
+    def lr_at(update):
+        return utils.cosine_lr(update, args.scaled_lr, args.scaled_min_lr,
+                               args.warmup_epochs * updates_per_epoch,
+                               args.epochs * updates_per_epoch, args.scaled_warmup_lr)
+
+    def save(name, epoch, next_batch):
+        if dist_info.is_main:
+            utils.save_checkpoint(os.path.join(args.output_dir, name), dict(
+                model=net.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
+                next_batch=next_batch, step=epoch * steps_per_epoch + next_batch,
+                model_ema=model_ema.state_dict() if model_ema else None, args=vars(args)))
+
+    run = argparse.Namespace(steps_per_epoch=steps_per_epoch, epochs=args.epochs,
+                             precision=args.precision, device=dist_info.device, dist=dist_info,
+                             clip_grad=args.clip_grad, print_freq=args.print_freq,
+                             update_freq=args.update_freq)
+    logger = utils.MetricLogger(args.output_dir, args.log_dir, dist_info.is_main)
+    stop_flag = utils.StopFlag()
+    for epoch in range(start_epoch, args.epochs):
+        train_set.set_epoch(epoch)
+        sampler.set_epoch(epoch, skip_batches=first_batch)
+        stats, stopped_at = engine.train_one_epoch(model, criterion, loader, optimizer, lr_at,
+                                                   epoch, first_batch, run, logger, stop_flag,
+                                                   mixup_fn, model_ema, scaler)
+        if stopped_at is not None:
+            save("checkpoint-latest.pth", epoch, stopped_at)
+            log.info("%s received: saved epoch %d batch %d", stop_flag.signal, epoch + 1,
+                     stopped_at)
+            return None
+        first_batch = 0
+        save("checkpoint-latest.pth", epoch + 1, 0)
+        if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
+            save(f"checkpoint-{epoch}.pth", epoch + 1, 0)
+        val = engine.evaluate(net, eval_loader(args, val_set, dist_info), dist_info,
+                              args.dist_eval, len(val_set.entries), nb_classes, args.precision)
+        logger.scalars(epoch, {"top1": val["top1"], "top5": val["top5"]}, prefix="val")
+        logger.epoch({"epoch": epoch, "train_loss": stats["loss"],
+                      **{f"val_{k}": v for k, v in val.items()}})
+        log.info("epoch %d: train loss %.4f, val top-1 %.2f%%", epoch + 1, stats["loss"],
+                 val["top1"])
+    final = model_ema.module if model_ema is not None else net
+    return test(final, args, dist_info, nb_classes, "finetune")
+
+
+if __name__ == "__main__":
+    cli_args = utils.parse_with_config(get_args_parser())
+    try:
+        check_args(cli_args)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    main(cli_args)

@@ -1,0 +1,249 @@
+"""Fine-tuning, evaluation and the linear probe."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from timm.optim import create_optimizer_v2
+
+import engine_for_finetuning as engine
+import modeling_finetune
+import modeling_pretrain
+from conftest import ROOT, write_list
+from media import write_video
+from video_transforms import same_ops_per_frame
+
+
+def tiny_classifier(num_classes=5, **kwargs):
+    return modeling_finetune.vit_tiny_patch16_224(img_size=32, num_frames=4, tubelet_size=2,
+                                                  num_classes=num_classes, **kwargs)
+
+
+def released_finetune_keys(depth):
+    block = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.q_bias", "attn.v_bias",
+             "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias",
+             "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
+    return ({"patch_embed.proj.weight", "patch_embed.proj.bias", "fc_norm.weight",
+             "fc_norm.bias", "head.weight", "head.bias"}
+            | {f"blocks.{i}.{k}" for i in range(depth) for k in block})
+
+
+def test_finetuned_layout_loads_strictly_same_logits(tmp_path):
+    torch.manual_seed(0)
+    model = modeling_finetune.vit_base_patch16_224(img_size=32, num_frames=4, tubelet_size=2,
+                                                   num_classes=7).eval()
+    assert set(model.state_dict()) == released_finetune_keys(12)
+    # the authors' fine-tuned files: weights under 'module' (DeepSpeed) or 'model'
+    path = tmp_path / "finetuned.pth"
+    torch.save({"module": model.state_dict(), "epoch": 99}, path)
+    restored = modeling_finetune.vit_base_patch16_224(img_size=32, num_frames=4, tubelet_size=2,
+                                                      num_classes=7).eval()
+    report = modeling_finetune.load_pretrained(restored, str(path))
+    assert report == dict(missing=[], unexpected=[], skipped=[])
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(video), restored(video))
+
+
+@pytest.mark.parametrize("wrap", ["model", "module", "prefixed"])
+def test_pretraining_to_finetuning_key_mapping(tmp_path, wrap):
+    student = modeling_pretrain.build_student("pretrain_videomae_tiny_patch16_224", 32, 16, 4, 2,
+                                              192)
+    state = student.state_dict()
+    if wrap == "prefixed":
+        state = {"model": {f"module.{k}": v for k, v in state.items()}}
+    else:
+        state = {wrap: state}
+    path = tmp_path / "pretrained.pth"
+    torch.save(state, path)
+    model = tiny_classifier()
+    report = modeling_finetune.load_pretrained(model, str(path))
+    assert report["missing"] == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    assert report["unexpected"] == ["norm.bias", "norm.weight"]
+    assert {k.split(".")[0] for k in report["skipped"]} == {"decoder", "encoder_to_decoder",
+                                                           "mask_token"}
+    assert torch.equal(model.blocks[3].attn.q_bias, student.encoder.blocks[3].attn.q_bias)
+
+
+def test_head_of_other_shape_dropped_and_nothing_matching_is_an_error(tmp_path):
+    source = tiny_classifier(num_classes=400)
+    path = tmp_path / "k400.pth"
+    torch.save({"model": source.state_dict()}, path)
+    model = tiny_classifier(num_classes=174)
+    report = modeling_finetune.load_pretrained(model, str(path))
+    assert report["skipped"] == ["head.bias", "head.weight"]
+    assert report["missing"] == ["head.bias", "head.weight"]
+    bad = tmp_path / "other.pth"
+    torch.save({"model": {"something.else": torch.zeros(2)}}, bad)
+    with pytest.raises(ValueError, match="none of its keys"):
+        modeling_finetune.load_pretrained(model, str(bad))
+
+
+def test_layer_decay_scales():
+    model = tiny_classifier()
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05,
+                                    layer_decay=0.75)
+    names = {id(p): n for n, p in model.named_parameters()}
+    scale = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            scale[names[id(p)]] = (group["lr_scale"], group["weight_decay"])
+    depth = 12
+    assert scale["patch_embed.proj.weight"][0] == pytest.approx(0.75 ** (depth + 1))
+    for i in range(depth):
+        assert scale[f"blocks.{i}.mlp.fc1.weight"][0] == pytest.approx(0.75 ** (depth - i))
+    assert scale["head.weight"][0] == pytest.approx(1.0)
+    assert scale["fc_norm.weight"] == (pytest.approx(1.0), 0.0)  # and no decay on norms
+    assert scale["blocks.0.attn.q_bias"][1] == 0.0
+
+
+def test_merge_views_hand_made():
+    # video 0: two views, class 1 wins on average; video 1: one good view; video 2: no view
+    # decodes; the duplicate (video 0, view 0) row counts once
+    logits = np.array([[0.0, 3.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 5.0], [9.0, 0.0, 0.0],
+                       [0.0, 3.0, 0.0]])
+    views = dict(video=np.array([0, 0, 1, 2, 0]), view=np.array([0, 1, 0, 0, 0]),
+                 ok=np.array([True, True, True, False, True]), label=np.array([1, 1, 0, 2, 1]),
+                 logits=logits)
+    probs, labels, failed = engine.merge_views(views, num_videos=3, num_classes=3)
+    soft = torch.softmax(torch.tensor(logits[:2]), 1).mean(0).numpy()
+    assert np.allclose(probs[0], soft) and failed == 1 and list(labels) == [1, 0]
+    metrics = engine.classification_metrics(probs, labels)
+    assert metrics == dict(top1=50.0, top5=100.0, class_mean_top1=50.0)
+
+
+def test_class_mean_top1():
+    probs = np.eye(3)[[0, 0, 0, 1, 2]]  # predictions
+    labels = np.array([0, 0, 0, 0, 2])  # class 0: 3 of 4 right, class 2: 1 of 1
+    m = engine.classification_metrics(probs, labels)
+    assert m["top1"] == pytest.approx(80.0) and m["class_mean_top1"] == pytest.approx(87.5)
+
+
+def test_rand_augment_same_ops_every_frame():
+    from timm.data.auto_augment import rand_augment_transform
+    transform = rand_augment_transform("rand-m9-n4-mstd0.5-inc1", {})
+    frame = np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)
+    out = same_ops_per_frame(transform, np.stack([frame] * 4), seed=3)
+    assert all((o == out[0]).all() for o in out)
+    other = same_ops_per_frame(transform, np.stack([frame] * 2), seed=4)
+    assert not (other[0] == out[0]).all()
+
+
+def test_probe_learns_separable_features():
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(c * 3, 1, (30, 8)) for c in range(3)])
+    labels = np.repeat(np.arange(3), 30)
+    probe = engine.train_probe(features, labels, 3, epochs=30, lr=1e-2, weight_decay=0,
+                               batch_size=16, seed=0)
+    with torch.no_grad():
+        pred = probe(torch.from_numpy(features).float()).argmax(1).numpy()
+    assert (pred == labels).mean() == 1.0
+
+
+# ---------------------------------------------------------------- through the CLI
+def colour_videos(root, per_class=4, bad=False):
+    """Trivially separable: class c is a flat colour (plus noise)."""
+    colours = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]
+    entries = []
+    for label, colour in enumerate(colours):
+        for i in range(per_class):
+            rng = np.random.default_rng(label * 100 + i)
+            frames = np.clip(np.array(colour) + rng.normal(0, 10, (12, 40, 48, 3)), 0,
+                             255).astype(np.uint8)
+            entries.append((write_video(str(root / f"c{label}" / f"{i}.mp4"), frames), label))
+    for split in ("train", "val"):
+        write_list(root / f"{split}.csv", entries)
+    test = entries + ([(str(root / "missing.mp4"), 0)] if bad else [])
+    write_list(root / "test.csv", test)
+    return root
+
+
+def cli(*argv, processes=1):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*launcher, "run_class_finetuning.py", *argv], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    return result.returncode, result.stdout + result.stderr
+
+
+TINY = ["--model", "vit_tiny_patch16_224", "--num_frames", "4", "--input_size", "32",
+        "--short_side_size", "32", "--data_set", "UCF101", "--nb_classes", "3", "--device",
+        "cpu", "--num_workers", "0", "--batch_size", "4", "--test_num_segment", "2",
+        "--test_num_crop", "2", "--sampling_rate", "2", "--print_freq", "1"]
+
+
+@pytest.fixture(scope="module")
+def colour_set(tmp_path_factory):
+    return colour_videos(tmp_path_factory.mktemp("colours"), bad=True)
+
+
+@pytest.fixture(scope="module")
+def finetuned(colour_set, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft")
+    code, log = cli(*TINY, "--data_path", str(colour_set), "--epochs", "2", "--warmup_epochs",
+                    "1", "--update_freq", "2", "--model_ema", "--output_dir", str(out))
+    assert code == 0, log
+    return out, log
+
+
+def test_finetune_cli(finetuned):
+    out, log = finetuned
+    assert "missing" not in log  # no --finetune: trained from scratch
+    assert "val top-1" in log and "eta epoch" in log
+    results = json.load(open(out / "results.json"))
+    assert results["mode"] == "finetune" and results["num_videos"] == 13
+    assert results["num_failed"] == 1  # the missing test video is counted, not replaced
+    assert {"top1", "top5", "class_mean_top1"} <= set(results)
+    assert os.path.isfile(out / "checkpoint-1.pth")
+
+
+def test_eval_cli_and_two_processes_match(finetuned, colour_set, tmp_path):
+    out, _ = finetuned
+    common = [*TINY, "--data_path", str(colour_set), "--eval", "--finetune",
+              str(out / "checkpoint-1.pth")]
+    runs = {"one": cli(*common, "--output_dir", str(tmp_path / "one")),
+            "two_sharded": cli(*common, "--output_dir", str(tmp_path / "two_sharded"),
+                               processes=2),
+            "two_full": cli(*common, "--no-dist_eval", "--output_dir", str(tmp_path / "two_full"),
+                            processes=2)}
+    results = {}
+    for name, (code, log) in runs.items():
+        assert code == 0, log
+        results[name] = json.load(open(tmp_path / name / "results.json"))
+    one = results["one"]
+    assert one["mode"] == "test" and one["num_videos"] == 13 and one["num_failed"] == 1
+    for name in ("two_sharded", "two_full"):
+        for key in ("top1", "top5", "class_mean_top1", "num_videos", "num_failed"):
+            assert results[name][key] == pytest.approx(one[key]), (name, key)
+
+
+def test_linear_probe_separable_set(colour_set, tmp_path):
+    # a randomly initialised encoder saved and loaded like a real checkpoint
+    torch.manual_seed(0)
+    student = modeling_pretrain.build_student("pretrain_videomae_tiny_patch16_224", 32, 16, 4, 2,
+                                              192)
+    path = tmp_path / "pretrained.pth"
+    torch.save({"model": student.state_dict()}, path)
+    args = [*TINY, "--data_path", str(colour_set), "--linear_probe", "--finetune", str(path),
+            "--probe_epochs", "50", "--output_dir", str(tmp_path / "probe")]
+    code, log = cli(*args)
+    assert code == 0, log
+    results = json.load(open(tmp_path / "probe" / "results.json"))
+    assert results["top1"] == 100.0 and results["num_failed"] == 1
+    assert results["mode"] == "linear_probe"
+    code, log = cli(*args)  # the second time the features come from the cache
+    assert code == 0 and "cached train features" in log
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--eval"], "need --finetune"),
+    (["--finetune", "/nope.pth"], "--finetune /nope.pth does not exist"),
+    (["--num_frames", "5"], "--num_frames 5 is not divisible"),
+])
+def test_finetune_bad_arguments(colour_set, argv, message):
+    code, log = cli(*TINY, "--data_path", str(colour_set), *argv)
+    assert code != 0 and message in log.strip().splitlines()[-1]
