@@ -134,8 +134,8 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x):
         x = self.forward_features(x)
-        if self.fc_norm is not None:
-            x = self.fc_norm(x.mean(1))
+        # without mean pooling VideoMAE classifies its first token (it has no CLS token)
+        x = self.fc_norm(x.mean(1)) if self.fc_norm is not None else x[:, 0]
         return self.head(self.fc_dropout(x))
 
 

@@ -18,7 +18,6 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import datasets
@@ -191,6 +190,7 @@ def main(args):
     if args.linear_probe:
         return linear_probe(args, dist_info, nb_classes)
     model = build_model(args, nb_classes).to(dist_info.device)
+    utils.seed_everything(args.seed + dist_info.rank)  # same init everywhere, then per rank
     if args.eval:
         load_weights(model, args)
         return test(model, args, dist_info, nb_classes, "test")
@@ -224,24 +224,10 @@ def main(args):
     resume = utils.resume_checkpoint(args)
     if resume:
         path, state = resume
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if model_ema is not None and state.get("model_ema"):
-            model_ema.load_state_dict(state["model_ema"])
-        start_epoch, first_batch = state["epoch"], state["next_batch"]
+        start_epoch, first_batch = utils.restore(state, model, optimizer, scaler, model_ema)
         log.info("resumed from %s: epoch %d, batch %d", path, start_epoch + 1, first_batch)
-    if args.enable_deepspeed:
-        import deepspeed
-        config = {"train_micro_batch_size_per_gpu": args.batch_size,
-                  "gradient_accumulation_steps": args.update_freq,
-                  "gradient_clipping": args.clip_grad or 0.0,
-                  "zero_optimization": {"stage": args.zero_stage}, "steps_per_print": 2**31}
-        model, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                      config=config, dist_init_required=False)
-    elif dist_info.world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[dist_info.local_rank]
-                                        if dist_info.device.type == "cuda" else None)
-    net = model.module if hasattr(model, "module") else model
+    model, optimizer, net = utils.wrap_for_training(model, optimizer, args, dist_info,
+                                                    args.update_freq)
     updates_per_epoch = steps_per_epoch // args.update_freq
 
     def lr_at(update):
@@ -251,10 +237,8 @@ def main(args):
 
     def save(name, epoch, next_batch):
         if dist_info.is_main:
-            utils.save_checkpoint(os.path.join(args.output_dir, name), dict(
-                model=net.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
-                next_batch=next_batch, step=epoch * steps_per_epoch + next_batch,
-                model_ema=model_ema.state_dict() if model_ema else None, args=vars(args)))
+            utils.save_checkpoint(os.path.join(args.output_dir, name), utils.training_state(
+                net, optimizer, epoch, next_batch, steps_per_epoch, args, scaler, model_ema))
 
     run = argparse.Namespace(steps_per_epoch=steps_per_epoch, epochs=args.epochs,
                              precision=args.precision, device=dist_info.device, dist=dist_info,

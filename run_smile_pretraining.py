@@ -12,7 +12,6 @@ import sys
 
 import torch
 from timm.optim import create_optimizer_v2
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import datasets
@@ -107,13 +106,14 @@ def main(args):
         raise ValueError(f"{len(dataset)} clips make no full batch of {args.batch_size} x "
                          f"{dist_info.world_size} processes")
     teacher = teachers.build_teacher(args, tuple(args.grid)).to(dist_info.device)
-    if args.precision == "bf16":  # frozen: no master weights needed, run it in bf16 directly
-        teacher = teacher.to(torch.bfloat16)
+    if args.precision in ("bf16", "fp16"):  # frozen: no fp32 master weights needed
+        teacher = teacher.to(torch.bfloat16 if args.precision == "bf16" else torch.float16)
     model_kwargs = dict(name=args.model, img_size=args.input_size, patch_size=args.patch_size,
                         num_frames=args.num_frames, tubelet_size=args.tubelet_size,
                         target_dim=teachers.target_dim(args), drop_path_rate=args.drop_path,
                         use_checkpoint=args.use_checkpoint)
     model = modeling_pretrain.build_student(**model_kwargs).to(dist_info.device)
+    utils.seed_everything(args.seed + dist_info.rank)  # from here on, e.g. drop path, per rank
     optimizer = create_optimizer_v2(model, opt="adamw", lr=args.scaled_lr,
                                     weight_decay=args.weight_decay, betas=tuple(args.opt_betas))
     scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
@@ -128,11 +128,7 @@ def main(args):
     resume = utils.resume_checkpoint(args)
     if resume:
         path, state = resume
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, first_batch = state["epoch"], state["next_batch"]
+        start_epoch, first_batch = utils.restore(state, model, optimizer, scaler)
         log.info("resumed from %s: epoch %d, batch %d (step %d)", path, start_epoch + 1,
                  first_batch, state["step"])
     elif args.first_stage_path:
@@ -141,17 +137,7 @@ def main(args):
         log.info("stage 2: whole student from %s, fresh optimiser and schedule",
                  args.first_stage_path)
 
-    if args.enable_deepspeed:
-        import deepspeed
-        config = {"train_micro_batch_size_per_gpu": args.batch_size,
-                  "gradient_clipping": args.clip_grad or 0.0,
-                  "zero_optimization": {"stage": args.zero_stage}, "steps_per_print": 2**31}
-        model, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                      config=config, dist_init_required=False)
-    elif dist_info.world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[dist_info.local_rank]
-                                        if dist_info.device.type == "cuda" else None)
-    student = model.module if hasattr(model, "module") else model
+    model, optimizer, student = utils.wrap_for_training(model, optimizer, args, dist_info)
 
     warmup_steps = args.warmup_epochs * steps_per_epoch
     total_steps = args.epochs * steps_per_epoch
@@ -162,11 +148,9 @@ def main(args):
 
     def save(name, epoch, next_batch):
         if dist_info.is_main:
-            utils.save_checkpoint(os.path.join(args.output_dir, name), dict(
-                model=student.state_dict(), optimizer=optimizer.state_dict(),
-                scaler=scaler.state_dict() if scaler else None, epoch=epoch,
-                next_batch=next_batch, step=epoch * steps_per_epoch + next_batch,
-                args=vars(args), model_kwargs=model_kwargs))
+            utils.save_checkpoint(os.path.join(args.output_dir, name), utils.training_state(
+                student, optimizer, epoch, next_batch, steps_per_epoch, args, scaler,
+                model_kwargs=model_kwargs))
 
     run = argparse.Namespace(steps_per_epoch=steps_per_epoch, epochs=args.epochs,
                              precision=args.precision, device=dist_info.device, dist=dist_info,

@@ -108,6 +108,45 @@ def resume_checkpoint(args):
     return find_resume_checkpoint(args.output_dir) if args.auto_resume else None
 
 
+def restore(state, model, optimizer, scaler=None, model_ema=None):
+    """Load a training checkpoint into the pieces; returns (epoch, next_batch) to start at."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if model_ema is not None and state.get("model_ema"):
+        model_ema.load_state_dict(state["model_ema"])
+    return state["epoch"], state["next_batch"]
+
+
+def training_state(model, optimizer, epoch, next_batch, steps_per_epoch, args, scaler=None,
+                   model_ema=None, **extra):
+    """What a checkpoint holds: plain data that loads with torch.load(weights_only=True)."""
+    return dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                scaler=scaler.state_dict() if scaler else None,
+                model_ema=model_ema.state_dict() if model_ema else None, epoch=epoch,
+                next_batch=next_batch, step=epoch * steps_per_epoch + next_batch,
+                args=vars(args), **extra)
+
+
+def wrap_for_training(model, optimizer, args, dist_info, accumulation=1):
+    """DeepSpeed engine (--enable_deepspeed), DDP (several processes) or the model itself.
+    Returns (model to call, optimizer, the bare module whose state dict is saved)."""
+    if args.enable_deepspeed:
+        import deepspeed
+        config = {"train_micro_batch_size_per_gpu": args.batch_size,
+                  "gradient_accumulation_steps": accumulation,
+                  "gradient_clipping": args.clip_grad or 0.0,
+                  "zero_optimization": {"stage": args.zero_stage}, "steps_per_print": 2**31}
+        model, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                      config=config, dist_init_required=False)
+    elif dist_info.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(model, device_ids=[dist_info.local_rank]
+                                        if dist_info.device.type == "cuda" else None)
+    return model, optimizer, (model.module if hasattr(model, "module") else model)
+
+
 # ---------------------------------------------------------------- distributed
 @dataclass
 class Dist:

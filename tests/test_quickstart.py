@@ -19,3 +19,6 @@ def test_quickstart_end_to_end(tmp_path):
     assert "RANDOM WEIGHTS" in result.stdout
     assert "stage 2: whole student from" in result.stdout
     assert f"Outputs in {out}" in result.stdout
+    assert "linear-probe top-1 on motion direction" in result.stdout
+    for name in ("pretrained", "random"):
+        assert (out / f"probe_{name}" / "results.json").is_file()

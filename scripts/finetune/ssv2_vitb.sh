@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Fine-tune a SMILE ViT-B on Something-Something V2, one node with 8 GPUs (VideoMAE recipe:
+# one frame per segment, no flip, layer decay 0.7, 40 epochs), then the 2 clips x 3 crops test.
+set -euo pipefail
+
+DATA_PATH=/path/to/ssv2/lists                 # folder with train.csv, val.csv, test.csv
+MODEL_PATH=runs/k400_vitb_stage2/checkpoint-299.pth
+OUTPUT_DIR=runs/ssv2_vitb_finetune
+GPUS=${GPUS:-8}
+
+cd "$(dirname "$0")/../.."
+torchrun --standalone --nproc_per_node "$GPUS" run_class_finetuning.py \
+    --data_path "$DATA_PATH" --data_set SSV2 \
+    --finetune "$MODEL_PATH" --model vit_base_patch16_224 \
+    --num_frames 16 --input_size 224 --short_side_size 224 \
+    --batch_size 32 --lr 1e-3 --min_lr 1e-6 --warmup_lr 1e-8 --warmup_epochs 5 --epochs 40 \
+    --layer_decay 0.7 --drop_path 0.1 --weight_decay 0.05 --opt_betas 0.9 0.999 \
+    --aa rand-m7-n4-mstd0.5-inc1 --reprob 0.25 --mixup 0.8 --cutmix 1.0 --smoothing 0.1 \
+    --test_num_segment 2 --test_num_crop 3 --dist_eval \
+    --num_workers 10 --output_dir "$OUTPUT_DIR"
