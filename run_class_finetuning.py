@@ -137,7 +137,7 @@ def linear_probe(args, dist_info, nb_classes):
         cache = os.path.join(args.output_dir, f"features_{split}.pt")
         key = dict(checkpoint=os.path.abspath(args.finetune), segments=segments, crops=crops,
                    mtime=os.path.getmtime(args.finetune) if os.path.isfile(args.finetune) else 0,
-                   frames=args.num_frames, size=args.input_size, seed=args.seed)
+                   frames=args.num_frames, size=args.input_size)
         if os.path.isfile(cache) and torch.load(cache, weights_only=False)["key"] == key:
             features[split] = torch.load(cache, weights_only=False)["views"]
             log.info("probe: cached %s features from %s", split, cache)
@@ -259,8 +259,10 @@ def main(args):
             return None
         first_batch = 0
         save("checkpoint-latest.pth", epoch + 1, 0)
-        if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
-            save(f"checkpoint-{epoch}.pth", epoch + 1, 0)
+        if dist_info.is_main and ((epoch + 1) % args.save_ckpt_freq == 0
+                                  or epoch + 1 == args.epochs):
+            utils.copy_checkpoint(os.path.join(args.output_dir, "checkpoint-latest.pth"),
+                                  os.path.join(args.output_dir, f"checkpoint-{epoch}.pth"))
         val = engine.evaluate(net, eval_loader(args, val_set, dist_info), dist_info,
                               args.dist_eval, len(val_set.entries), nb_classes, args.precision)
         logger.scalars(epoch, {"top1": val["top1"], "top5": val["top5"]}, prefix="val")

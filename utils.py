@@ -258,6 +258,15 @@ def save_checkpoint(path, state):
     os.replace(tmp, path)
 
 
+def copy_checkpoint(source, path):
+    """An atomic copy (e.g. checkpoint-latest.pth -> checkpoint-N.pth) without serialising
+    the state a second time."""
+    import shutil
+    tmp = f"{path}.tmp.{os.getpid()}"
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, path)
+
+
 def load_checkpoint(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 

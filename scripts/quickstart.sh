@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SMILE end to end on a CPU with nothing downloaded, in a few minutes:
+# SMILE end to end on a CPU with nothing downloaded, in about five minutes:
 #   1. writes a small motion-classification video set (real H.264 files + lists),
 #   2. stage 1: procedural objects moving over still noise (paper Table 7), trajectory masking,
 #   3. stage 2: the generated videos, tube masking, from the whole stage-1 student,
@@ -11,10 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/quickstart}
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-EPOCHS1=${EPOCHS1:-4}
-EPOCHS2=${EPOCHS2:-2}
+EPOCHS1=${EPOCHS1:-6}
+EPOCHS2=${EPOCHS2:-3}
 CLIPS=${CLIPS:-512}
-VIDEOS_PER_CLASS=${VIDEOS_PER_CLASS:-24}
+VIDEOS_PER_CLASS=${VIDEOS_PER_CLASS:-48}
 mkdir -p "$OUT"
 start=$(date +%s)
 
