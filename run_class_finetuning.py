@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 
+import numpy as np
 import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -67,6 +68,9 @@ def get_args_parser():
     g.add_argument("--probe_lr", type=float, default=1e-3)
     g.add_argument("--probe_weight_decay", type=float, default=1e-4)
     g.add_argument("--probe_batch_size", type=int, default=256)
+    g.add_argument("--probe_repeats", type=int, default=1,
+                   help="train this many probes (seeds seed, seed+1, ...) on the cached "
+                        "features; results.json reports the mean and each seed's top-1")
     return parser
 
 
@@ -84,8 +88,8 @@ def check_args(args):
         raise ValueError("--eval and --linear_probe need --finetune CHECKPOINT")
     if args.finetune and args.finetune != "random" and not os.path.isfile(args.finetune):
         raise ValueError(f"--finetune {args.finetune} does not exist")
-    if args.update_freq < 1:
-        raise ValueError("--update_freq must be >= 1")
+    if args.update_freq < 1 or args.probe_repeats < 1:
+        raise ValueError("--update_freq and --probe_repeats must be >= 1")
 
 
 def build_model(args, nb_classes, probe=False):
@@ -152,19 +156,23 @@ def linear_probe(args, dist_info, nb_classes):
         features[split]["num_videos"] = len(dataset.entries)
         if dist_info.is_main:
             torch.save(dict(key=key, views=features[split]), cache)
-    train = features["train"]
-    probe = engine.train_probe(train["features"][train["ok"]], train["label"][train["ok"]],
-                               nb_classes, args.probe_epochs, args.probe_lr,
-                               args.probe_weight_decay, args.probe_batch_size, args.seed)
-    test = dict(features["test"])
-    with torch.no_grad():
-        test["logits"] = probe(torch.from_numpy(test["features"]).float()).numpy()
-    probs, labels, failed = engine.merge_views(test, test["num_videos"], nb_classes)
-    results = dict(engine.classification_metrics(probs, labels), num_videos=test["num_videos"],
+    train, test = features["train"], dict(features["test"])
+    runs = []  # classifiers from several seeds on the same cached features: the probe's spread
+    for seed in range(args.seed, args.seed + args.probe_repeats):
+        probe = engine.train_probe(train["features"][train["ok"]], train["label"][train["ok"]],
+                                   nb_classes, args.probe_epochs, args.probe_lr,
+                                   args.probe_weight_decay, args.probe_batch_size, seed)
+        with torch.no_grad():
+            test["logits"] = probe(torch.from_numpy(test["features"]).float()).numpy()
+        probs, labels, failed = engine.merge_views(test, test["num_videos"], nb_classes)
+        runs.append(engine.classification_metrics(probs, labels))
+    results = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+    results.update(top1_per_seed=[r["top1"] for r in runs], num_videos=test["num_videos"],
                    num_failed=failed, mode="linear_probe", checkpoint=args.finetune,
                    protocol=f"{args.probe_train_segments} train clips/video, "
                             f"{args.test_num_segment}x{args.test_num_crop} test views, "
-                            f"{args.probe_epochs} epochs AdamW lr {args.probe_lr}")
+                            f"{args.probe_epochs} epochs AdamW lr {args.probe_lr}, mean of "
+                            f"{args.probe_repeats} seeds")
     write_results(args, dist_info, results)
     return results
 

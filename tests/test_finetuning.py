@@ -229,12 +229,12 @@ def test_linear_probe_separable_set(colour_set, tmp_path):
     path = tmp_path / "pretrained.pth"
     torch.save({"model": student.state_dict()}, path)
     args = [*TINY, "--data_path", str(colour_set), "--linear_probe", "--finetune", str(path),
-            "--probe_epochs", "50", "--output_dir", str(tmp_path / "probe")]
+            "--probe_epochs", "50", "--probe_repeats", "2", "--output_dir", str(tmp_path / "probe")]
     code, log = cli(*args)
     assert code == 0, log
     results = json.load(open(tmp_path / "probe" / "results.json"))
     assert results["top1"] == 100.0 and results["num_failed"] == 1
-    assert results["mode"] == "linear_probe"
+    assert results["mode"] == "linear_probe" and results["top1_per_seed"] == [100.0, 100.0]
     code, log = cli(*args)  # the second time the features come from the cache
     assert code == 0 and "cached train features" in log
 
