@@ -43,14 +43,14 @@ def train_one_epoch(model, criterion, loader, optimizer, lr_at, epoch, first_bat
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"loss is {loss_value} at epoch {epoch + 1} batch {i}")
         step_now = (i + 1) % run.update_freq == 0
+        for group in optimizer.param_groups:  # layer decay: each group keeps its own scale
+            group["lr"] = lr_at(update) * group.get("lr_scale", 1.0)
         if hasattr(model, "backward"):  # DeepSpeed accumulates and steps by itself
             model.backward(loss)
             model.step()
         else:
             (scaler.scale(loss) if scaler else loss).div(run.update_freq).backward()
             if step_now:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(update) * group.get("lr_scale", 1.0)
                 if scaler:
                     scaler.unscale_(optimizer)
                 if run.clip_grad:

@@ -1,6 +1,7 @@
 """Plumbing shared by the entry points: run flags, normalisation, distributed set-up, seeding,
 the step-indexed LR schedule, atomic checkpoints with auto-resume, logging and pre-emption."""
 import argparse
+import functools
 import glob
 import json
 import logging
@@ -23,15 +24,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 log = logging.getLogger("smile")
 
 
+@functools.lru_cache(maxsize=None)
+def _normalization(device, mean, std):
+    # made once per device: a fresh host-to-device copy every step would stall the GPU stream
+    shape = (3, 1, 1, 1)
+    scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(shape)
+    offset = torch.tensor([m / s for m, s in zip(mean, std)], device=device).view(shape)
+    return scale, offset
+
+
 def normalize_video(video, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """uint8 video [..., 3, T, H, W] (any device) -> float32 (x / 255 - mean) / std.
 
     The pretraining loader hands over uint8 so that workers and host-to-device copies move a
     quarter of the bytes; this runs once, on the training device.
     """
-    shape = (3, 1, 1, 1)
-    scale = torch.tensor([1 / (255 * s) for s in std], device=video.device).view(shape)
-    offset = torch.tensor([m / s for m, s in zip(mean, std)], device=video.device).view(shape)
+    scale, offset = _normalization(video.device, tuple(mean), tuple(std))
     return video.float().mul_(scale).sub_(offset)
 
 

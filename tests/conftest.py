@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -44,3 +45,17 @@ def write_list(path, entries):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def run_script(script, *argv, processes=1, wait=True, timeout=600):
+    """Run a project script as a user would (torchrun for several processes). With wait, the
+    (exit code, stdout + stderr); without, the running Popen."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*launcher, script, *argv], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if not wait:
+        return proc
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out

@@ -1,8 +1,6 @@
 """Fine-tuning, evaluation and the linear probe."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from timm.optim import create_optimizer_v2
 import engine_for_finetuning as engine
 import modeling_finetune
 import modeling_pretrain
-from conftest import ROOT, write_list
+from conftest import run_script, write_list
 from media import write_video
 from video_transforms import same_ops_per_frame
 
@@ -162,12 +160,7 @@ def colour_videos(root, per_class=4, bad=False):
 
 
 def cli(*argv, processes=1):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([*launcher, "run_class_finetuning.py", *argv], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
-    return result.returncode, result.stdout + result.stderr
+    return run_script("run_class_finetuning.py", *argv, processes=processes)
 
 
 TINY = ["--model", "vit_tiny_patch16_224", "--num_frames", "4", "--input_size", "32",

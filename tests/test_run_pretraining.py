@@ -3,7 +3,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 
 import run_smile_pretraining as run
 import utils
-from conftest import ROOT
+from conftest import ROOT, run_script
 
 TINY = ["--model", "pretrain_videomae_tiny_patch16_224", "--teacher_model", "clip_vit_tiny",
         "--teacher_weights", "random", "--num_frames", "4", "--input_size", "32",
@@ -19,16 +18,8 @@ TINY = ["--model", "pretrain_videomae_tiny_patch16_224", "--teacher_model", "cli
         "1", "--print_freq", "1", "--lr", "1e-2"]
 
 
-def cli(*argv, processes=1, wait=True, timeout=300):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*launcher, "run_smile_pretraining.py", *argv], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if not wait:
-        return proc
-    out, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, out
+def cli(*argv, **kwargs):
+    return run_script("run_smile_pretraining.py", *argv, **kwargs)
 
 
 def final_weights(output_dir, epochs):

@@ -1,16 +1,9 @@
 import os
 import shutil
-import subprocess
-import sys
 
 from PIL import Image
 
-from conftest import ROOT
-
-
-def run_tool(*argv):
-    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+from conftest import run_script
 
 
 def test_make_lists(video_dir, tmp_path):
@@ -21,25 +14,25 @@ def test_make_lists(video_dir, tmp_path):
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, dst)
     shutil.copy(video_dir["text"], root / "class1" / "broken.mp4")
-    out = tmp_path / "lists"
-    result = run_tool("tools/make_lists.py", str(root), str(out), "--val_fraction", "0.5")
-    assert result.returncode == 0, result.stderr
-    assert "1 unreadable" in result.stdout and "broken.mp4" in result.stdout
-    train = (out / "train.csv").read_text().splitlines()
-    val = (out / "val.csv").read_text().splitlines()
+    lists = tmp_path / "lists"
+    code, out = run_script("tools/make_lists.py", str(root), str(lists), "--val_fraction", "0.5")
+    assert code == 0, out
+    assert "1 unreadable" in out and "broken.mp4" in out
+    train = (lists / "train.csv").read_text().splitlines()
+    val = (lists / "val.csv").read_text().splitlines()
     assert len(train) == 2 and len(val) == 2
-    assert (out / "test.csv").read_text().splitlines() == val
-    assert (out / "classes.txt").read_text().splitlines() == ["0 class0", "1 class1"]
+    assert (lists / "test.csv").read_text().splitlines() == val
+    assert (lists / "classes.txt").read_text().splitlines() == ["0 class0", "1 class1"]
     for line in train + val:
         path, label = line.rsplit(" ", 1)
         assert os.path.basename(os.path.dirname(path)) == f"class{label}"
 
 
 def test_visualize_infusion_writes_png_and_gif(tmp_path):
-    result = run_tool("tools/visualize_infusion.py", "--background", "noise", "--num_frames",
+    code, out = run_script("tools/visualize_infusion.py", "--background", "noise", "--num_frames",
                       "4", "--input_size", "64", "--output_dir", str(tmp_path), "--index", "2")
-    assert result.returncode == 0, result.stderr
-    assert "tokens masked" in result.stdout
+    assert code == 0, out
+    assert "tokens masked" in out
     png = Image.open(tmp_path / "infusion_2.png")
     assert png.size == (4 * 64, 3 * 64)  # rows: original, infused, mask overlay
     gif = Image.open(tmp_path / "infusion_2.gif")
@@ -47,10 +40,10 @@ def test_visualize_infusion_writes_png_and_gif(tmp_path):
 
 
 def test_visualize_rejects_bad_geometry(tmp_path):
-    result = run_tool("tools/visualize_infusion.py", "--background", "black", "--num_frames",
+    code, out = run_script("tools/visualize_infusion.py", "--background", "black", "--num_frames",
                       "5", "--output_dir", str(tmp_path))
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == [
+    assert code != 0
+    assert out.strip().splitlines() == [
         "error: --num_frames 5 is not divisible by the tubelet size 2"]
 
 
@@ -65,11 +58,11 @@ def test_feature_similarity(video_dir, tmp_path):
                                               192)
     ckpt = tmp_path / "pretrained.pth"
     torch.save({"model": student.state_dict()}, ckpt)
-    result = run_tool("tools/feature_similarity.py", "--video", video_dir["clip0"],
+    code, out = run_script("tools/feature_similarity.py", "--video", video_dir["clip0"],
                       "--checkpoints", str(ckpt), "random", "--model", "vit_tiny_patch16_224",
                       "--num_frames", "8", "--sampling_rate", "2", "--input_size", "32",
                       "--output_dir", str(tmp_path / "sim"))
-    assert result.returncode == 0, result.stderr
+    assert code == 0, out
     data = json.load(open(tmp_path / "sim" / "similarity.json"))
     matrix = data[str(ckpt)]["matrix"]
     assert len(matrix) == 4 and all(abs(matrix[i][i] - 1) < 1e-3 for i in range(4))
