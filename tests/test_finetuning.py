@@ -240,3 +240,14 @@ def test_linear_probe_separable_set(colour_set, tmp_path):
 def test_finetune_bad_arguments(colour_set, argv, message):
     code, log = cli(*TINY, "--data_path", str(colour_set), *argv)
     assert code != 0 and message in log.strip().splitlines()[-1]
+
+
+def test_finetune_deepspeed_two_processes(colour_set, tmp_path):
+    pytest.importorskip("deepspeed")
+    code, log = cli(*TINY, "--data_path", str(colour_set), "--epochs", "1", "--warmup_epochs",
+                    "0", "--batch_size", "2", "--update_freq", "2", "--enable_deepspeed",
+                    "--test_num_segment", "1", "--test_num_crop", "1",
+                    "--output_dir", str(tmp_path), processes=2)
+    assert code == 0, log
+    assert json.load(open(tmp_path / "results.json"))["mode"] == "finetune"
+    assert "model" in torch.load(tmp_path / "checkpoint-0.pth", weights_only=True)
