@@ -267,10 +267,8 @@ def main(args):
             return None
         first_batch = 0
         save("checkpoint-latest.pth", epoch + 1, 0)
-        if dist_info.is_main and ((epoch + 1) % args.save_ckpt_freq == 0
-                                  or epoch + 1 == args.epochs):
-            utils.copy_checkpoint(os.path.join(args.output_dir, "checkpoint-latest.pth"),
-                                  os.path.join(args.output_dir, f"checkpoint-{epoch}.pth"))
+        if dist_info.is_main:
+            utils.keep_epoch_checkpoint(args.output_dir, epoch, args.epochs, args.save_ckpt_freq)
         val = engine.evaluate(net, eval_loader(args, val_set, dist_info), dist_info,
                               args.dist_eval, len(val_set.entries), nb_classes, args.precision)
         logger.scalars(epoch, {"top1": val["top1"], "top5": val["top5"]}, prefix="val")

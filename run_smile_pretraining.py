@@ -175,10 +175,8 @@ def main(args):
             return 0
         first_batch = 0
         save("checkpoint-latest.pth", epoch + 1, 0)
-        if dist_info.is_main and ((epoch + 1) % args.save_ckpt_freq == 0
-                                  or epoch + 1 == args.epochs):
-            utils.copy_checkpoint(os.path.join(args.output_dir, "checkpoint-latest.pth"),
-                                  os.path.join(args.output_dir, f"checkpoint-{epoch}.pth"))
+        if dist_info.is_main:
+            utils.keep_epoch_checkpoint(args.output_dir, epoch, args.epochs, args.save_ckpt_freq)
         logger.epoch({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}})
         log.info("epoch %d done: loss %.4f", epoch + 1, stats["loss"])
     logger.close()

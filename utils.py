@@ -275,6 +275,14 @@ def copy_checkpoint(source, path):
     os.replace(tmp, path)
 
 
+def keep_epoch_checkpoint(output_dir, epoch, epochs, every):
+    """After checkpoint-latest.pth holds the end of `epoch`, also keep it as
+    checkpoint-{epoch}.pth every `every` epochs and at the last one (VideoMAE's naming)."""
+    if (epoch + 1) % every == 0 or epoch + 1 == epochs:
+        copy_checkpoint(os.path.join(output_dir, "checkpoint-latest.pth"),
+                        os.path.join(output_dir, f"checkpoint-{epoch}.pth"))
+
+
 def load_checkpoint(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 

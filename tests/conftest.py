@@ -59,3 +59,16 @@ def run_script(script, *argv, processes=1, wait=True, timeout=600):
         return proc
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
+
+
+def save_random_student(path, seed=0):
+    """A randomly initialised tiny pretraining checkpoint (4 frames, 32 px), written and later
+    loaded through the same path as a real one."""
+    import torch
+
+    import modeling_pretrain
+    torch.manual_seed(seed)
+    student = modeling_pretrain.build_student("pretrain_videomae_tiny_patch16_224", 32, 16, 4, 2,
+                                              192)
+    torch.save({"model": student.state_dict()}, path)
+    return str(path)

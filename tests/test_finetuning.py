@@ -10,7 +10,7 @@ from timm.optim import create_optimizer_v2
 import engine_for_finetuning as engine
 import modeling_finetune
 import modeling_pretrain
-from conftest import run_script, write_list
+from conftest import run_script, save_random_student, write_list
 from media import write_video
 from video_transforms import same_ops_per_frame
 
@@ -216,12 +216,8 @@ def test_eval_cli_and_two_processes_match(finetuned, colour_set, tmp_path):
 
 def test_linear_probe_separable_set(colour_set, tmp_path):
     # a randomly initialised encoder saved and loaded like a real checkpoint
-    torch.manual_seed(0)
-    student = modeling_pretrain.build_student("pretrain_videomae_tiny_patch16_224", 32, 16, 4, 2,
-                                              192)
-    path = tmp_path / "pretrained.pth"
-    torch.save({"model": student.state_dict()}, path)
-    args = [*TINY, "--data_path", str(colour_set), "--linear_probe", "--finetune", str(path),
+    path = save_random_student(tmp_path / "pretrained.pth")
+    args = [*TINY, "--data_path", str(colour_set), "--linear_probe", "--finetune", path,
             "--probe_epochs", "50", "--probe_repeats", "2", "--output_dir", str(tmp_path / "probe")]
     code, log = cli(*args)
     assert code == 0, log

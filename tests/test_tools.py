@@ -1,9 +1,10 @@
+import json
 import os
 import shutil
 
 from PIL import Image
 
-from conftest import run_script
+from conftest import run_script, save_random_student
 
 
 def test_make_lists(video_dir, tmp_path):
@@ -48,22 +49,13 @@ def test_visualize_rejects_bad_geometry(tmp_path):
 
 
 def test_feature_similarity(video_dir, tmp_path):
-    import json
-
-    import torch
-
-    import modeling_pretrain
-    torch.manual_seed(0)
-    student = modeling_pretrain.build_student("pretrain_videomae_tiny_patch16_224", 32, 16, 4, 2,
-                                              192)
-    ckpt = tmp_path / "pretrained.pth"
-    torch.save({"model": student.state_dict()}, ckpt)
+    ckpt = save_random_student(tmp_path / "pretrained.pth")
     code, out = run_script("tools/feature_similarity.py", "--video", video_dir["clip0"],
-                      "--checkpoints", str(ckpt), "random", "--model", "vit_tiny_patch16_224",
-                      "--num_frames", "8", "--sampling_rate", "2", "--input_size", "32",
-                      "--output_dir", str(tmp_path / "sim"))
+                           "--checkpoints", ckpt, "random", "--model", "vit_tiny_patch16_224",
+                           "--num_frames", "8", "--sampling_rate", "2", "--input_size", "32",
+                           "--output_dir", str(tmp_path / "sim"))
     assert code == 0, out
     data = json.load(open(tmp_path / "sim" / "similarity.json"))
-    matrix = data[str(ckpt)]["matrix"]
+    matrix = data[ckpt]["matrix"]
     assert len(matrix) == 4 and all(abs(matrix[i][i] - 1) < 1e-3 for i in range(4))
     assert "random" in data and (tmp_path / "sim" / "similarity.png").is_file()
