@@ -14,14 +14,9 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import all_reduce_mean, format_eta, stop_requested
+from utils import all_reduce_mean, autocast, format_eta, stop_requested
 
 log = logging.getLogger("smile")
-
-
-def autocast(device, precision):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def train_one_epoch(model, criterion, loader, optimizer, lr_at, epoch, first_batch, run, logger,

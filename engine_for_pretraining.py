@@ -10,7 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from utils import all_reduce_mean, format_eta, normalize_video, stop_requested
+from utils import all_reduce_mean, autocast, format_eta, normalize_video, stop_requested
 
 log = logging.getLogger("smile")
 
@@ -46,7 +46,7 @@ def train_step(model, teacher, batch, optimizer, lr, precision, device, target_n
     """
     video = normalize_video(batch[0].to(device, non_blocking=True))
     mask = batch[1].to(device, non_blocking=True)
-    target = normalize_target(teacher(video), target_norm)
+    target = normalize_target(teacher(video), target_norm)  # outside autocast: see teachers.py
     if mask.dim() == 3:
         masks_per_clip = mask.shape[1]
         video = video.repeat_interleave(masks_per_clip, dim=0)
@@ -55,9 +55,7 @@ def train_step(model, teacher, batch, optimizer, lr, precision, device, target_n
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                        enabled=amp_dtype is not None):
+    with autocast(device, precision):
         pred = model(video, mask)
     loss = feature_loss(pred, target, mask)
     loss_value = loss.item()

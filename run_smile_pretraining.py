@@ -106,8 +106,7 @@ def main(args):
         raise ValueError(f"{len(dataset)} clips make no full batch of {args.batch_size} x "
                          f"{dist_info.world_size} processes")
     teacher = teachers.build_teacher(args, tuple(args.grid)).to(dist_info.device)
-    if args.precision in ("bf16", "fp16"):  # frozen: no fp32 master weights needed
-        teacher = teacher.to(torch.bfloat16 if args.precision == "bf16" else torch.float16)
+    teacher = teachers.set_precision(teacher, args.precision)
     model_kwargs = dict(name=args.model, img_size=args.input_size, patch_size=args.patch_size,
                         num_frames=args.num_frames, tubelet_size=args.tubelet_size,
                         target_dim=teachers.target_dim(args), drop_path_rate=args.drop_path,
@@ -115,7 +114,8 @@ def main(args):
     model = modeling_pretrain.build_student(**model_kwargs).to(dist_info.device)
     utils.seed_everything(args.seed + dist_info.rank)  # from here on, e.g. drop path, per rank
     optimizer = create_optimizer_v2(model, opt="adamw", lr=args.scaled_lr,
-                                    weight_decay=args.weight_decay, betas=tuple(args.opt_betas))
+                                    weight_decay=args.weight_decay, betas=tuple(args.opt_betas),
+                                    fused=dist_info.device.type == "cuda")  # one kernel per step
     scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
     log.info("%s clips, %d steps/epoch x %d epochs, batch %d x %d processes x %d masks; "
              "lr %.3e (base %.3e per 256), stage %d: mask %s, infusion p=%.2f, teacher %s",

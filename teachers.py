@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import IMAGENET_MEAN, IMAGENET_STD
+from utils import HALF_DTYPES, IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -73,7 +73,8 @@ def read_state_dict(path):
 
 
 class FrameTeacher(nn.Module):
-    """Wraps an image backbone `tokens_fn(images [M, 3, h, w]) -> [M, h'w', D]`."""
+    """Wraps an image backbone; `tokens_fn(backbone, images [M, 3, h, w]) -> [M, h'w', D]` takes
+    the backbone as an argument so that swapping `self.backbone` (compiled, wrapped) is seen."""
 
     def __init__(self, backbone, tokens_fn, patch_size, grid, tubelet_size, input_norm):
         super().__init__()
@@ -102,7 +103,7 @@ class FrameTeacher(nn.Module):
         if size != (height, width):  # e.g. patch-14 teachers give the student's 16-px grid
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         dtype = next(self.backbone.parameters()).dtype
-        tokens = self.tokens_fn(images.to(dtype)).float()
+        tokens = self.tokens_fn(self.backbone, images.to(dtype)).float()
         return tokens.reshape(batch, steps * grid_h * grid_w, -1)
 
 
@@ -152,7 +153,7 @@ def build_teacher(args, grid):
             backbone.load_state_dict(model.visual.state_dict(), strict=False)
         elif weights != "random":
             load_clip_weights(backbone, weights)
-        tokens_fn = lambda images: backbone(images)[1]  # noqa: E731 (pooled, tokens)
+        tokens_fn = lambda model, images: model(images)[1]  # noqa: E731 (pooled, tokens)
     else:
         import timm
         from timm.models.vision_transformer import checkpoint_filter_fn
@@ -162,9 +163,20 @@ def build_teacher(args, grid):
             backbone.load_state_dict(checkpoint_filter_fn(read_state_dict(weights), backbone),
                                      strict=False)
         prefix = backbone.num_prefix_tokens
-        tokens_fn = lambda images: backbone.forward_features(images)[:, prefix:]  # noqa: E731
+        tokens_fn = lambda model, images: model.forward_features(images)[:, prefix:]  # noqa: E731
     return FrameTeacher(backbone, tokens_fn, patch, grid, args.tubelet_size,
                         args.teacher_input_norm)
+
+
+def set_precision(teacher, precision):
+    """bf16/fp16 runs keep the frozen backbone's weights in that dtype (no fp32 master copy is
+    needed); train_step calls the teacher outside autocast, so CLIP's nn.MultiheadAttention
+    keeps its fused inference path (autocast disables it). The input normalisation and the
+    pixel target stay fp32."""
+    dtype = HALF_DTYPES.get(precision)
+    if dtype is not None and isinstance(teacher, FrameTeacher):
+        teacher.backbone.to(dtype)
+    return teacher
 
 
 def target_dim(args):

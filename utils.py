@@ -21,7 +21,13 @@ import torch.distributed as dist
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --precision -> autocast dtype
 log = logging.getLogger("smile")
+
+
+def autocast(device, precision):  # a disabled context for fp32
+    dtype = HALF_DTYPES.get(precision)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -340,9 +346,7 @@ class MetricLogger:
     """Console lines with ETA, TensorBoard scalars and JSON lines (rank 0 only)."""
 
     def __init__(self, output_dir, log_dir, enabled):
-        self.enabled = enabled
-        self.output_dir = output_dir
-        self.writer = None
+        self.enabled, self.output_dir, self.writer = enabled, output_dir, None
         if enabled and log_dir:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(log_dir=log_dir)

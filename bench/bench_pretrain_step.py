@@ -16,7 +16,9 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
+from timm.optim import create_optimizer_v2
 from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -92,22 +94,19 @@ def main():
     teacher = teachers.build_teacher(targs, grid).to(device)
     if a.teacher_setup == "authors":
         teacher = authors_teacher(teacher)
-    elif a.precision == "bf16":
-        teacher = teacher.to(torch.bfloat16)
+    else:
+        teacher = teachers.set_precision(teacher, a.precision)
     student = modeling_pretrain.build_student(a.model, a.input_size, 16, a.num_frames, 2,
                                               teachers.target_dim(targs),
                                               use_checkpoint=a.use_checkpoint).to(device)
-    if a.compile:
-        student = torch.compile(student)
-        teacher.backbone = torch.compile(teacher.backbone)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=(
-        device.type == "cuda"))
+    optimizer = create_optimizer_v2(student, opt="adamw", lr=1e-4, weight_decay=0.05,
+                                    betas=(0.9, 0.95), fused=device.type == "cuda")  # as training
     scaler = torch.amp.GradScaler("cuda") if a.precision == "fp16" else None
     gen = torch.Generator().manual_seed(0)
     video = torch.randint(0, 256, (a.batch_size, 3, a.num_frames, a.input_size, a.input_size),
                           dtype=torch.uint8, generator=gen)
-    mask = torch.stack([torch.from_numpy(tube_mask(grid, a.mask_ratio, __import__(
-        "numpy").random.default_rng(i))) for i in range(a.batch_size)])
+    mask = torch.stack([torch.from_numpy(tube_mask(grid, a.mask_ratio, np.random.default_rng(i)))
+                        for i in range(a.batch_size)])
     batch = (video.pin_memory() if device.type == "cuda" else video, mask)
 
     def sync():
@@ -121,6 +120,9 @@ def main():
     x = normalize_video(video.to(device))
     teacher_flops = count_flops(lambda: teacher(x))
     step_flops = count_flops(step)  # teacher forward + student forward and backward
+    if a.compile:  # after counting: the counter sees the eager modules' real operations
+        student = torch.compile(student)
+        teacher = torch.compile(teacher)
     for _ in range(a.warmup):
         step()
     sync()

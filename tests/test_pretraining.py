@@ -2,6 +2,7 @@ import argparse
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import engine_for_pretraining as engine
 import modeling_pretrain
@@ -59,6 +60,24 @@ def test_teacher_frozen_and_in_eval():
     teacher.train()
     assert not teacher.training and not teacher.backbone.training
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_teacher_runs_a_swapped_backbone():
+    """torch.compile(teacher.backbone) or any wrapper put in its place must be what runs."""
+    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, images):
+            calls.append(images.shape[0])
+            return self.inner(images)
+
+    teacher.backbone = Counting(teacher.backbone)
+    assert teacher(torch.randn(3, 3, 4, 32, 32)).shape == (3, 8, 192) and calls == [6]
 
 
 def hand_clip_tokens(visual, images):
@@ -166,6 +185,41 @@ def test_multiple_masks_share_one_teacher_pass():
     out = engine.train_step(student, teacher, (video, mask), optimizer, 1e-3, "fp32",
                             torch.device("cpu"), "clip_channel")
     assert calls == [3] and torch.isfinite(torch.tensor(out["loss"]))
+
+
+class OpsSeen(TorchDispatchMode):
+    """Records the aten operations that really run."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def test_half_precision_clip_teacher_keeps_fused_attention():
+    """As run with --precision bf16: ViT-B/16 weights in bf16, normalisation in fp32, and
+    train_step calling the teacher outside the student's autocast, so nn.MultiheadAttention
+    runs its fused inference kernel (the student has no MultiheadAttention)."""
+    torch.manual_seed(0)
+    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_b16"), (1, 2, 2))
+    teacher = teachers.set_precision(teacher, "bf16")
+    assert {p.dtype for p in teacher.backbone.parameters()} == {torch.bfloat16}
+    assert teacher.scale.dtype == teacher.shift.dtype == torch.float32
+    student = tiny_student(768, frames=2)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    video = torch.randint(0, 255, (2, 3, 2, 32, 32), dtype=torch.uint8)
+    with OpsSeen() as seen:
+        out = engine.train_step(student, teacher, (video, random_mask(2, 4, 3)), optimizer,
+                                1e-3, "bf16", torch.device("cpu"), "clip_channel")
+    assert "aten._native_multi_head_attention" in seen.ops
+    assert torch.isfinite(torch.tensor(out["loss"]))
+    teacher.backbone.float()  # the control: fp32 weights called under autocast
+    with OpsSeen() as seen, utils.autocast(torch.device("cpu"), "bf16"):
+        teacher(utils.normalize_video(video))
+    assert "aten._native_multi_head_attention" not in seen.ops
 
 
 def test_non_finite_loss_stops():
