@@ -288,3 +288,4 @@ if __name__ == "__main__":
     except ValueError as err:
         sys.exit(f"error: {err}")
     main(cli_args)
+    utils.close_distributed()

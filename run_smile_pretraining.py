@@ -190,4 +190,7 @@ if __name__ == "__main__":
         check_args(cli_args)
     except ValueError as err:
         sys.exit(f"error: {err}")
-    sys.exit(main(cli_args))
+    code = main(cli_args)
+    if code == 0:  # every rank returns 0 together; one that failed alone (NaN) just exits
+        utils.close_distributed()
+    sys.exit(code)

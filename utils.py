@@ -9,10 +9,10 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -203,6 +203,13 @@ def init_distributed(device_name, local_rank_arg=-1):
     return Dist(rank, world, local, device)
 
 
+def close_distributed():
+    """Destroy the process group while Python is still whole. Left to interpreter exit, gloo's
+    worker threads can release tensors after Python is gone, aborting a finished run (-6)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_reduce_mean(value, dist_info):
     if dist_info.world_size == 1:
         return float(value)
@@ -272,21 +279,15 @@ def save_checkpoint(path, state):
     os.replace(tmp, path)
 
 
-def copy_checkpoint(source, path):
-    """An atomic copy (e.g. checkpoint-latest.pth -> checkpoint-N.pth) without serialising
-    the state a second time."""
-    import shutil
-    tmp = f"{path}.tmp.{os.getpid()}"
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, path)
-
-
 def keep_epoch_checkpoint(output_dir, epoch, epochs, every):
     """After checkpoint-latest.pth holds the end of `epoch`, also keep it as
-    checkpoint-{epoch}.pth every `every` epochs and at the last one (VideoMAE's naming)."""
+    checkpoint-{epoch}.pth every `every` epochs and at the last one (VideoMAE's naming): an
+    atomic file copy, without serialising the state a second time."""
     if (epoch + 1) % every == 0 or epoch + 1 == epochs:
-        copy_checkpoint(os.path.join(output_dir, "checkpoint-latest.pth"),
-                        os.path.join(output_dir, f"checkpoint-{epoch}.pth"))
+        path = os.path.join(output_dir, f"checkpoint-{epoch}.pth")
+        tmp = f"{path}.tmp.{os.getpid()}"
+        shutil.copyfile(os.path.join(output_dir, "checkpoint-latest.pth"), tmp)
+        os.replace(tmp, path)
 
 
 def load_checkpoint(path):
@@ -379,13 +380,11 @@ class StopFlag:
 
     def __init__(self):
         self.signal = None
-        self.since = None
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
         self.signal = signal.Signals(signum).name
-        self.since = time.time()
 
     def __bool__(self):
         return self.signal is not None

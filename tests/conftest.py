@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXIT_PROBE = os.path.join(ROOT, "tests", "exit_probe")
 sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 
 from media import moving_square_frames, write_video  # noqa: E402
@@ -53,12 +55,20 @@ def run_script(script, *argv, processes=1, wait=True, timeout=600):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    if processes > 1:  # each rank reports at exit whether it closed its process group
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [EXIT_PROBE, env.get("PYTHONPATH")]))
     proc = subprocess.Popen([*launcher, script, *argv], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if not wait:
         return proc
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
+
+
+def assert_process_groups_closed(log, processes=2):
+    """Every rank destroyed its process group before exiting (see exit_probe/)."""
+    closed = re.findall(r"exit probe: rank (\d+) process group closed", log)
+    assert sorted(closed) == [str(rank) for rank in range(processes)], log
 
 
 def save_random_student(path, seed=0):

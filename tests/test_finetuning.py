@@ -10,7 +10,8 @@ from timm.optim import create_optimizer_v2
 import engine_for_finetuning as engine
 import modeling_finetune
 import modeling_pretrain
-from conftest import run_script, save_random_student, write_list
+from conftest import (assert_process_groups_closed, run_script, save_random_student,
+                      write_list)
 from media import write_video
 from video_transforms import same_ops_per_frame
 
@@ -206,6 +207,8 @@ def test_eval_cli_and_two_processes_match(finetuned, colour_set, tmp_path):
     results = {}
     for name, (code, log) in runs.items():
         assert code == 0, log
+        if name != "one":
+            assert_process_groups_closed(log)
         results[name] = json.load(open(tmp_path / name / "results.json"))
     one = results["one"]
     assert one["mode"] == "test" and one["num_videos"] == 13 and one["num_failed"] == 1
@@ -245,5 +248,6 @@ def test_finetune_deepspeed_two_processes(colour_set, tmp_path):
                     "--test_num_segment", "1", "--test_num_crop", "1",
                     "--output_dir", str(tmp_path), processes=2)
     assert code == 0, log
+    assert_process_groups_closed(log)
     assert json.load(open(tmp_path / "results.json"))["mode"] == "finetune"
     assert "model" in torch.load(tmp_path / "checkpoint-0.pth", weights_only=True)

@@ -10,7 +10,7 @@ import torch
 
 import run_smile_pretraining as run
 import utils
-from conftest import ROOT, run_script
+from conftest import ROOT, assert_process_groups_closed, run_script
 
 TINY = ["--model", "pretrain_videomae_tiny_patch16_224", "--teacher_model", "clip_vit_tiny",
         "--teacher_weights", "random", "--num_frames", "4", "--input_size", "32",
@@ -120,6 +120,7 @@ def test_two_processes_match_one(tmp_path):
     code, log = cli(*common, "--batch_size", "4", "--output_dir", str(tmp_path / "two"),
                     processes=2)
     assert code == 0, log
+    assert_process_groups_closed(log)
     assert "x 2 |" in open(tmp_path / "two" / "train.log").read()  # world size in the header
     one = [json.loads(x)["train_loss"] for x in open(tmp_path / "one" / "log.txt")]
     two = [json.loads(x)["train_loss"] for x in open(tmp_path / "two" / "log.txt")]
@@ -134,6 +135,7 @@ def test_deepspeed_two_process_cpu_step(tmp_path):
                     "--enable_deepspeed", "--output_dir", str(tmp_path), processes=2,
                     timeout=600)
     assert code == 0, log
+    assert_process_groups_closed(log)
     state = utils.load_checkpoint(str(tmp_path / "checkpoint-0.pth"))
     assert state["step"] == 2 and "mask_token" in state["model"]
 
