@@ -188,7 +188,7 @@ def test(model, args, dist_info, nb_classes, mode):
 
 
 def main(args):
-    dist_info = utils.init_distributed(args.device, args.local_rank)
+    dist_info = utils.init_distributed(args.device, args.local_rank, args.enable_deepspeed)
     os.makedirs(args.output_dir, exist_ok=True)
     utils.setup_logging(dist_info, args.output_dir)
     utils.finalize_run_args(args, dist_info.world_size, args.update_freq)

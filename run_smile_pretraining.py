@@ -89,7 +89,7 @@ def build_loader(args, dataset, dist_info):
 
 
 def main(args):
-    dist_info = utils.init_distributed(args.device, args.local_rank)
+    dist_info = utils.init_distributed(args.device, args.local_rank, args.enable_deepspeed)
     os.makedirs(args.output_dir, exist_ok=True)
     utils.setup_logging(dist_info, args.output_dir)
     finalize_args(args, dist_info.world_size)

@@ -2,6 +2,7 @@
 the step-indexed LR schedule, atomic checkpoints with auto-resume, logging and pre-emption."""
 import argparse
 import functools
+import gc
 import glob
 import json
 import logging
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  (before the process group: see init_distributed)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,18 +35,14 @@ def autocast(device, precision):  # a disabled context for fp32
 @functools.lru_cache(maxsize=None)
 def _normalization(device, mean, std):
     # made once per device: a fresh host-to-device copy every step would stall the GPU stream
-    shape = (3, 1, 1, 1)
-    scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(shape)
-    offset = torch.tensor([m / s for m, s in zip(mean, std)], device=device).view(shape)
+    scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(3, 1, 1, 1)
+    offset = torch.tensor([m / s for m, s in zip(mean, std)], device=device).view(3, 1, 1, 1)
     return scale, offset
 
 
 def normalize_video(video, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """uint8 video [..., 3, T, H, W] (any device) -> float32 (x / 255 - mean) / std.
-
-    The pretraining loader hands over uint8 so that workers and host-to-device copies move a
-    quarter of the bytes; this runs once, on the training device.
-    """
+    """uint8 video [..., 3, T, H, W] -> float32 (x / 255 - mean) / std, on the training device:
+    the loader hands over uint8 so workers and host-to-device copies move a quarter of the bytes."""
     scale, offset = _normalization(video.device, tuple(mean), tuple(std))
     return video.float().mul_(scale).sub_(offset)
 
@@ -174,11 +172,10 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device_name, local_rank_arg=-1):
-    """One process or many: torchrun (RANK/WORLD_SIZE/LOCAL_RANK; the old launcher's
-    --local_rank flag if LOCAL_RANK is unset) or SLURM srun (SLURM_PROCID/SLURM_NTASKS/
-    SLURM_LOCALID, MASTER_ADDR/PORT from the environment or the job's first node).
-    NCCL on GPUs, gloo on CPUs."""
+def init_distributed(device_name, local_rank_arg=-1, use_deepspeed=False):
+    """One process or many: torchrun (RANK/WORLD_SIZE/LOCAL_RANK, else the old launcher's
+    --local_rank) or SLURM srun (SLURM_PROCID/NTASKS/LOCALID; MASTER_ADDR/PORT from the
+    environment or the job's first node). NCCL on GPUs, gloo on CPUs."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
@@ -198,16 +195,22 @@ def init_distributed(device_name, local_rank_arg=-1):
     if use_cuda:
         torch.cuda.set_device(device)
     if world > 1:
+        # torch.distributed.nn (imported at the top) and DeepSpeed's comm capture the world group
+        # in default arguments: imported after it, they keep it alive into teardown (-6 there).
+        if use_deepspeed:
+            import deepspeed.comm  # noqa: F401
         dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
                                 rank=rank, world_size=world)
     return Dist(rank, world, local, device)
 
 
 def close_distributed():
-    """Destroy the process group while Python is still whole. Left to interpreter exit, gloo's
-    worker threads can release tensors after Python is gone, aborting a finished run (-6)."""
-    if dist.is_initialized():
+    """Free every process group, and gloo's threads with it, while Python is still whole."""
+    if "deepspeed" in sys.modules and sys.modules["deepspeed"].comm.is_initialized():
+        sys.modules["deepspeed"].comm.destroy_process_group()  # also drops DeepSpeed's copies
+    elif dist.is_initialized():
         dist.destroy_process_group()
+    gc.collect()  # an engine in a reference cycle still holds its groups
 
 
 def all_reduce_mean(value, dist_info):
@@ -280,9 +283,8 @@ def save_checkpoint(path, state):
 
 
 def keep_epoch_checkpoint(output_dir, epoch, epochs, every):
-    """After checkpoint-latest.pth holds the end of `epoch`, also keep it as
-    checkpoint-{epoch}.pth every `every` epochs and at the last one (VideoMAE's naming): an
-    atomic file copy, without serialising the state a second time."""
+    """After checkpoint-latest.pth holds the end of `epoch`, keep an atomic file copy as
+    checkpoint-{epoch}.pth every `every` epochs and at the last one (VideoMAE's naming)."""
     if (epoch + 1) % every == 0 or epoch + 1 == epochs:
         path = os.path.join(output_dir, f"checkpoint-{epoch}.pth")
         tmp = f"{path}.tmp.{os.getpid()}"
@@ -392,8 +394,4 @@ class StopFlag:
 
 def stop_requested(flag, dist_info):
     """True on every rank if any rank was signalled (all must save and stop together)."""
-    if dist_info.world_size == 1:
-        return bool(flag)
-    t = torch.tensor(1.0 if flag else 0.0, device=dist_info.device)
-    dist.all_reduce(t)
-    return t.item() > 0
+    return all_reduce_mean(float(bool(flag)), dist_info) > 0

@@ -66,8 +66,8 @@ def run_script(script, *argv, processes=1, wait=True, timeout=600):
 
 
 def assert_process_groups_closed(log, processes=2):
-    """Every rank destroyed its process group before exiting (see exit_probe/)."""
-    closed = re.findall(r"exit probe: rank (\d+) process group closed", log)
+    """Every rank destroyed its process groups, threads included, before exiting (exit_probe/)."""
+    closed = re.findall(r"exit probe: rank (\d+) process group closed, 0 gloo threads", log)
     assert sorted(closed) == [str(rank) for rank in range(processes)], log
 
 

@@ -1,6 +1,7 @@
 """On PYTHONPATH for the multi-process runs of tests/conftest.run_script: at exit, after the
-script's own code has finished, each rank says whether it left its process group open. One left
-to interpreter teardown can abort a finished run (gloo threads outliving Python, exit -6)."""
+script's own code has finished, each rank says whether it left its process group open and how
+many gloo threads are still running. A group that lives on into interpreter teardown (held by a
+module, e.g. in a default argument) is freed there, and that can abort a finished run (-6)."""
 import atexit
 import os
 import sys
@@ -9,8 +10,12 @@ import sys
 def _report():
     distributed = sys.modules.get("torch.distributed")
     if "RANK" in os.environ and distributed is not None:
+        tasks = f"/proc/{os.getpid()}/task"
+        names = [open(os.path.join(tasks, t, "comm")).read() for t in os.listdir(tasks)]
+        gloo = sum("gloo" in name for name in names)
         state = "open" if distributed.is_initialized() else "closed"
-        print(f"exit probe: rank {os.environ['RANK']} process group {state}", flush=True)
+        print(f"exit probe: rank {os.environ['RANK']} process group {state}, {gloo} gloo threads",
+              flush=True)
 
 
 atexit.register(_report)
