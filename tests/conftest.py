@@ -55,7 +55,7 @@ def run_script(script, *argv, processes=1, wait=True, timeout=600):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    if processes > 1:  # each rank reports at exit whether it closed its process group
+    if processes > 1:  # each rank reports at exit its process group and gloo threads
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [EXIT_PROBE, env.get("PYTHONPATH")]))
     proc = subprocess.Popen([*launcher, script, *argv], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

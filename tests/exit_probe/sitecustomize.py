@@ -7,12 +7,18 @@ import os
 import sys
 
 
+def _thread_name(task):
+    try:
+        with open(f"/proc/self/task/{task}/comm") as f:
+            return f.read()
+    except OSError:  # the thread ended meanwhile
+        return ""
+
+
 def _report():
     distributed = sys.modules.get("torch.distributed")
     if "RANK" in os.environ and distributed is not None:
-        tasks = f"/proc/{os.getpid()}/task"
-        names = [open(os.path.join(tasks, t, "comm")).read() for t in os.listdir(tasks)]
-        gloo = sum("gloo" in name for name in names)
+        gloo = sum("gloo" in _thread_name(task) for task in os.listdir("/proc/self/task"))
         state = "open" if distributed.is_initialized() else "closed"
         print(f"exit probe: rank {os.environ['RANK']} process group {state}, {gloo} gloo threads",
               flush=True)
