@@ -206,8 +206,9 @@ def init_distributed(device_name, local_rank_arg=-1, use_deepspeed=False):
 
 def close_distributed():
     """Free every process group, and gloo's threads with it, while Python is still whole."""
-    if "deepspeed" in sys.modules and sys.modules["deepspeed"].comm.is_initialized():
-        sys.modules["deepspeed"].comm.destroy_process_group()  # also drops DeepSpeed's copies
+    deepspeed = sys.modules.get("deepspeed")  # imported by init_distributed when in use
+    if deepspeed is not None and deepspeed.comm.is_initialized():
+        deepspeed.comm.destroy_process_group()  # also drops DeepSpeed's copies of the groups
     elif dist.is_initialized():
         dist.destroy_process_group()
     gc.collect()  # an engine in a reference cycle still holds its groups

@@ -31,7 +31,7 @@ def test_make_lists(video_dir, tmp_path):
 
 def test_visualize_infusion_writes_png_and_gif(tmp_path):
     code, out = run_script("tools/visualize_infusion.py", "--background", "noise", "--num_frames",
-                      "4", "--input_size", "64", "--output_dir", str(tmp_path), "--index", "2")
+                           "4", "--input_size", "64", "--output_dir", str(tmp_path), "--index", "2")
     assert code == 0, out
     assert "tokens masked" in out
     png = Image.open(tmp_path / "infusion_2.png")
@@ -42,7 +42,7 @@ def test_visualize_infusion_writes_png_and_gif(tmp_path):
 
 def test_visualize_rejects_bad_geometry(tmp_path):
     code, out = run_script("tools/visualize_infusion.py", "--background", "black", "--num_frames",
-                      "5", "--output_dir", str(tmp_path))
+                           "5", "--output_dir", str(tmp_path))
     assert code != 0
     assert out.strip().splitlines() == [
         "error: --num_frames 5 is not divisible by the tubelet size 2"]
