@@ -16,13 +16,13 @@ import random
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 import masking_generator
 import motion_infusion
+from errors import BadInputError, DataAbort
 from utils import IMAGENET_MEAN, normalize_video
-from video_io import (BadInputTracker, VideoDecodeError, dense_indices, read_clip,
-                      segment_indices)
+from video_io import VideoDecodeError, dense_indices, read_clip, segment_indices
 from video_transforms import (multi_scale_crop, random_resized_crop, resize_short_side,
                               same_ops_per_frame, to_tensor, view_crop)
 
@@ -36,19 +36,12 @@ def add_args(parser):
                        help="pretraining: the train list file; fine-tuning: the folder holding "
                             "train.csv / val.csv / test.csv ('PATH LABEL' lines)")
     group.add_argument("--data_root", default="", help="prefix for relative paths in the lists")
-    group.add_argument("--data_set", default="Kinetics-400", choices=tuple(DATASET_CLASSES))
-    group.add_argument("--nb_classes", type=int, default=None,
-                       help="number of classes (default: the dataset's own)")
     group.add_argument("--num_frames", type=int, default=16)
     group.add_argument("--sampling_rate", type=int, default=4,
                        help="frame stride of dense sampling (VideoMAE: 4 K400, 2 SSv2)")
     group.add_argument("--input_size", type=int, default=224)
     group.add_argument("--patch_size", type=int, default=16, help="spatial token side (pixels)")
     group.add_argument("--tubelet_size", type=int, default=2, help="frames per token")
-    group.add_argument("--short_side_size", type=int, default=224,
-                       help="evaluation: resize the short side to this before cropping views")
-    group.add_argument("--test_num_segment", type=int, default=5)
-    group.add_argument("--test_num_crop", type=int, default=3)
     group.add_argument("--video_backend", default="decord", choices=("decord", "pyav"))
     group.add_argument("--max_bad_fraction", type=float, default=0.05,
                        help="stop when more than this fraction of samples cannot be read")
@@ -71,7 +64,16 @@ def add_pretraining_args(parser):
 
 
 def add_finetune_args(parser):
-    """Fine-tuning augmentation (VideoMAE recipe through timm); only the fine-tuning CLI."""
+    """Labels, evaluation views and augmentation (VideoMAE recipe through timm): only the
+    fine-tuning CLI reads these."""
+    group = parser.add_argument_group("labels and evaluation")
+    group.add_argument("--data_set", default="Kinetics-400", choices=tuple(DATASET_CLASSES))
+    group.add_argument("--nb_classes", type=int, default=None,
+                       help="number of classes (default: the dataset's own)")
+    group.add_argument("--short_side_size", type=int, default=224,
+                       help="evaluation: resize the short side to this before cropping views")
+    group.add_argument("--test_num_segment", type=int, default=5)
+    group.add_argument("--test_num_crop", type=int, default=3)
     group = parser.add_argument_group("fine-tuning augmentation")
     group.add_argument("--aa", default="rand-m7-n4-mstd0.5-inc1",
                        help="timm RandAugment policy, the same ops for every frame ('' = off)")
@@ -162,14 +164,20 @@ def read_image(path):
 
 # ---------------------------------------------------------------- datasets
 class _RetryingDataset(Dataset):
-    """Draws a different sample when one cannot be read, within the tracker's bounds.
-    Each attempt gets its own rng from (seed, epoch, index, attempt): reproducible per seed and
-    independent of how samples are spread over workers."""
+    """Draws a different sample when one cannot be read, at most `max_retries` times in a row.
 
-    def __init__(self, seed, tracker):
-        self.seed = seed
+    A sample comes back with the files it tried, [(index, path, reason)] (reason '' = read
+    fine), for the run-wide judgement in bad_files.py; indices in `known_bad` (found unreadable
+    earlier in the run) are substituted without being decoded again. Each attempt gets its own
+    rng from (seed, epoch, index, attempt), and the substitute its own too, so samples are
+    reproducible per seed, independent of how they are spread over workers, and the same
+    whether a bad file fails again or is skipped as known."""
+
+    def __init__(self, seed, max_retries):
+        self.seed, self.max_retries = seed, max_retries
         self.epoch = 0
-        self.tracker = tracker
+        self.known_bad = frozenset()
+        self.file_paths = []  # the file behind each sample index (none for synthetic samples)
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -178,31 +186,44 @@ class _RetryingDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch, index, attempt])
 
     def retrying(self, index, load):
-        attempt = 0
-        while True:  # bounded: the tracker raises after max_retries failures in a row
-            rng = self.rng(index, attempt)
-            try:
-                out = load(index, rng)
-            except (VideoDecodeError, motion_infusion.ObjectImageError) as err:
-                self.tracker.failed(err.path, getattr(err, "reason", str(err)))
-                attempt += 1
-                index = int(rng.integers(len(self)))
-                continue
-            self.tracker.succeeded()
-            return out
+        attempts, skipped = [], 0
+        for attempt in range(self.max_retries):
+            if index in self.known_bad:
+                skipped += 1
+            else:
+                try:
+                    out = load(index, self.rng(index, attempt))
+                    attempts.append((index, "", ""))
+                    return out, attempts
+                except BadInputError as err:
+                    video_failed = err.path in self.file_paths[index:index + 1]
+                    attempts.append((index if video_failed else -1, err.path, err.reason))
+            substitute = np.random.default_rng([self.seed, self.epoch, index, attempt, 1])
+            index = int(substitute.integers(len(self)))
+        failed = [f"{path} ({reason})" for _, path, reason in attempts[-3:]]
+        raise DataAbort(f"{self.max_retries} samples in a row could not be read ({skipped} of "
+                        f"them known bad from earlier); last: {'; '.join(failed) or 'none'}")
+
+
+def collate(samples):
+    """default_collate of the sample fields; the files the samples tried come as a flat list
+    in the last place, for the training process's BadFileLedger."""
+    batch = default_collate([sample[:-1] for sample in samples])
+    return (*batch, [attempt for sample in samples for attempt in sample[-1]])
 
 
 class PretrainingDataset(_RetryingDataset):
     """Clips for SMILE pretraining from a video list or a synthetic background."""
 
     def __init__(self, args, entries, infuser, mask_generator):
-        super().__init__(args.seed, BadInputTracker(args.max_bad_fraction, args.max_retries))
+        super().__init__(args.seed, args.max_retries)
         self.entries = entries
         self.args = args
         self.infuser = infuser
         self.mask_generator = mask_generator
         self.grid = mask_generator.grid
         self.images = list_images(args.background_path) if args.background == "image" else None
+        self.file_paths = [p for p, _ in entries] if entries else self.images or []
 
     def __len__(self):
         if self.entries is not None:
@@ -245,9 +266,9 @@ class PretrainingDataset(_RetryingDataset):
                     object_tokens=object_tokens)
 
     def __getitem__(self, index):
-        s = self.retrying(index, self.stages)
+        s, attempts = self.retrying(index, self.stages)
         return (to_tensor(s["infused"]), torch.from_numpy(s["mask"]),
-                torch.from_numpy(s["object_tokens"]))
+                torch.from_numpy(s["object_tokens"]), attempts)
 
 
 class VideoClsDataset(_RetryingDataset):
@@ -255,12 +276,15 @@ class VideoClsDataset(_RetryingDataset):
 
     train: random clip, random resized crop, flip unless `flip` is False -> (clip, label).
     validation: one centre view; test: test_num_segment x test_num_crop views per video.
-    Evaluation never substitutes another video for a bad one: it returns
-    (clip, label, video_index, view_index, ok) with ok False and a zero clip instead.
+    Training samples also carry the files they tried (see _RetryingDataset). Evaluation never
+    substitutes another video for a bad one: it returns (clip, label, video_index, view_index,
+    ok) with ok False and a zero clip instead, and notes the file in `eval_failures`.
     """
 
     def __init__(self, args, entries, mode, segment_sampling, flip):
-        super().__init__(args.seed, BadInputTracker(args.max_bad_fraction, args.max_retries))
+        super().__init__(args.seed, args.max_retries)
+        self.eval_failures = {}  # path -> reason
+        self.file_paths = [p for p, _ in entries]
         self.args, self.entries, self.mode = args, entries, mode
         self.segment_sampling, self.flip = segment_sampling, flip
         self.num_segments = args.test_num_segment if mode == "test" else 1
@@ -304,7 +328,8 @@ class VideoClsDataset(_RetryingDataset):
 
     def __getitem__(self, index):
         if self.mode == "train":
-            return self.retrying(index, self.load_train)
+            (clip, label), attempts = self.retrying(index, self.load_train)
+            return clip, label, attempts
         views = self.num_segments * self.num_crops
         video_index, view = divmod(index, views)
         segment, crop = divmod(view, self.num_crops)
@@ -314,7 +339,7 @@ class VideoClsDataset(_RetryingDataset):
             frames = read_clip(path, a.video_backend,
                                self.indices(view=segment, num_views=self.num_segments))
         except VideoDecodeError as err:
-            self.tracker.bad.setdefault(err.path, err.reason)
+            self.eval_failures.setdefault(err.path, err.reason)
             clip = torch.zeros(3, a.num_frames, a.input_size, a.input_size)
             return clip, label, video_index, view, False
         frames = resize_short_side(frames, max(a.short_side_size, a.input_size))

@@ -4,9 +4,7 @@ Evaluation is per view: every (video, view) gives logits; views are gathered acr
 merged per video by averaging softmax probabilities. A video that could not be decoded is
 counted as failed and left out, never replaced by another video.
 """
-import logging
 import math
-import time
 
 import numpy as np
 import torch
@@ -14,58 +12,27 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import all_reduce_mean, autocast, format_eta, stop_requested
+from training import check_finite, optimizer_step, set_lr
+from utils import autocast
 
-log = logging.getLogger("smile")
 
-
-def train_one_epoch(model, criterion, loader, optimizer, lr_at, epoch, first_batch, run, logger,
-                    stop_flag, mixup_fn=None, model_ema=None, scaler=None):
-    """One epoch of supervised training with gradient accumulation over `run.update_freq`
-    batches; the LR schedule is indexed by optimizer updates. Returns (mean metrics, next
-    batch index or None when the epoch finished)."""
-    model.train()
-    total_loss, count, start = 0.0, 0, time.time()
-    for i, (clip, label) in enumerate(loader, start=first_batch):
-        clip = clip.to(run.device, non_blocking=True)
-        label = label.to(run.device, non_blocking=True)
-        if mixup_fn is not None:
-            clip, label = mixup_fn(clip, label)
-        update = (epoch * run.steps_per_epoch + i) // run.update_freq
-        with autocast(run.device, run.precision):
-            loss = criterion(model(clip), label)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss is {loss_value} at epoch {epoch + 1} batch {i}")
-        step_now = (i + 1) % run.update_freq == 0
-        for group in optimizer.param_groups:  # layer decay: each group keeps its own scale
-            group["lr"] = lr_at(update) * group.get("lr_scale", 1.0)
-        if hasattr(model, "backward"):  # DeepSpeed accumulates and steps by itself
-            model.backward(loss)
-            model.step()
-        else:
-            (scaler.scale(loss) if scaler else loss).div(run.update_freq).backward()
-            if step_now:
-                if scaler:
-                    scaler.unscale_(optimizer)
-                if run.clip_grad:
-                    nn.utils.clip_grad_norm_(model.parameters(), run.clip_grad)
-                (scaler.step(optimizer), scaler.update()) if scaler else optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if model_ema is not None:
-                    model_ema.update(model)
-        total_loss += loss_value
-        count += 1
-        if (i + 1) % run.print_freq == 0 or i + 1 == run.steps_per_epoch:
-            elapsed = time.time() - start
-            left = (run.steps_per_epoch - i - 1) * elapsed / count
-            lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1)
-            log.info("epoch %d/%d step %d/%d  loss %.4f  lr %.3e  eta epoch %s", epoch + 1,
-                     run.epochs, i + 1, run.steps_per_epoch, loss_value, lr, format_eta(left))
-            logger.scalars(epoch * run.steps_per_epoch + i, {"loss": loss_value, "lr": lr})
-        if stop_requested(stop_flag, run.dist):
-            return {"loss": all_reduce_mean(total_loss / max(count, 1), run.dist)}, i + 1
-    return {"loss": all_reduce_mean(total_loss / max(count, 1), run.dist)}, None
+def train_step(model, criterion, batch, optimizer, lr, update, run, mixup_fn=None,
+               model_ema=None, scaler=None):
+    """One batch of supervised training; the optimiser updates every `run.update_freq`
+    batches (`update` says this is such a batch). Returns {'loss'}. `run`: device, precision,
+    clip_grad, update_freq."""
+    clip = batch[0].to(run.device, non_blocking=True)
+    label = batch[1].to(run.device, non_blocking=True)
+    if mixup_fn is not None:
+        clip, label = mixup_fn(clip, label)
+    set_lr(optimizer, lr)
+    with autocast(run.device, run.precision):
+        loss = criterion(model(clip), label)
+    loss_value = check_finite(loss)
+    norm = optimizer_step(model, optimizer, loss, scaler, run.clip_grad, run.update_freq, update)
+    if norm is not None and model_ema is not None:
+        model_ema.update(model.module if hasattr(model, "module") else model)
+    return {"loss": loss_value}
 
 
 @torch.no_grad()

@@ -178,13 +178,31 @@ def build_encoder(size, **kwargs):
     return VisionTransformer(embed_dim=embed_dim, depth=depth, num_heads=num_heads, **kwargs)
 
 
-def vit_tiny_patch16_224(**kwargs):
-    return build_encoder("tiny", patch_size=16, **kwargs)
+def _videomae_builder(size, pretrained=False, all_frames=None, drop_rate=0.0, attn_drop_rate=0.0,
+                      drop_block_rate=None, use_learnable_pos_emb=False, in_chans=3, **kwargs):
+    """The builders below take VideoMAE's keywords as VideoMAE/SMILE code calls them
+    (`vit_base_patch16_224(pretrained=False, all_frames=16, tubelet_size=2, num_classes=400,
+    drop_path_rate=0.1, ...)`), with VideoMAE's defaults: 224 px, 16 frames, tubelet 2, 1000
+    classes. Options this encoder does not have are refused rather than ignored."""
+    unsupported = dict(pretrained=pretrained, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+                       use_learnable_pos_emb=use_learnable_pos_emb, in_chans=in_chans != 3)
+    refused = [key for key, value in unsupported.items() if value]
+    if refused:
+        raise ValueError(f"not supported here: {', '.join(refused)} (weights load through "
+                         "load_pretrained; positions are the fixed sinusoid table; RGB input)")
+    if all_frames is not None:
+        kwargs["num_frames"] = all_frames
+    defaults = dict(img_size=224, num_frames=16, tubelet_size=2, num_classes=1000)
+    return build_encoder(size, patch_size=16, **{**defaults, **kwargs})
 
 
-def vit_small_patch16_224(**kwargs):
-    return build_encoder("small", patch_size=16, **kwargs)
+def vit_tiny_patch16_224(pretrained=False, **kwargs):
+    return _videomae_builder("tiny", pretrained, **kwargs)
 
 
-def vit_base_patch16_224(**kwargs):
-    return build_encoder("base", patch_size=16, **kwargs)
+def vit_small_patch16_224(pretrained=False, **kwargs):
+    return _videomae_builder("small", pretrained, **kwargs)
+
+
+def vit_base_patch16_224(pretrained=False, **kwargs):
+    return _videomae_builder("base", pretrained, **kwargs)

@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from errors import BadInputError
+
 # Anchor boxes of the released generator, in pixels for a 224 input (scaled with the input).
 ANCHOR_SIZES = (32, 48, 56, 64, 96, 128)
 ANCHOR_RATIOS = (0.5, 0.67, 0.75, 1.0, 1.33, 1.5, 2.0)
@@ -59,10 +61,8 @@ class InfusedObjects:
     scales: np.ndarray
 
 
-class ObjectImageError(ValueError):
-    def __init__(self, path, reason):
-        super().__init__(f"object image {path}: {reason}")
-        self.path = path
+class ObjectImageError(BadInputError):
+    """An object PNG that cannot be used (unreadable, no alpha, empty alpha)."""
 
 
 def crop_to_alpha(rgba):

@@ -22,12 +22,18 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
 import datasets
+import distributed
 import engine_for_finetuning as engine
 import modeling_finetune
+import training
 import utils
+from errors import UsageError
 
 log = logging.getLogger("smile")
 MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
+# a checkpoint with other values of these belongs to another run (checkpoint.check_same_run)
+SAME_RUN = ("model", "num_frames", "input_size", "patch_size", "tubelet_size", "data_set",
+            "nb_classes", "linear_probe")
 
 
 def get_args_parser():
@@ -188,33 +194,35 @@ def test(model, args, dist_info, nb_classes, mode):
 
 
 def main(args):
-    dist_info = utils.init_distributed(args.device, args.local_rank, args.enable_deepspeed)
+    dist_info = distributed.init_distributed(args.device, args.local_rank, args.enable_deepspeed)
     os.makedirs(args.output_dir, exist_ok=True)
     utils.setup_logging(dist_info, args.output_dir)
     utils.finalize_run_args(args, dist_info.world_size, args.update_freq)
     log.info("%s", utils.run_header(args, dist_info))
-    utils.seed_everything(args.seed)
+    distributed.seed_everything(args.seed)
     nb_classes = args.nb_classes or datasets.DATASET_CLASSES[args.data_set]
     if args.linear_probe:
-        return linear_probe(args, dist_info, nb_classes)
+        linear_probe(args, dist_info, nb_classes)
+        return 0
     model = build_model(args, nb_classes).to(dist_info.device)
-    utils.seed_everything(args.seed + dist_info.rank)  # same init everywhere, then per rank
+    distributed.seed_everything(args.seed + dist_info.rank)  # same init everywhere, then per rank
     if args.eval:
         load_weights(model, args)
-        return test(model, args, dist_info, nb_classes, "test")
+        test(model, args, dist_info, nb_classes, "test")
+        return 0
     if args.finetune:
         load_weights(model, args)
 
     train_set, nb_classes = datasets.build_dataset(is_train=True, test_mode=False, args=args)
     val_set, _ = datasets.build_dataset(is_train=False, test_mode=False, args=args)
-    sampler = utils.ResumableSampler(len(train_set), args.batch_size, dist_info.rank,
-                                     dist_info.world_size, args.seed)
+    sampler = distributed.ResumableSampler(len(train_set), args.batch_size, dist_info.rank,
+                                           dist_info.world_size, args.seed)
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=args.num_workers, worker_init_fn=utils.seed_worker,
-                        pin_memory=args.pin_mem and dist_info.device.type == "cuda")
-    steps_per_epoch = len(loader)
-    if steps_per_epoch < args.update_freq:
-        raise ValueError(f"{len(train_set)} videos make fewer batches than --update_freq")
+                        num_workers=args.num_workers, worker_init_fn=distributed.seed_worker,
+                        pin_memory=args.pin_mem and dist_info.device.type == "cuda",
+                        collate_fn=datasets.collate)
+    if len(loader) < args.update_freq:
+        raise UsageError(f"{len(train_set)} videos make fewer batches than --update_freq")
     optimizer = create_optimizer_v2(model, opt="adamw", lr=args.scaled_lr,
                                     weight_decay=args.weight_decay, layer_decay=args.layer_decay,
                                     betas=tuple(args.opt_betas),
@@ -228,64 +236,29 @@ def main(args):
     criterion = (SoftTargetCrossEntropy() if mixup_fn else LabelSmoothingCrossEntropy(
         args.smoothing) if args.smoothing > 0 else torch.nn.CrossEntropyLoss())
     model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
+    run = argparse.Namespace(device=dist_info.device, precision=args.precision,
+                             clip_grad=args.clip_grad, update_freq=args.update_freq)
 
-    start_epoch, first_batch = 0, 0
-    resume = utils.resume_checkpoint(args)
-    if resume:
-        path, state = resume
-        start_epoch, first_batch = utils.restore(state, model, optimizer, scaler, model_ema)
-        log.info("resumed from %s: epoch %d, batch %d", path, start_epoch + 1, first_batch)
-    model, optimizer, net = utils.wrap_for_training(model, optimizer, args, dist_info,
-                                                    args.update_freq)
-    updates_per_epoch = steps_per_epoch // args.update_freq
+    def step(model, optimizer, batch, lr, i):
+        return engine.train_step(model, criterion, batch, optimizer, lr,
+                                 (i + 1) % args.update_freq == 0, run, mixup_fn, model_ema,
+                                 scaler)
 
-    def lr_at(update):
-        return utils.cosine_lr(update, args.scaled_lr, args.scaled_min_lr,
-                               args.warmup_epochs * updates_per_epoch,
-                               args.epochs * updates_per_epoch, args.scaled_warmup_lr)
-
-    def save(name, epoch, next_batch):
-        if dist_info.is_main:
-            utils.save_checkpoint(os.path.join(args.output_dir, name), utils.training_state(
-                net, optimizer, epoch, next_batch, steps_per_epoch, args, scaler, model_ema))
-
-    run = argparse.Namespace(steps_per_epoch=steps_per_epoch, epochs=args.epochs,
-                             precision=args.precision, device=dist_info.device, dist=dist_info,
-                             clip_grad=args.clip_grad, print_freq=args.print_freq,
-                             update_freq=args.update_freq)
-    logger = utils.MetricLogger(args.output_dir, args.log_dir, dist_info.is_main)
-    stop_flag = utils.StopFlag()
-    for epoch in range(start_epoch, args.epochs):
-        train_set.set_epoch(epoch)
-        sampler.set_epoch(epoch, skip_batches=first_batch)
-        stats, stopped_at = engine.train_one_epoch(model, criterion, loader, optimizer, lr_at,
-                                                   epoch, first_batch, run, logger, stop_flag,
-                                                   mixup_fn, model_ema, scaler)
-        if stopped_at is not None:
-            save("checkpoint-latest.pth", epoch, stopped_at)
-            log.info("%s received: saved epoch %d batch %d", stop_flag.signal, epoch + 1,
-                     stopped_at)
-            return None
-        first_batch = 0
-        save("checkpoint-latest.pth", epoch + 1, 0)
-        if dist_info.is_main:
-            utils.keep_epoch_checkpoint(args.output_dir, epoch, args.epochs, args.save_ckpt_freq)
+    def validate(net, epoch):
         val = engine.evaluate(net, eval_loader(args, val_set, dist_info), dist_info,
                               args.dist_eval, len(val_set.entries), nb_classes, args.precision)
-        logger.scalars(epoch, {"top1": val["top1"], "top5": val["top5"]}, prefix="val")
-        logger.epoch({"epoch": epoch, "train_loss": stats["loss"],
-                      **{f"val_{k}": v for k, v in val.items()}})
-        log.info("epoch %d: train loss %.4f, val top-1 %.2f%%", epoch + 1, stats["loss"],
-                 val["top1"])
+        log.info("epoch %d: val top-1 %.2f%%", epoch + 1, val["top1"])
+        return {f"val_{k}": v for k, v in val.items()}
+
+    code, net = training.fit(args, dist_info, model, optimizer, loader, sampler, train_set, step,
+                             SAME_RUN, scaler=scaler, model_ema=model_ema,
+                             accumulation=args.update_freq, after_epoch=validate)
+    if code or net is None:  # failed, or stopped by a signal (saved, to be resumed)
+        return code
     final = model_ema.module if model_ema is not None else net
-    return test(final, args, dist_info, nb_classes, "finetune")
+    test(final, args, dist_info, nb_classes, "finetune")
+    return 0
 
 
 if __name__ == "__main__":
-    cli_args = utils.parse_with_config(get_args_parser())
-    try:
-        check_args(cli_args)
-    except ValueError as err:
-        sys.exit(f"error: {err}")
-    main(cli_args)
-    utils.close_distributed()
+    sys.exit(training.run_cli(main, utils.parse_with_config(get_args_parser()), check_args))

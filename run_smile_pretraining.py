@@ -14,13 +14,17 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader
 
+import checkpoint
 import datasets
+import distributed
 import masking_generator
 import modeling_pretrain
 import motion_infusion
 import teachers
+import training
 import utils
-from engine_for_pretraining import NonFiniteLossError, train_one_epoch
+from engine_for_pretraining import train_step
+from errors import UsageError
 
 log = logging.getLogger("smile")
 
@@ -78,18 +82,23 @@ def finalize_args(args, world_size):
 
 
 def build_loader(args, dataset, dist_info):
-    sampler = utils.ResumableSampler(len(dataset), args.batch_size, dist_info.rank,
-                                     dist_info.world_size, args.seed)
-    # workers are re-created each epoch (not persistent) so they see dataset.set_epoch
+    sampler = distributed.ResumableSampler(len(dataset), args.batch_size, dist_info.rank,
+                                           dist_info.world_size, args.seed)
+    # workers are re-created each epoch (not persistent) so they see set_epoch and known_bad
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
                         num_workers=args.num_workers, drop_last=True,
                         pin_memory=args.pin_mem and dist_info.device.type == "cuda",
-                        worker_init_fn=utils.seed_worker)
+                        worker_init_fn=distributed.seed_worker, collate_fn=datasets.collate)
     return loader, sampler
 
 
+# a checkpoint with other values of these belongs to another run (checkpoint.check_same_run)
+SAME_RUN = ("stage", "training_mode", "model", "num_frames", "input_size", "patch_size",
+            "tubelet_size", "target_type", "teacher_model")
+
+
 def main(args):
-    dist_info = utils.init_distributed(args.device, args.local_rank, args.enable_deepspeed)
+    dist_info = distributed.init_distributed(args.device, args.local_rank, args.enable_deepspeed)
     os.makedirs(args.output_dir, exist_ok=True)
     utils.setup_logging(dist_info, args.output_dir)
     finalize_args(args, dist_info.world_size)
@@ -97,13 +106,12 @@ def main(args):
     if dist_info.is_main:
         with open(os.path.join(args.output_dir, "args.json"), "w") as f:
             json.dump(vars(args), f, indent=1)
-    utils.seed_everything(args.seed)  # same model init on every rank
+    distributed.seed_everything(args.seed)  # same model init on every rank
 
     dataset = datasets.build_pretraining_dataset(args)
     loader, sampler = build_loader(args, dataset, dist_info)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(dataset)} clips make no full batch of {args.batch_size} x "
+    if len(loader) == 0:
+        raise UsageError(f"{len(dataset)} clips make no full batch of {args.batch_size} x "
                          f"{dist_info.world_size} processes")
     teacher = teachers.build_teacher(args, tuple(args.grid)).to(dist_info.device)
     teacher = teachers.set_precision(teacher, args.precision)
@@ -112,85 +120,32 @@ def main(args):
                         target_dim=teachers.target_dim(args), drop_path_rate=args.drop_path,
                         use_checkpoint=args.use_checkpoint)
     model = modeling_pretrain.build_student(**model_kwargs).to(dist_info.device)
-    utils.seed_everything(args.seed + dist_info.rank)  # from here on, e.g. drop path, per rank
+    distributed.seed_everything(args.seed + dist_info.rank)  # from here on (drop path) per rank
     optimizer = create_optimizer_v2(model, opt="adamw", lr=args.scaled_lr,
                                     weight_decay=args.weight_decay, betas=tuple(args.opt_betas),
                                     fused=dist_info.device.type == "cuda")  # one kernel per step
     scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
     log.info("%s clips, %d steps/epoch x %d epochs, batch %d x %d processes x %d masks; "
              "lr %.3e (base %.3e per 256), stage %d: mask %s, infusion p=%.2f, teacher %s",
-             len(dataset), steps_per_epoch, args.epochs, args.batch_size,
+             len(dataset), len(loader), args.epochs, args.batch_size,
              dist_info.world_size, args.num_masks_per_clip, args.scaled_lr, args.lr, args.stage,
              args.mask_type, args.infusion_prob,
              args.target_type if args.target_type == "pixel" else args.teacher_model)
-
-    start_epoch, first_batch = 0, 0
-    resume = utils.resume_checkpoint(args)
-    if resume:
-        path, state = resume
-        start_epoch, first_batch = utils.restore(state, model, optimizer, scaler)
-        log.info("resumed from %s: epoch %d, batch %d (step %d)", path, start_epoch + 1,
-                 first_batch, state["step"])
-    elif args.first_stage_path:
-        state = utils.load_checkpoint(args.first_stage_path)
-        model.load_state_dict(state.get("model") or state["module"])
+    if args.first_stage_path:  # a resume of this stage-2 run (found by fit) overrides it
+        state = checkpoint.load_checkpoint(args.first_stage_path)
+        checkpoint.load_model_weights(model, state.get("model") or state.get("module") or {},
+                                      args.first_stage_path)
         log.info("stage 2: whole student from %s, fresh optimiser and schedule",
                  args.first_stage_path)
 
-    model, optimizer, student = utils.wrap_for_training(model, optimizer, args, dist_info)
+    def step(model, optimizer, batch, lr, i):
+        return train_step(model, teacher, batch, optimizer, lr, args.precision,
+                          dist_info.device, args.target_norm, args.clip_grad, scaler)
 
-    warmup_steps = args.warmup_epochs * steps_per_epoch
-    total_steps = args.epochs * steps_per_epoch
-
-    def lr_at(step):
-        return utils.cosine_lr(step, args.scaled_lr, args.scaled_min_lr, warmup_steps,
-                               total_steps, args.scaled_warmup_lr)
-
-    def save(name, epoch, next_batch):
-        if dist_info.is_main:
-            utils.save_checkpoint(os.path.join(args.output_dir, name), utils.training_state(
-                student, optimizer, epoch, next_batch, steps_per_epoch, args, scaler,
-                model_kwargs=model_kwargs))
-
-    run = argparse.Namespace(steps_per_epoch=steps_per_epoch, epochs=args.epochs,
-                             precision=args.precision, device=dist_info.device, dist=dist_info,
-                             target_norm=args.target_norm, clip_grad=args.clip_grad,
-                             print_freq=args.print_freq,
-                             clips_per_batch=args.batch_size * dist_info.world_size)
-    logger = utils.MetricLogger(args.output_dir, args.log_dir, dist_info.is_main)
-    stop_flag = utils.StopFlag()
-    for epoch in range(start_epoch, args.epochs):
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch, skip_batches=first_batch)
-        try:
-            stats, stopped_at = train_one_epoch(model, teacher, loader, optimizer, lr_at, epoch,
-                                                first_batch, run, logger, stop_flag, scaler)
-        except NonFiniteLossError as err:
-            log.error("stopping at epoch %d: %s", epoch + 1, err)
-            return 1
-        if stopped_at is not None:
-            save("checkpoint-latest.pth", epoch, stopped_at)
-            log.info("%s received: saved epoch %d batch %d to checkpoint-latest.pth; run the "
-                     "same command to resume", stop_flag.signal, epoch + 1, stopped_at)
-            return 0
-        first_batch = 0
-        save("checkpoint-latest.pth", epoch + 1, 0)
-        if dist_info.is_main:
-            utils.keep_epoch_checkpoint(args.output_dir, epoch, args.epochs, args.save_ckpt_freq)
-        logger.epoch({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}})
-        log.info("epoch %d done: loss %.4f", epoch + 1, stats["loss"])
-    logger.close()
-    log.info("finished %d epochs; checkpoints and logs in %s", args.epochs, args.output_dir)
-    return 0
+    code, _ = training.fit(args, dist_info, model, optimizer, loader, sampler, dataset, step,
+                           SAME_RUN, scaler=scaler, model_kwargs=model_kwargs)
+    return code
 
 
 if __name__ == "__main__":
-    cli_args = parse_args()
-    try:
-        check_args(cli_args)
-    except ValueError as err:
-        sys.exit(f"error: {err}")
-    code = main(cli_args)
-    if code == 0:  # every rank returns 0 together; one that failed alone (NaN) just exits
-        utils.close_distributed()
-    sys.exit(code)
+    sys.exit(training.run_cli(main, parse_args(), check_args))

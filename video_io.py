@@ -1,22 +1,18 @@
-"""Reading clips from video files: decoders, temporal sampling, bad-file accounting.
+"""Reading clips from video files: decoders and temporal sampling.
 
 Decoders return uint8 frames [T, H, W, 3] (RGB) for a list of frame indices chosen by a
 sampling function of the video's length. Every failure is a `VideoDecodeError` naming the file,
-so the dataset can skip it, count it and report it once.
+so the dataset can skip it and the run can count it (bad_files.py).
 """
-import logging
 import os
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from errors import BadInputError
 
 
-class VideoDecodeError(RuntimeError):
-    def __init__(self, path, reason):
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
+class VideoDecodeError(BadInputError):
+    """A video (or still image) that cannot be decoded."""
 
 
 # ---------------------------------------------------------------- temporal sampling
@@ -132,47 +128,3 @@ def read_clip(path, backend, choose_indices):
     if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
         raise VideoDecodeError(path, f"decoded an unexpected array of shape {frames.shape}")
     return frames
-
-
-# ---------------------------------------------------------------- bad input
-class BadInputError(RuntimeError):
-    """Too much of a dataset is unreadable: stop instead of training on what is left."""
-
-
-class BadInputTracker:
-    """Counts samples and failures (per process/worker), reports each bad path once and stops
-    the run when the failed fraction passes `max_fraction` after `min_samples` attempts, or
-    after `max_retries` failures in a row."""
-
-    def __init__(self, max_fraction, max_retries, min_samples=20):
-        self.max_fraction = max_fraction
-        self.max_retries = max_retries
-        self.min_samples = min_samples
-        self.attempts = 0
-        self.failures = 0
-        self.in_a_row = 0
-        self.bad = {}  # path -> reason
-
-    def succeeded(self):
-        self.attempts += 1
-        self.in_a_row = 0
-
-    def failed(self, path, reason):
-        self.attempts += 1
-        self.failures += 1
-        self.in_a_row += 1
-        if path not in self.bad:
-            self.bad[path] = reason
-            log.warning("skipping unreadable input %s (%s); %d bad so far", path, reason,
-                        len(self.bad))
-        if self.in_a_row >= self.max_retries:
-            raise BadInputError(f"{self.in_a_row} samples in a row could not be read; "
-                                f"{self.summary()}")
-        if self.attempts >= self.min_samples and self.failures > self.max_fraction * self.attempts:
-            raise BadInputError(f"{self.failures} of {self.attempts} samples failed, more than "
-                                f"--max_bad_fraction {self.max_fraction}; {self.summary()}")
-
-    def summary(self, limit=3):
-        shown = "; ".join(f"{p} ({r})" for p, r in list(self.bad.items())[:limit])
-        more = len(self.bad) - limit
-        return f"bad files: {shown}" + (f" and {more} more" if more > 0 else "")

@@ -49,16 +49,18 @@ def rng():
     return np.random.default_rng(0)
 
 
-def run_script(script, *argv, processes=1, wait=True, timeout=600):
+def run_script(script, *argv, processes=1, wait=True, timeout=600, new_session=False):
     """Run a project script as a user would (torchrun for several processes). With wait, the
-    (exit code, stdout + stderr); without, the running Popen."""
+    (exit code, stdout + stderr); without, the running Popen. new_session: in a process group
+    of its own, to be signalled as a whole (as SLURM does)."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     if processes > 1:  # each rank reports at exit its process group and gloo threads
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [EXIT_PROBE, env.get("PYTHONPATH")]))
     proc = subprocess.Popen([*launcher, script, *argv], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=new_session)
     if not wait:
         return proc
     out, _ = proc.communicate(timeout=timeout)

@@ -251,3 +251,15 @@ def test_finetune_deepspeed_two_processes(colour_set, tmp_path):
     assert_process_groups_closed(log)
     assert json.load(open(tmp_path / "results.json"))["mode"] == "finetune"
     assert "model" in torch.load(tmp_path / "checkpoint-0.pth", weights_only=True)
+
+
+def test_builders_take_videomae_keywords():
+    """Code written against VideoMAE/SMILE builds our models unchanged."""
+    model = modeling_finetune.vit_small_patch16_224(
+        pretrained=False, num_classes=400, all_frames=8, tubelet_size=2, fc_drop_rate=0.0,
+        drop_rate=0.0, drop_path_rate=0.1, attn_drop_rate=0.0, drop_block_rate=None,
+        use_checkpoint=False, use_mean_pooling=True, init_scale=0.001)
+    assert model.num_patches == 4 * 14 * 14 and model.head.out_features == 400
+    assert modeling_finetune.vit_tiny_patch16_224().head.out_features == 1000  # VideoMAE's
+    with pytest.raises(ValueError, match="attn_drop_rate"):
+        modeling_finetune.vit_tiny_patch16_224(attn_drop_rate=0.1)

@@ -1,10 +1,14 @@
 import argparse
+import os
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import checkpoint
+import distributed
 import engine_for_pretraining as engine
+import errors
 import modeling_pretrain
 import teachers
 import utils
@@ -230,7 +234,7 @@ def test_non_finite_loss_stops():
     before = {k: v.clone() for k, v in student.state_dict().items()}
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
     batch = (torch.randint(0, 255, (2, 3, 4, 32, 32), dtype=torch.uint8), random_mask(2, 8, 6))
-    with pytest.raises(engine.NonFiniteLossError, match="loss is nan"):
+    with pytest.raises(errors.NonFiniteLossError, match="loss is nan"):
         engine.train_step(student, teacher, batch, optimizer, 1e-3, "fp32", torch.device("cpu"),
                           "clip_channel")
     after = student.state_dict()
@@ -261,39 +265,82 @@ def test_checkpoint_round_trip(tmp_path):
     student = tiny_student(192)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
     path = str(tmp_path / "checkpoint-latest.pth")
-    utils.save_checkpoint(path, dict(model=student.state_dict(), optimizer=optimizer.state_dict(),
+    checkpoint.save_checkpoint(path, dict(model=student.state_dict(), optimizer=optimizer.state_dict(),
                                      epoch=3, next_batch=0, step=30, args={"lr": 1e-3}))
-    state = utils.load_checkpoint(path)  # weights_only=True
+    state = checkpoint.load_checkpoint(path)  # weights_only=True
     restored = tiny_student(192)
     restored.load_state_dict(state["model"])
     video, mask = torch.randn(2, 3, 4, 32, 32), random_mask(2, 8, 6)
     student.eval(), restored.eval()
     assert torch.equal(student(video, mask), restored(video, mask))
-    assert utils.find_resume_checkpoint(str(tmp_path))[1]["epoch"] == 3
+    assert checkpoint.find_resume_checkpoint(str(tmp_path))[1]["epoch"] == 3
 
 
 def test_atomic_save_keeps_old_file_on_crash(tmp_path, monkeypatch):
     path = str(tmp_path / "checkpoint-latest.pth")
-    utils.save_checkpoint(path, {"step": 1, "epoch": 1})
+    checkpoint.save_checkpoint(path, {"step": 1, "epoch": 1})
 
     def crash(obj, f):
         f.write(b"partial")
         raise KeyboardInterrupt("killed mid-save")
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        utils.save_checkpoint(path, {"step": 2, "epoch": 2})
+        checkpoint.save_checkpoint(path, {"step": 2, "epoch": 2})
     monkeypatch.undo()
-    assert utils.load_checkpoint(path)["step"] == 1
+    assert checkpoint.load_checkpoint(path)["step"] == 1
 
 
-def test_find_resume_prefers_newest_loadable(tmp_path):
-    utils.save_checkpoint(str(tmp_path / "checkpoint-4.pth"), {"step": 50, "epoch": 5})
-    utils.save_checkpoint(str(tmp_path / "checkpoint-9.pth"), {"step": 100, "epoch": 10})
-    (tmp_path / "checkpoint-latest.pth").write_bytes(b"torn")  # e.g. copied by hand, cut off
+def test_find_resume_skips_torn_file_newest_first(tmp_path, monkeypatch):
+    checkpoint.save_checkpoint(str(tmp_path / "checkpoint-4.pth"), TRAINING_STATE(50, 5))
+    checkpoint.save_checkpoint(str(tmp_path / "checkpoint-9.pth"), TRAINING_STATE(100, 10))
+    whole = (tmp_path / "checkpoint-9.pth").read_bytes()
+    (tmp_path / "checkpoint-latest.pth").write_bytes(whole[:len(whole) // 2])  # cut off copy
     (tmp_path / "checkpoint-latest.pth.tmp.123").write_bytes(b"left by a kill")
-    path, state = utils.find_resume_checkpoint(str(tmp_path))
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    path, state = checkpoint.find_resume_checkpoint(str(tmp_path))
     assert path.endswith("checkpoint-9.pth") and state["step"] == 100
-    assert utils.find_resume_checkpoint(str(tmp_path / "empty")) is None
+    # newest first, stopping at the first that loads: checkpoint-4 is never read
+    assert [os.path.basename(p) for p in loads] == ["checkpoint-latest.pth", "checkpoint-9.pth"]
+    assert checkpoint.find_resume_checkpoint(str(tmp_path / "empty")) is None
+
+
+real_load = torch.load
+
+
+def TRAINING_STATE(step, epoch):  # noqa: N802  (a table of what a checkpoint must hold)
+    return {"model": {}, "optimizer": {}, "step": step, "epoch": epoch, "next_batch": 0}
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"hello, not a checkpoint", "not a checkpoint this framework can read"),
+    ("namespace", "not a checkpoint this framework can read"),
+    ("weights", r"not a training checkpoint of this framework \(no optimizer, epoch, step\)"),
+])
+def test_find_resume_stops_on_a_wrong_file(tmp_path, content, reason):
+    """Never a silent fallback to an older file, or to epoch 0, for anything but a torn one."""
+    checkpoint.save_checkpoint(str(tmp_path / "checkpoint-4.pth"), TRAINING_STATE(50, 5))
+    latest = str(tmp_path / "checkpoint-latest.pth")
+    if content == "namespace":
+        torch.save({"args": argparse.Namespace(lr=1)}, latest)  # VideoMAE's pickled args
+    elif content == "weights":
+        torch.save({"model": {}}, latest)
+    else:
+        open(latest, "wb").write(content)
+    with pytest.raises(checkpoint.CheckpointError, match=reason) as info:
+        checkpoint.find_resume_checkpoint(str(tmp_path))
+    assert info.value.path == latest and not info.value.torn
+
+
+def test_keep_last_prunes_numbered_checkpoints(tmp_path):
+    checkpoint.save_checkpoint(str(tmp_path / "checkpoint-latest.pth"), TRAINING_STATE(1, 1))
+    for epoch in range(10):
+        checkpoint.keep_epoch_checkpoint(str(tmp_path), epoch, 10, every=2, keep_last=2)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-7.pth", "checkpoint-9.pth",
+                                            "checkpoint-latest.pth"]
+    for epoch in range(10):  # 0: keep all, every 4th and the last
+        checkpoint.keep_epoch_checkpoint(str(tmp_path), epoch, 10, every=4)
+    assert sorted(checkpoint.numbered_checkpoints(str(tmp_path))) == [3, 7, 9]
 
 
 def test_cosine_schedule():
@@ -304,8 +351,8 @@ def test_cosine_schedule():
 
 
 def test_resumable_sampler_splits_one_order():
-    one = utils.ResumableSampler(20, 4, 0, 1, seed=3)
-    ranks = [utils.ResumableSampler(20, 2, r, 2, seed=3) for r in range(2)]
+    one = distributed.ResumableSampler(20, 4, 0, 1, seed=3)
+    ranks = [distributed.ResumableSampler(20, 2, r, 2, seed=3) for r in range(2)]
     for s in [one, *ranks]:
         s.set_epoch(1)
     full = list(one)

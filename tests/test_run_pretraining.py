@@ -1,4 +1,5 @@
 """The pretraining CLI end to end on generated data: stages, resume, signals, processes."""
+import argparse
 import json
 import os
 import signal
@@ -8,9 +9,9 @@ import time
 import pytest
 import torch
 
+import checkpoint
 import run_smile_pretraining as run
-import utils
-from conftest import ROOT, assert_process_groups_closed, run_script
+from conftest import ROOT, assert_process_groups_closed, run_script, write_list
 
 TINY = ["--model", "pretrain_videomae_tiny_patch16_224", "--teacher_model", "clip_vit_tiny",
         "--teacher_weights", "random", "--num_frames", "4", "--input_size", "32",
@@ -23,7 +24,7 @@ def cli(*argv, **kwargs):
 
 
 def final_weights(output_dir, epochs):
-    return utils.load_checkpoint(os.path.join(output_dir, f"checkpoint-{epochs - 1}.pth"))["model"]
+    return checkpoint.load_checkpoint(os.path.join(output_dir, f"checkpoint-{epochs - 1}.pth"))["model"]
 
 
 def assert_same_weights(a, b):
@@ -61,7 +62,7 @@ def test_stage1_outputs(reference):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(out, "tb")))
     epochs = [json.loads(line) for line in open(os.path.join(out, "log.txt"))]
     assert [e["epoch"] for e in epochs] == [0, 1]
-    state = utils.load_checkpoint(os.path.join(out, "checkpoint-1.pth"))
+    state = checkpoint.load_checkpoint(os.path.join(out, "checkpoint-1.pth"))
     assert state["epoch"] == 2 and state["step"] == 24 and state["next_batch"] == 0
     assert state["args"]["mask_type"] == "trajectory" and state["model_kwargs"]["target_dim"] == 192
     assert {"encoder_to_decoder.weight", "mask_token"} <= set(state["model"])
@@ -74,7 +75,7 @@ def test_stage2_from_stage1(reference, tmp_path):
                     "--output_dir", str(tmp_path))
     assert code == 0, log
     assert "stage 2: whole student from" in log and "mask tube, infusion p=0.00" in log
-    state = utils.load_checkpoint(str(tmp_path / "checkpoint-0.pth"))
+    state = checkpoint.load_checkpoint(str(tmp_path / "checkpoint-0.pth"))
     assert state["step"] == 4  # a fresh schedule: steps count from 0 again
 
 
@@ -88,11 +89,35 @@ def test_sigterm_saves_and_resume_matches(reference, tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert "SIGTERM received: saved epoch 1 batch" in out
-    state = utils.load_checkpoint(str(tmp_path / "checkpoint-latest.pth"))
+    state = checkpoint.load_checkpoint(str(tmp_path / "checkpoint-latest.pth"))
     assert state["epoch"] == 0 and 0 < state["next_batch"] < 12
     code, out = cli(*args)
     assert code == 0, out
     assert f"resumed from {tmp_path / 'checkpoint-latest.pth'}: epoch 1, batch" in out
+    assert_same_weights(final_weights(str(tmp_path), 2), final_weights(ref_out, 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,when", [(signal.SIGTERM, "start-up"),
+                                      (signal.SIGTERM, "epoch 1/2 step 5/12"),
+                                      (signal.SIGINT, "epoch 1/2 step 3/12")])
+def test_signal_to_the_process_group_saves_and_resumes(reference, tmp_path, sig, when):
+    """As SLURM (scancel, pre-emption, time limit) and Ctrl-C do: every process of the job,
+    DataLoader workers included, gets the signal; the run saves, exits 0 and resumes."""
+    ref_out, _ = reference
+    args = [*TINY, "--num_synthetic_clips", "48", "--batch_size", "4", "--epochs", "2",
+            "--num_workers", "2", "--output_dir", str(tmp_path)]
+    proc = cli(*args, wait=False, new_session=True)
+    wait_for(str(tmp_path / "train.log"), "steps/epoch" if when == "start-up" else when, proc)
+    os.killpg(proc.pid, sig)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert f"{sig.name} received: saved epoch 1 batch" in out
+    state = checkpoint.load_checkpoint(str(tmp_path / "checkpoint-latest.pth"))
+    assert state["epoch"] == 0 and 0 < state["next_batch"] < 12
+    code, out = cli(*args)
+    assert code == 0, out
+    assert f"epoch 1, batch {state['next_batch']} (step {state['next_batch']})" in out
     assert_same_weights(final_weights(str(tmp_path), 2), final_weights(ref_out, 2))
 
 
@@ -106,7 +131,7 @@ def test_sigkill_then_resume_matches(reference, tmp_path):
     proc.communicate()
     for name in os.listdir(tmp_path):  # whatever is on disk loads
         if name.endswith(".pth"):
-            utils.load_checkpoint(str(tmp_path / name))
+            checkpoint.load_checkpoint(str(tmp_path / name))
     code, out = cli(*args)
     assert code == 0, out
     assert "epoch 2, batch 0 (step 12)" in out
@@ -136,7 +161,7 @@ def test_deepspeed_two_process_cpu_step(tmp_path):
                     timeout=600)
     assert code == 0, log
     assert_process_groups_closed(log)
-    state = utils.load_checkpoint(str(tmp_path / "checkpoint-0.pth"))
+    state = checkpoint.load_checkpoint(str(tmp_path / "checkpoint-0.pth"))
     assert state["step"] == 2 and "mask_token" in state["model"]
 
 
@@ -145,7 +170,7 @@ def test_multiple_masks_schedule_counts_real_steps(tmp_path):
                     "--num_masks_per_clip", "2", "--output_dir", str(tmp_path))
     assert code == 0, log
     assert "4 steps/epoch x 1 epochs, batch 4 x 1 processes x 2 masks" in log
-    assert utils.load_checkpoint(str(tmp_path / "checkpoint-0.pth"))["step"] == 4
+    assert checkpoint.load_checkpoint(str(tmp_path / "checkpoint-0.pth"))["step"] == 4
 
 
 def test_non_finite_loss_stops_cleanly(tmp_path):
@@ -155,7 +180,7 @@ def test_non_finite_loss_stops_cleanly(tmp_path):
     assert "loss is nan" in log or "loss is inf" in log
     for name in os.listdir(tmp_path):
         if name.endswith(".pth"):
-            state = utils.load_checkpoint(str(tmp_path / name))
+            state = checkpoint.load_checkpoint(str(tmp_path / name))
             assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
@@ -220,3 +245,42 @@ def test_scripts_parse(script):
         in_array = ("=(" in prev or in_array) and ")" not in prev
         if line.lstrip().startswith("--") and not in_array:
             assert prev.rstrip().endswith("\\"), f"missing line continuation before: {line}"
+
+
+READ = set()
+
+
+class RecordingNamespace(argparse.Namespace):
+    """Arguments that note every attribute read of them."""
+
+    def __getattribute__(self, name):
+        READ.add(name)
+        return super().__getattribute__(name)
+
+
+# read only in another mode of the same CLI, or before the arguments exist
+OTHER_MODES = {"config": "parse_with_config, before parsing",
+               "background_path": "--background image", "object_list": "--objects_path",
+               "num_synthetic_clips": "--background black or noise"}
+
+
+def test_help_lists_only_flags_pretraining_reads(video_dir, tmp_path):
+    """Every flag in the pretraining --help is read by a real (tiny) pretraining run."""
+    parser = run.get_args_parser()
+    listing = write_list(tmp_path / "train.csv", [(video_dir[f"clip{i}"], 0) for i in range(4)])
+    args = parser.parse_args([*TINY, "--background", "video", "--data_path", listing,
+                              "--batch_size", "4", "--epochs", "1", "--output_dir",
+                              str(tmp_path / "out")], namespace=RecordingNamespace())
+    READ.clear()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT,
+                                                       signal.SIGUSR1)}
+    try:
+        run.check_args(args)
+        assert run.main(args) == 0
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    flags = {a.dest for a in parser._actions if a.option_strings and a.dest != "help"}
+    unread = flags - READ - set(OTHER_MODES)
+    assert not unread, f"pretraining --help shows flags it never reads: {sorted(unread)}"
+    assert not {"data_set", "nb_classes", "test_num_segment", "short_side_size"} & flags

@@ -13,7 +13,7 @@ EPOCHS=${EPOCHS:-300}                        # 300 + 300 = the released "600 epo
 cd "$(dirname "$0")/../.."
 torchrun --standalone --nproc_per_node "$GPUS" run_smile_pretraining.py \
     --training_mode progressive \
-    --data_path "$DATA_PATH" --data_set Kinetics-400 \
+    --data_path "$DATA_PATH" \
     --objects_path "$OBJECTS_PATH" --num_objects 2 \
     --mask_type trajectory --mask_ratio 0.8 --traj_unmask_ratio 0.1 --traj_region box \
     --teacher_model clip_vit_b16 --teacher_weights "$TEACHER_WEIGHTS" \

@@ -15,7 +15,7 @@ NUM_MASKS_PER_CLIP=${NUM_MASKS_PER_CLIP:-2}
 cd "$(dirname "$0")/../.."
 torchrun --standalone --nproc_per_node "$GPUS" run_smile_pretraining.py \
     --training_mode progressive --first_stage_path "$FIRST_STAGE_CKPT" \
-    --data_path "$DATA_PATH" --data_set Kinetics-400 \
+    --data_path "$DATA_PATH" \
     --mask_type tube --mask_ratio 0.8 --num_masks_per_clip "$NUM_MASKS_PER_CLIP" \
     --teacher_model clip_vit_b16 --teacher_weights "$TEACHER_WEIGHTS" \
     --model pretrain_videomae_base_patch16_224 \

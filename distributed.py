@@ -1,0 +1,211 @@
+"""Processes: process groups, seeding, the resumable sampler, model wrapping and stop signals."""
+import functools
+import gc
+import os
+import random
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  (before the process group: see init_distributed)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def init_distributed(device_name, local_rank_arg=-1, use_deepspeed=False):
+    """One process or many: torchrun (RANK/WORLD_SIZE/LOCAL_RANK, else the old launcher's
+    --local_rank) or SLURM srun (SLURM_PROCID/NTASKS/LOCALID; MASTER_ADDR/PORT from the
+    environment or the job's first node). NCCL on GPUs, gloo on CPUs."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local = int(env.get("LOCAL_RANK", max(local_rank_arg, 0)))
+    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
+        rank, world, local = (int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
+                              int(env["SLURM_LOCALID"]))
+        if "MASTER_ADDR" not in env:
+            nodes = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]],
+                                   capture_output=True, text=True, check=True).stdout.split()
+            env["MASTER_ADDR"] = nodes[0]
+        env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", 0)) % 1000))
+    else:
+        rank, world, local = 0, 1, 0
+    use_cuda = device_name == "cuda" and torch.cuda.is_available()
+    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1:
+        # torch.distributed.nn (imported at the top) and DeepSpeed's comm capture the world group
+        # in default arguments: imported after it, they keep it alive into teardown (-6 there).
+        if use_deepspeed:
+            import deepspeed.comm  # noqa: F401
+        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
+                                rank=rank, world_size=world)
+    return Dist(rank, world, local, device)
+
+
+def close_distributed():
+    """Free every process group, and gloo's threads with it, while Python is still whole."""
+    deepspeed = sys.modules.get("deepspeed")  # imported by init_distributed when in use
+    if deepspeed is not None and deepspeed.comm.is_initialized():
+        deepspeed.comm.destroy_process_group()  # also drops DeepSpeed's copies of the groups
+    elif dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()  # an engine in a reference cycle still holds its groups
+
+
+def all_reduce_mean(value, dist_info):
+    if dist_info.world_size == 1:
+        return float(value)
+    t = torch.tensor(float(value), device=dist_info.device)
+    dist.all_reduce(t)
+    return t.item() / dist_info.world_size
+
+
+def all_reduce_max(array, dist_info):
+    """Element-wise maximum of a uint8 numpy array over the ranks (a union of bitmaps)."""
+    if dist_info.world_size == 1:
+        return array
+    t = torch.from_numpy(np.ascontiguousarray(array)).to(dist_info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.cpu().numpy()
+
+
+def all_gather_objects(obj, dist_info):
+    """[obj of rank 0, obj of rank 1, ...] on every rank."""
+    if dist_info.world_size == 1:
+        return [obj]
+    parts = [None] * dist_info.world_size
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _worker_stop_signal(signum, frame):
+    signal.signal(signum, signal.SIG_DFL)  # a second one (e.g. a terminate at exit) ends us
+
+
+def seed_worker(worker_id):
+    """DataLoader workers: distinct, reproducible seeds, and deaf to the first stop signal.
+    SLURM (scancel, pre-emption, a time limit) signals every process of the job step, workers
+    included; a worker that died of it would take the run down (torch raises in the main
+    process when a worker dies) before the main process could save. The main process saves
+    and then shuts its workers down itself."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _worker_stop_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by start_workers
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def start_workers(loader):
+    """iter(loader) with the stop signals blocked while the workers are forked: a signal that
+    arrives before a worker has run seed_worker waits, and is then ignored by it. The main
+    process gets its own copy as soon as the workers exist."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+class StopFlag:
+    """SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 set a flag that the training loop checks after each
+    step, so it can save and exit cleanly instead of dying mid-step. A second Ctrl-C stops at
+    once, for a run that cannot reach the end of its step."""
+
+    def __init__(self):
+        self.signal = None
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signal == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def __bool__(self):
+        return self.signal is not None
+
+
+@functools.lru_cache(maxsize=None)
+def stop_flag():
+    """The process's one StopFlag, installed by the first call (training.run_cli makes it
+    before any work, so a signal during start-up is kept too)."""
+    return StopFlag()
+
+
+def stop_requested(flag, dist_info):
+    """True on every rank if any rank was signalled (all must save and stop together)."""
+    return all_reduce_mean(float(bool(flag)), dist_info) > 0
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """This rank's share of a shuffled epoch, optionally starting after `skip_batches` batches.
+
+    The order of epoch e depends only on (seed, e), so a run resumed mid-epoch sees exactly
+    the batches it had not seen, and ranks split one global order: with R ranks, global batch
+    b holds the same clips as batch b of a one-process run with an R times larger batch.
+    """
+
+    def __init__(self, num_samples, batch_size, rank, world_size, seed):
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.per_rank = num_samples // world_size
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch, skip_batches=0):
+        self.epoch, self.skip = epoch, skip_batches * self.batch_size
+
+    def __iter__(self):
+        order = torch.randperm(self.num_samples,
+                               generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        mine = order[:self.per_rank * self.world_size][self.rank::self.world_size]
+        return iter(mine[self.skip:].tolist())
+
+    def __len__(self):
+        return max(self.per_rank - self.skip, 0)
+
+
+def wrap_for_training(model, optimizer, args, dist_info, accumulation=1):
+    """DeepSpeed engine (--enable_deepspeed), DDP (several processes) or the model itself.
+    Returns (model to call, optimizer, the bare module whose state dict is saved).
+
+    DeepSpeed runs ZeRO stage 0 (no sharding): the optimizer state stays whole on every rank,
+    so the one atomic checkpoint of rank 0 resumes exactly. At ViT-B size ZeRO-1 would save
+    about 1 GB per GPU, and its sharded state would need DeepSpeed's own per-rank files."""
+    if args.enable_deepspeed:
+        import deepspeed
+        config = {"train_micro_batch_size_per_gpu": args.batch_size,
+                  "gradient_accumulation_steps": accumulation,
+                  "gradient_clipping": args.clip_grad or 0.0,
+                  "zero_optimization": {"stage": 0}, "steps_per_print": 2**31}
+        model, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                      config=config, dist_init_required=False)
+    elif dist_info.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(model, device_ids=[dist_info.local_rank]
+                                        if dist_info.device.type == "cuda" else None)
+    return model, optimizer, (model.module if hasattr(model, "module") else model)

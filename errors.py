@@ -1,0 +1,40 @@
+"""What can go wrong in a run, as exception types, and the exit code each one ends with.
+
+Exit codes (documented in the README; the SLURM scripts requeue on none of them but 0 with an
+unfinished run):
+    0  finished, or stopped by a signal after saving (run the same command to resume)
+    1  the training itself failed (e.g. a non-finite loss): the last checkpoint is intact
+    2  a usage error: a flag, list, folder or checkpoint that cannot work, found before work
+    3  a data abort: too much of the data cannot be read (see OUTPUT_DIR/bad_files.tsv)
+"""
+
+EXIT_FAILED, EXIT_USAGE, EXIT_DATA = 1, 2, 3
+
+
+class UsageError(ValueError):
+    """A flag, list, folder or checkpoint that cannot work: one line, exit 2, before any step."""
+
+    exit_code = EXIT_USAGE
+
+
+class BadInputError(RuntimeError):
+    """One input file (video, image, object PNG) that cannot be used: skipped and counted."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+    def __reduce__(self):  # raised in DataLoader workers: must survive pickling
+        return type(self), (self.path, self.reason)
+
+
+class DataAbort(RuntimeError):
+    """Too much of the data is unreadable: the run stops instead of training on what is left."""
+
+    exit_code = EXIT_DATA
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss is NaN or infinite: the update is not applied and the run stops."""
+
+    exit_code = EXIT_FAILED

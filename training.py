@@ -1,0 +1,227 @@
+"""The training skeleton both entry points run, and the one optimiser step both engines take.
+
+    fit: resume -> wrap -> schedule -> epochs of steps (bad files judged, progress with ETA,
+         stop signals) -> save -> numbered copy -> per-epoch hook (validation) -> exit code
+    run_cli: a user's mistake or a data abort as one `error:` line and its exit code
+"""
+import logging
+import math
+import os
+import sys
+import time
+from types import SimpleNamespace
+
+import torch
+
+import checkpoint
+import distributed
+from bad_files import BadFileLedger, data_abort_line
+from errors import EXIT_USAGE, DataAbort, NonFiniteLossError, UsageError
+from utils import MetricLogger, cosine_lr, format_eta
+
+log = logging.getLogger("smile")
+
+
+# ---------------------------------------------------------------- the step
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:  # layer decay: each group keeps its own scale
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def check_finite(loss):
+    value = loss.item()
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"loss is {value}; stopping before the bad update reaches the "
+                                 "weights (the last checkpoint is intact)")
+    return value
+
+
+def optimizer_step(model, optimizer, loss, scaler=None, clip_grad=None, accumulation=1,
+                   update=True):
+    """Backward, and on `update` one optimiser update: DeepSpeed (which accumulates, clips and
+    steps by itself), fp16 through the grad scaler, or plain. Returns the gradient norm
+    before clipping (a tensor) when an update happened, else None."""
+    if hasattr(model, "backward"):  # DeepSpeed engine
+        model.backward(loss)
+        norm = None
+        if model.is_gradient_accumulation_boundary():
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float())
+                                                         for g in grads]))
+        model.step()
+        return norm
+    (scaler.scale(loss) if scaler else loss).div(accumulation).backward()
+    if not update:
+        return None
+    if scaler is not None:  # unscale before clipping
+        scaler.unscale_(optimizer)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, clip_grad or float("inf"))
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+# ---------------------------------------------------------------- the epoch
+def train_one_epoch(step_fn, model, optimizer, loader, lr_at, epoch, first_batch, run, logger,
+                    stop_flag, ledger):
+    """Steps through one epoch from batch `first_batch`; returns (mean metrics, next batch
+    index, or None when the epoch finished). `step_fn(model, optimizer, batch, lr, i)` does one
+    step and returns float metrics; `run` holds steps_per_epoch, epochs, print_freq,
+    clips_per_step and dist."""
+    model.train()
+    totals, count, data_time, start = {}, 0, 0.0, time.time()
+    window_start, window_data, window_steps = start, 0.0, 0
+    batches = distributed.start_workers(loader)
+    try:
+        wait_start = time.time()
+        for i, (*batch, attempts) in enumerate(batches, start=first_batch):
+            waited = time.time() - wait_start
+            data_time, window_data = data_time + waited, window_data + waited
+            ledger.record(attempts, epoch)
+            step = epoch * run.steps_per_epoch + i
+            lr = lr_at(step)
+            metrics = step_fn(model, optimizer, batch, lr, i)
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value
+            count, window_steps = count + 1, window_steps + 1
+
+            if (i + 1) % run.print_freq == 0 or i + 1 == run.steps_per_epoch:
+                ledger.check()
+                elapsed = time.time() - window_start
+                _log_progress(run, epoch, i, lr, metrics, elapsed / window_steps,
+                              run.clips_per_step * window_steps / elapsed,
+                              window_data / elapsed, logger)
+                window_start, window_data, window_steps = time.time(), 0.0, 0
+            if distributed.stop_requested(stop_flag, run.dist):
+                return _means(totals, count, run, data_time, start), i + 1
+            wait_start = time.time()
+    finally:
+        # workers end now, also when an exception leaves: a worker's exception re-raised by
+        # torch sits in a reference cycle that keeps the iterator alive until exit, where
+        # its workers, deaf to the first SIGTERM (distributed.seed_worker), would hang the join
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+    ledger.check(epoch_end=True)
+    return _means(totals, count, run, data_time, start), None
+
+
+def _log_progress(run, epoch, i, lr, metrics, step_time, clips_per_s, data_fraction, logger):
+    step = epoch * run.steps_per_epoch + i
+    values = {**metrics, "loss": distributed.all_reduce_mean(metrics["loss"], run.dist),
+              "lr": lr, "clips_per_s": clips_per_s, "data_wait_fraction": data_fraction}
+    logger.scalars(step, values)
+    left_epoch = (run.steps_per_epoch - i - 1) * step_time
+    left_total = left_epoch + (run.epochs - epoch - 1) * run.steps_per_epoch * step_time
+    grad = f"  grad {values['grad_norm']:.3f}" if "grad_norm" in values else ""
+    log.info("epoch %d/%d step %d/%d  loss %.4f  lr %.3e%s  %.1f clips/s  data %.0f%%  "
+             "eta epoch %s total %s", epoch + 1, run.epochs, i + 1, run.steps_per_epoch,
+             values["loss"], lr, grad, clips_per_s, 100 * data_fraction,
+             format_eta(left_epoch), format_eta(left_total))
+
+
+def _means(totals, count, run, data_time, start):
+    out = {k: distributed.all_reduce_mean(v / max(count, 1), run.dist) for k, v in totals.items()}
+    out["data_wait_fraction"] = data_time / max(time.time() - start, 1e-9)
+    out["steps"] = count
+    return out
+
+
+# ---------------------------------------------------------------- the run
+def fit(args, dist_info, model, optimizer, loader, sampler, dataset, step_fn, same_run_keys,
+        scaler=None, model_ema=None, accumulation=1, model_kwargs=None, after_epoch=None):
+    """Train `model` for args.epochs from wherever the output folder says the run is.
+    Returns (exit code, the bare trained module, or None when a signal stopped the run after
+    saving). `same_run_keys`: the args that make a
+    checkpoint this run's (another value there stops the resume, see checkpoint.check_same_run)."""
+    steps_per_epoch = len(loader)
+    ledger = BadFileLedger(dataset.file_paths, args.max_bad_fraction, args.output_dir, dist_info)
+    start_epoch, first_batch = 0, 0
+    resume = checkpoint.resume_checkpoint(args)
+    if resume:
+        path, state = resume
+        checkpoint.check_same_run(path, state, args, same_run_keys)
+        start_epoch, first_batch = checkpoint.restore(state, model, optimizer, scaler, model_ema,
+                                                      path)
+        start_epoch, first_batch = checkpoint.resume_position(state, args, start_epoch,
+                                                              first_batch)
+        ledger.load_state_dict(state.get("bad_files"))
+        log.info("resumed from %s: epoch %d, batch %d (step %d)", path, start_epoch + 1,
+                 first_batch, state["step"])
+    model, optimizer, net = distributed.wrap_for_training(model, optimizer, args, dist_info,
+                                                          accumulation)
+    updates_per_epoch = steps_per_epoch // accumulation
+
+    def lr_at(step):  # the schedule counts optimiser updates
+        return cosine_lr(step // accumulation, args.scaled_lr, args.scaled_min_lr,
+                         args.warmup_epochs * updates_per_epoch,
+                         args.epochs * updates_per_epoch, args.scaled_warmup_lr)
+
+    def save(epoch, next_batch):
+        ledger.merge()  # every rank's findings in the saved ledger
+        if dist_info.is_main:
+            checkpoint.save_checkpoint(
+                os.path.join(args.output_dir, checkpoint.LATEST), checkpoint.training_state(
+                    net, optimizer, epoch, next_batch, steps_per_epoch, args, scaler, model_ema,
+                    model_kwargs=model_kwargs, bad_files=ledger.state_dict()))
+
+    run = SimpleNamespace(steps_per_epoch=steps_per_epoch, epochs=args.epochs, dist=dist_info,
+                          print_freq=args.print_freq,
+                          clips_per_step=args.batch_size * dist_info.world_size)
+    logger = MetricLogger(args.output_dir, args.log_dir, dist_info.is_main)
+    stop_flag = distributed.stop_flag()
+    for epoch in range(start_epoch, args.epochs):
+        dataset.set_epoch(epoch)
+        dataset.known_bad = ledger.known_bad()  # workers are forked per epoch: they see it
+        sampler.set_epoch(epoch, skip_batches=first_batch)
+        stats, stopped_at = train_one_epoch(step_fn, model, optimizer, loader, lr_at, epoch,
+                                            first_batch, run, logger, stop_flag, ledger)
+        if stopped_at is not None:
+            save(epoch, stopped_at)
+            log.info("%s received: saved epoch %d batch %d to %s; run the same command to "
+                     "resume", stop_flag.signal, epoch + 1, stopped_at,
+                     os.path.join(args.output_dir, checkpoint.LATEST))
+            return 0, None
+        first_batch = 0
+        save(epoch + 1, 0)
+        if dist_info.is_main:
+            checkpoint.keep_epoch_checkpoint(args.output_dir, epoch, args.epochs,
+                                             args.save_ckpt_freq, args.keep_last)
+        extra = after_epoch(net, epoch) if after_epoch else {}
+        logger.epoch({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}, **extra})
+        log.info("epoch %d done: loss %.4f", epoch + 1, stats.get("loss", float("nan")))
+    logger.close()
+    log.info("finished %d epochs; checkpoints and logs in %s", args.epochs, args.output_dir)
+    return 0, net
+
+
+def run_cli(main, args, check_args):
+    """Check, run, and turn what a user can fix into one `error:` line with its exit code
+    (errors.py); the traceback goes to OUTPUT_DIR/train.log only."""
+    distributed.stop_flag()  # from here on SIGTERM/SIGINT/SIGUSR1 mean "save and stop"
+    try:
+        check_args(args)
+    except ValueError as err:
+        return _fail(f"error: {err}", EXIT_USAGE)
+    try:
+        code = main(args)
+    except (UsageError, FileNotFoundError) as err:
+        return _fail(f"error: {err}", EXIT_USAGE)
+    except DataAbort as err:
+        return _fail(f"error: {data_abort_line(err)}", err.exit_code)
+    except NonFiniteLossError as err:
+        return _fail(f"error: {err}", err.exit_code)
+    if code == 0:  # every rank returns 0 together; one that failed alone just exits
+        distributed.close_distributed()
+    return code
+
+
+def _fail(line, code):
+    log.debug("%s", line, exc_info=True)  # DEBUG goes to train.log only (utils.setup_logging)
+    print(line, file=sys.stderr, flush=True)
+    return code
