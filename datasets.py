@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, default_collate
 
 import masking_generator
 import motion_infusion
-from errors import BadInputError, DataAbort
+from errors import BadInputError, DataAbort, UsageError
 from utils import IMAGENET_MEAN, normalize_video
 from video_io import VideoDecodeError, dense_indices, read_clip, segment_indices
 from video_transforms import (multi_scale_crop, random_resized_crop, resize_short_side,
@@ -123,27 +123,37 @@ def check_args(args, pretraining=True):
         raise ValueError(f"--objects_path {args.objects_path} is not a folder")
 
 
+def parse_line(line, require_label=True):
+    """One list line -> (path, label), or None for a blank line or a CSV header. Accepted:
+    VideoMAE's 'PATH LABEL' (paths may hold spaces; the label is the last field) and CSV
+    'PATH,LABEL'; without require_label a bare path (label -1). Raises ValueError."""
+    line = line.strip()
+    if not line or line.lower().replace(" ", "") in ("path,label", "pathlabel", "path"):
+        return None
+    for parts in (line.rsplit(",", 1), line.rsplit(maxsplit=1)):
+        if len(parts) == 2 and parts[1].strip().lstrip("-").isdigit():
+            return parts[0].strip(), int(parts[1])
+    if not require_label:
+        return line, -1
+    raise ValueError(f"expected 'PATH LABEL' (or PATH,LABEL) with an integer label, "
+                     f"got {line!r}")
+
+
 def read_list(path, root="", require_label=True):
-    """'PATH LABEL' lines -> [(path, label)]. Paths may contain spaces; the label is the last
-    field. Without require_label a bare path is allowed (label -1)."""
+    """A VideoMAE list (see parse_line) -> [(path joined to root, label)]."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"annotation list {path} not found")
     entries = []
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.rsplit(maxsplit=1)
-            if len(parts) == 2 and parts[1].lstrip("-").isdigit():
-                entries.append((os.path.join(root, parts[0]), int(parts[1])))
-            elif not require_label:
-                entries.append((os.path.join(root, line), -1))
-            else:
-                raise ValueError(f"{path}:{lineno}: expected 'PATH LABEL' with an integer "
-                                 f"label, got {line!r}")
+            try:
+                entry = parse_line(line, require_label)
+            except ValueError as err:
+                raise UsageError(f"{path}:{lineno}: {err}") from None
+            if entry:
+                entries.append((os.path.join(root, entry[0]), entry[1]))
     if not entries:
-        raise ValueError(f"annotation list {path} has no entries")
+        raise UsageError(f"annotation list {path} has no entries")
     return entries
 
 

@@ -184,6 +184,7 @@ def finetuned(colour_set, tmp_path_factory):
     return out, log
 
 
+@pytest.mark.slow
 def test_finetune_cli(finetuned):
     out, log = finetuned
     assert "missing" not in log  # no --finetune: trained from scratch
@@ -195,6 +196,7 @@ def test_finetune_cli(finetuned):
     assert os.path.isfile(out / "checkpoint-1.pth")
 
 
+@pytest.mark.slow
 def test_eval_cli_and_two_processes_match(finetuned, colour_set, tmp_path):
     out, _ = finetuned
     common = [*TINY, "--data_path", str(colour_set), "--eval", "--finetune",
@@ -217,6 +219,7 @@ def test_eval_cli_and_two_processes_match(finetuned, colour_set, tmp_path):
             assert results[name][key] == pytest.approx(one[key]), (name, key)
 
 
+@pytest.mark.slow
 def test_linear_probe_separable_set(colour_set, tmp_path):
     # a randomly initialised encoder saved and loaded like a real checkpoint
     path = save_random_student(tmp_path / "pretrained.pth")
@@ -231,6 +234,7 @@ def test_linear_probe_separable_set(colour_set, tmp_path):
     assert code == 0 and "cached train features" in log
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv,message", [
     (["--eval"], "need --finetune"),
     (["--finetune", "/nope.pth"], "--finetune /nope.pth does not exist"),
@@ -241,6 +245,7 @@ def test_finetune_bad_arguments(colour_set, argv, message):
     assert code != 0 and message in log.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_finetune_deepspeed_two_processes(colour_set, tmp_path):
     pytest.importorskip("deepspeed")
     code, log = cli(*TINY, "--data_path", str(colour_set), "--epochs", "1", "--warmup_epochs",

@@ -2,9 +2,12 @@ import json
 import os
 import shutil
 
+import pytest
 from PIL import Image
 
 from conftest import run_script, save_random_student
+
+pytestmark = pytest.mark.slow  # every test here runs a script
 
 
 def test_make_lists(video_dir, tmp_path):
@@ -59,3 +62,28 @@ def test_feature_similarity(video_dir, tmp_path):
     matrix = data[ckpt]["matrix"]
     assert len(matrix) == 4 and all(abs(matrix[i][i] - 1) < 1e-3 for i in range(4))
     assert "random" in data and (tmp_path / "sim" / "similarity.png").is_file()
+
+
+def test_check_videos_writes_an_exact_clean_list(video_dir, tmp_path):
+    lines = [f"{video_dir['clip0']} 0", f"{video_dir['missing']} 1", "", f"{video_dir['clip1']} 1",
+             f"{video_dir['truncated']} 0", f"{video_dir['empty']} 1", f"{video_dir['short']} 0"]
+    listing = tmp_path / "train.csv"
+    listing.write_text("\n".join(lines) + "\n")
+    code, out = run_script("tools/check_videos.py", str(listing), "--workers", "2")
+    assert code == 1, out
+    assert (tmp_path / "train.csv.clean").read_text().splitlines() == [lines[0], lines[3],
+                                                                       lines[6]]
+    bad = [row.split("\t") for row in (tmp_path / "train.csv.bad.tsv").read_text().splitlines()]
+    assert bad[0] == ["path", "reason"]
+    assert [row[0] for row in bad[1:]] == [video_dir[k] for k in ("missing", "truncated", "empty")]
+    assert all(row[1] for row in bad[1:]) and "3 of 6 files are usable" in out
+    assert "6/6 files" in out and "eta" in out  # the progress line
+
+    # the clean list passes, in the CSV form too, with relative paths under --data_root
+    root = os.path.dirname(video_dir["clip0"])
+    csv = tmp_path / "clean.csv"
+    csv.write_text("path,label\nclip0.mp4,0\nclip2.mp4,0\n")
+    code, out = run_script("tools/check_videos.py", str(csv), "--data_root", root)
+    assert code == 0 and "2 of 2 files are usable" in out, out
+    assert (tmp_path / "clean.csv.clean").read_text().splitlines()[1:] == ["clip0.mp4,0",
+                                                                          "clip2.mp4,0"]

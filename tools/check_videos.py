@@ -1,0 +1,94 @@
+"""Pre-flight check of a video list: run it before a long run, then train on LIST.clean.
+
+    python tools/check_videos.py LIST [--data_root ROOT] [--workers N] [--video_backend pyav]
+
+Opens every file of LIST (VideoMAE 'PATH LABEL' lines or CSV 'PATH,LABEL', as the loader reads
+them) in parallel and decodes what training needs: the container, the video stream, its frame
+count, its first and last frames (decord, then PyAV, as in training). Writes LIST.clean (the
+good lines, unchanged) and LIST.bad.tsv (path, reason), prints a summary, and exits 1 when any
+file is bad (0 when all are good, 2 for a list it cannot read).
+"""
+import argparse
+import multiprocessing
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from datasets import parse_line  # noqa: E402
+from utils import format_eta  # noqa: E402
+from video_io import VideoDecodeError, read_clip  # noqa: E402
+
+
+def get_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("list", help="annotation list to check")
+    parser.add_argument("--data_root", default="", help="prefix for relative paths, as in training")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="processes that open files at once (default: all cores)")
+    parser.add_argument("--video_backend", default="decord", choices=("decord", "pyav"))
+    return parser.parse_args(argv)
+
+
+def check(job):
+    """(line number, '' if the file is usable for training, else why not)."""
+    lineno, path, backend = job
+    try:
+        read_clip(path, backend, lambda n: [0, n - 1])
+        return lineno, ""
+    except VideoDecodeError as err:
+        return lineno, " ".join(err.reason.split())
+    except Exception as err:  # anything else a decoder throws still makes the file unusable
+        return lineno, f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
+def progress(done, total, bad, start, final=False):
+    rate = done / max(time.time() - start, 1e-9)
+    sys.stderr.write(f"\r{done}/{total} files  {rate:.1f} files/s  eta "
+                     f"{format_eta((total - done) / max(rate, 1e-9))}  bad {bad}  "
+                     + ("\n" if final else ""))
+    sys.stderr.flush()
+
+
+def main(argv=None):
+    args = get_args(argv)
+    if not os.path.isfile(args.list):
+        sys.exit(f"error: {args.list} is not a file")
+    with open(args.list, encoding="utf-8") as f:
+        lines = f.readlines()
+    jobs = []
+    for lineno, line in enumerate(lines):
+        try:
+            entry = parse_line(line, require_label=False)
+        except ValueError as err:
+            sys.exit(f"error: {args.list}:{lineno + 1}: {err}")
+        if entry:
+            jobs.append((lineno, os.path.join(args.data_root, entry[0]), args.video_backend))
+    if not jobs:
+        sys.exit(f"error: {args.list} has no entries")
+
+    reasons, start = {}, time.time()
+    with multiprocessing.get_context("spawn").Pool(max(args.workers, 1)) as pool:
+        for done, (lineno, reason) in enumerate(pool.imap_unordered(check, jobs, chunksize=4), 1):
+            if reason:
+                reasons[lineno] = reason
+            if done % 20 == 0 or done == len(jobs):
+                progress(done, len(jobs), len(reasons), start, final=done == len(jobs))
+
+    clean, bad = f"{args.list}.clean", f"{args.list}.bad.tsv"
+    with open(clean, "w", encoding="utf-8") as f:
+        f.writelines(line if line.endswith("\n") else line + "\n" for i, line in enumerate(lines)
+                     if line.strip() and i not in reasons)
+    paths = {lineno: path for lineno, path, _ in jobs}
+    with open(bad, "w", encoding="utf-8") as f:
+        f.write("path\treason\n")
+        f.writelines(f"{paths[i]}\t{reasons[i]}\n" for i in sorted(reasons))
+    print(f"{len(jobs) - len(reasons)} of {len(jobs)} files are usable, {len(reasons)} are not "
+          f"({time.time() - start:.0f} s, {args.workers} workers)\n  good lines: {clean}\n"
+          f"  bad files:  {bad}" + (f"\ntrain with --data_path {clean}" if reasons else ""))
+    return 1 if reasons else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
