@@ -124,6 +124,17 @@ def resume_checkpoint(args):
     return find_resume_checkpoint(args.output_dir) if args.auto_resume else None
 
 
+def describe(state):
+    """What a checkpoint is, from its stored arguments, for error messages."""
+    saved = state.get("args") or {} if isinstance(state, dict) else {}
+    grid = f"{saved.get('num_frames')} frames, {saved.get('input_size')} px"
+    if "stage" in saved:
+        return f"a stage-{saved['stage']} pretraining checkpoint of {saved.get('model')} ({grid})"
+    if "linear_probe" in saved:
+        return f"a fine-tuning checkpoint of {saved.get('model')} ({grid})"
+    return "a checkpoint without this framework's run arguments"
+
+
 def load_model_weights(model, weights, path):
     """Strict load with a one-line CheckpointError instead of torch's page of key names."""
     own = model.state_dict()

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, default_collate
 import masking_generator
 import motion_infusion
 from errors import BadInputError, DataAbort, UsageError
+from lists import pretraining_list, read_list  # noqa: F401  (read_list: datasets.read_list)
 from utils import IMAGENET_MEAN, normalize_video
 from video_io import VideoDecodeError, dense_indices, read_clip, segment_indices
 from video_transforms import (multi_scale_crop, random_resized_crop, resize_short_side,
@@ -35,7 +36,9 @@ def add_args(parser):
     group.add_argument("--data_path", default=None,
                        help="pretraining: the train list file; fine-tuning: the folder holding "
                             "train.csv / val.csv / test.csv ('PATH LABEL' lines)")
-    group.add_argument("--data_root", default="", help="prefix for relative paths in the lists")
+    group.add_argument("--data_root", default="",
+                       help="folder that relative paths in the lists start from (default: the "
+                            "list's own folder)")
     group.add_argument("--num_frames", type=int, default=16)
     group.add_argument("--sampling_rate", type=int, default=4,
                        help="frame stride of dense sampling (VideoMAE: 4 K400, 2 SSv2)")
@@ -97,12 +100,22 @@ def resolve_stage(args, stage):
 
 def check_args(args, pretraining=True):
     """Raise ValueError (one line) for data settings that cannot work."""
-    masking_generator.token_grid(args.num_frames, args.input_size, args.patch_size,
-                                 args.tubelet_size)
+    grid = masking_generator.token_grid(args.num_frames, args.input_size, args.patch_size,
+                                        args.tubelet_size)
+    if args.sampling_rate < 1:
+        raise ValueError(f"--sampling_rate must be >= 1 (frames between samples), got "
+                         f"{args.sampling_rate}: 0 would repeat one frame, < 0 reverse time")
+    if not 0 <= args.max_bad_fraction < 1 or args.max_retries < 1:
+        raise ValueError("--max_bad_fraction must be in [0, 1) and --max_retries >= 1")
     if not pretraining:
         return
     if not 0 < args.mask_ratio < 1:
         raise ValueError(f"--mask_ratio must be in (0, 1), got {args.mask_ratio}")
+    cells = grid[1] * grid[2]
+    if not 0 < int(args.mask_ratio * cells) < cells:
+        raise ValueError(f"--mask_ratio {args.mask_ratio} masks {int(args.mask_ratio * cells)} "
+                         f"of the {cells} cells of a {grid[1]}x{grid[2]} slice; the student "
+                         "needs some masked and some visible: raise it or --input_size")
     if not 0 <= args.traj_unmask_ratio <= 1:
         raise ValueError(f"--traj_unmask_ratio must be in [0, 1], got {args.traj_unmask_ratio}")
     if args.infusion_prob is not None and not 0 <= args.infusion_prob <= 1:
@@ -113,48 +126,13 @@ def check_args(args, pretraining=True):
         raise ValueError(f"--num_objects must be >= 1, got {args.num_objects}")
     if args.background in ("video", "frame") and not args.data_path:
         raise ValueError(f"--background {args.background} needs --data_path")
-    if args.data_path and args.background in ("video", "frame") and not os.path.exists(
-            args.data_path):
-        raise ValueError(f"--data_path {args.data_path} does not exist")
+    if args.data_path and args.background in ("video", "frame"):
+        pretraining_list(args.data_path)
     if args.background == "image" and not (args.background_path
                                            and os.path.isdir(args.background_path)):
         raise ValueError("--background image needs --background_path, a folder of images")
     if args.objects_path and not os.path.isdir(args.objects_path):
         raise ValueError(f"--objects_path {args.objects_path} is not a folder")
-
-
-def parse_line(line, require_label=True):
-    """One list line -> (path, label), or None for a blank line or a CSV header. Accepted:
-    VideoMAE's 'PATH LABEL' (paths may hold spaces; the label is the last field) and CSV
-    'PATH,LABEL'; without require_label a bare path (label -1). Raises ValueError."""
-    line = line.strip()
-    if not line or line.lower().replace(" ", "") in ("path,label", "pathlabel", "path"):
-        return None
-    for parts in (line.rsplit(",", 1), line.rsplit(maxsplit=1)):
-        if len(parts) == 2 and parts[1].strip().lstrip("-").isdigit():
-            return parts[0].strip(), int(parts[1])
-    if not require_label:
-        return line, -1
-    raise ValueError(f"expected 'PATH LABEL' (or PATH,LABEL) with an integer label, "
-                     f"got {line!r}")
-
-
-def read_list(path, root="", require_label=True):
-    """A VideoMAE list (see parse_line) -> [(path joined to root, label)]."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"annotation list {path} not found")
-    entries = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            try:
-                entry = parse_line(line, require_label)
-            except ValueError as err:
-                raise UsageError(f"{path}:{lineno}: {err}") from None
-            if entry:
-                entries.append((os.path.join(root, entry[0]), entry[1]))
-    if not entries:
-        raise UsageError(f"annotation list {path} has no entries")
-    return entries
 
 
 def list_images(folder):
@@ -362,22 +340,30 @@ def build_pretraining_dataset(args):
                                         args.tubelet_size)
     entries = None
     if args.background in ("video", "frame"):
-        entries = read_list(args.data_path, args.data_root, require_label=False)
+        entries = read_list(pretraining_list(args.data_path), args.data_root,
+                            require_label=False)
     infuser = motion_infusion.MotionInfuser(motion_infusion.build_object_bank(args),
                                             args.num_objects, args.object_fit)
     return PretrainingDataset(args, entries, infuser,
                               masking_generator.build_mask_generator(args, grid))
 
 
+def labelled_list(args, split):
+    """(entries of DATA_PATH/split, number of classes), every label checked against it."""
+    path = os.path.join(args.data_path, split)
+    entries = read_list(path, args.data_root)
+    nb_classes = args.nb_classes or DATASET_CLASSES[args.data_set]
+    bad = [(p, label) for p, label in entries if not 0 <= label < nb_classes]
+    if bad:
+        raise UsageError(f"{path}: label {bad[0][1]} ({bad[0][0]}) outside [0, {nb_classes}) "
+                         f"for --data_set {args.data_set}; set --nb_classes")
+    return entries, nb_classes
+
+
 def build_dataset(is_train, test_mode, args):
     """VideoMAE's interface: -> (dataset, nb_classes)."""
     mode = "train" if is_train else ("test" if test_mode else "validation")
     split = {"train": "train.csv", "validation": "val.csv", "test": "test.csv"}[mode]
-    entries = read_list(os.path.join(args.data_path, split), args.data_root)
-    nb_classes = args.nb_classes or DATASET_CLASSES[args.data_set]
-    bad = [label for _, label in entries if not 0 <= label < nb_classes]
-    if bad:
-        raise ValueError(f"{split}: label {bad[0]} outside [0, {nb_classes}) for --data_set "
-                         f"{args.data_set}; set --nb_classes")
+    entries, nb_classes = labelled_list(args, split)
     ssv2 = args.data_set == "SSV2"  # TSN sampling, and flipping would swap left/right labels
     return VideoClsDataset(args, entries, mode, segment_sampling=ssv2, flip=not ssv2), nb_classes

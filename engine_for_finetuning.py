@@ -96,7 +96,13 @@ def evaluate(model, loader, dist_info, sharded, num_videos, num_classes, precisi
     probs, labels, failed = merge_views(views, num_videos, num_classes)
     metrics = classification_metrics(probs, labels)
     return dict(metrics, num_videos=num_videos, num_failed=failed,
-                num_views=int(len(views["video"])))
+                num_views=int(len(views["video"])), failed_videos=failed_videos(views, num_videos))
+
+
+def failed_videos(views, num_videos):
+    """Indices of the videos none of whose views could be decoded."""
+    readable = set(views["video"][views["ok"].astype(bool)].tolist())
+    return [v for v in range(num_videos) if v not in readable]
 
 
 # ---------------------------------------------------------------- linear probe

@@ -143,12 +143,13 @@ PRETRAINING_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token")
 
 
 def load_pretrained(model, path, model_key="model|module"):
-    """Load a pretraining (or fine-tuned) checkpoint into `model` and say exactly what did not
-    fit. `model_key` lists the keys that may hold the weights ('model|module': ours and
+    """Load a pretraining (or fine-tuned) checkpoint (a path, or its loaded contents) into
+    `model` and say exactly what did not fit. `model_key` lists the keys that may hold the weights ('model|module': ours and
     DeepSpeed's). Strips 'module.', 'encoder.' and 'backbone.', skips the decoder, drops a head
     of the wrong shape. Returns dict(missing, unexpected, skipped); raises ValueError if the
     checkpoint matches none of the model's weights."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(path, map_location="cpu", weights_only=True) if isinstance(
+        path, str) else path
     for key in model_key.split("|"):
         if isinstance(state.get(key), dict):
             state = state[key]
@@ -167,8 +168,15 @@ def load_pretrained(model, path, model_key="model|module"):
             continue
         weights[name] = value
     if not set(weights) & set(own):
-        raise ValueError(f"{path}: none of its keys (e.g. {list(state)[:3]}) match the model; "
+        raise ValueError(f"none of its keys (e.g. {list(state)[:3]}) match the model; "
                          f"check --model_key ({model_key})")
+    reshaped = [k for k in weights if k in own and weights[k].shape != own[k].shape]
+    if reshaped:
+        k = reshaped[0]
+        raise ValueError(f"{len(reshaped)} weights have another shape (e.g. {k}: "
+                         f"{tuple(weights[k].shape)} in the file, {tuple(own[k].shape)} here): "
+                         "it holds another model size or grid than --model/--num_frames/"
+                         "--input_size build")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     return dict(missing=sorted(missing), unexpected=sorted(unexpected), skipped=sorted(skipped))
 

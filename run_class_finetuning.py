@@ -21,13 +21,14 @@ from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
+import checkpoint
 import datasets
 import distributed
 import engine_for_finetuning as engine
 import modeling_finetune
 import training
 import utils
-from errors import UsageError
+from errors import DataAbort, UsageError
 
 log = logging.getLogger("smile")
 MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
@@ -112,7 +113,15 @@ def load_weights(model, args):
     if args.finetune == "random":
         log.warning("--finetune random: the encoder keeps its random initialisation (a baseline)")
         return None
-    report = modeling_finetune.load_pretrained(model, args.finetune, args.model_key)
+    state = checkpoint.load_checkpoint(args.finetune)
+    try:
+        report = modeling_finetune.load_pretrained(model, state, args.model_key)
+    except ValueError as err:
+        raise checkpoint.CheckpointError(args.finetune, f"{err} ({checkpoint.describe(state)})")
+    if args.eval and {"head.weight", "fc_norm.weight"} & set(report["missing"]):
+        raise checkpoint.CheckpointError(args.finetune, f"it is {checkpoint.describe(state)} "
+                                         "without a classifier head; --eval needs a fine-tuned "
+                                         "checkpoint (OUTPUT_DIR/checkpoint-N.pth of fine-tuning)")
     skipped = sorted({k.split(".")[0] for k in report["skipped"]})
     log.info("loaded %s\n  missing: %s\n  unexpected: %s\n  skipped: %d keys (%s)",
              args.finetune, report["missing"] or "none", report["unexpected"] or "none",
@@ -129,6 +138,19 @@ def eval_loader(args, dataset, dist_info):
                       num_workers=args.num_workers, shuffle=False)
 
 
+def name_failures(args, failed, entries, split):
+    """Every video that could not be read, by path; past --max_bad_fraction a data abort (no
+    result is written: a score over what was left would look like a real one)."""
+    paths = [entries[i][0] for i in failed]
+    for path in paths:
+        log.warning("%s video could not be read, left out of the score: %s", split, path)
+    if len(paths) > args.max_bad_fraction * len(entries):
+        raise DataAbort(f"{len(paths)} of {len(entries)} {split} videos could not be read "
+                        f"(e.g. {paths[0]}), more than --max_bad_fraction "
+                        f"{args.max_bad_fraction}; no results written")
+    return paths
+
+
 def write_results(args, dist_info, results):
     log.info("results: %s", json.dumps(results))
     if dist_info.is_main:
@@ -140,10 +162,12 @@ def linear_probe(args, dist_info, nb_classes):
     encoder = build_model(args, nb_classes, probe=True).to(dist_info.device)
     load_weights(encoder, args)
     sharded = args.dist_eval and dist_info.world_size > 1
+    # every label checked before any feature is computed
+    entries = {split: datasets.labelled_list(args, f"{split}.csv")[0] for split in ("train",
+                                                                                   "test")}
     features = {}
-    for split, segments, crops, csv in (("train", args.probe_train_segments, 1, "train.csv"),
-                                        ("test", args.test_num_segment, args.test_num_crop,
-                                         "test.csv")):
+    for split, segments, crops in (("train", args.probe_train_segments, 1),
+                                   ("test", args.test_num_segment, args.test_num_crop)):
         cache = os.path.join(args.output_dir, f"features_{split}.pt")
         key = dict(checkpoint=os.path.abspath(args.finetune), segments=segments, crops=crops,
                    mtime=os.path.getmtime(args.finetune) if os.path.isfile(args.finetune) else 0,
@@ -154,15 +178,17 @@ def linear_probe(args, dist_info, nb_classes):
             continue
         view_args = argparse.Namespace(**{**vars(args), "test_num_segment": segments,
                                           "test_num_crop": crops})
-        dataset = datasets.VideoClsDataset(view_args, datasets.read_list(
-            os.path.join(args.data_path, csv), args.data_root), "test",
-            segment_sampling=args.data_set == "SSV2", flip=False)
+        dataset = datasets.VideoClsDataset(view_args, entries[split], "test",
+                                           segment_sampling=args.data_set == "SSV2", flip=False)
         features[split] = engine.extract_features(encoder, eval_loader(args, dataset, dist_info),
                                                   dist_info, sharded, args.precision)
         features[split]["num_videos"] = len(dataset.entries)
         if dist_info.is_main:
             torch.save(dict(key=key, views=features[split]), cache)
     train, test = features["train"], dict(features["test"])
+    failed = {split: name_failures(args, engine.failed_videos(views, views["num_videos"]),
+                                   entries[split], split)
+              for split, views in (("train", train), ("test", test))}
     runs = []  # classifiers from several seeds on the same cached features: the probe's spread
     for seed in range(args.seed, args.seed + args.probe_repeats):
         probe = engine.train_probe(train["features"][train["ok"]], train["label"][train["ok"]],
@@ -170,11 +196,12 @@ def linear_probe(args, dist_info, nb_classes):
                                    args.probe_weight_decay, args.probe_batch_size, seed)
         with torch.no_grad():
             test["logits"] = probe(torch.from_numpy(test["features"]).float()).numpy()
-        probs, labels, failed = engine.merge_views(test, test["num_videos"], nb_classes)
+        probs, labels, _ = engine.merge_views(test, test["num_videos"], nb_classes)
         runs.append(engine.classification_metrics(probs, labels))
     results = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
     results.update(top1_per_seed=[r["top1"] for r in runs], num_videos=test["num_videos"],
-                   num_failed=failed, mode="linear_probe", checkpoint=args.finetune,
+                   num_failed=len(failed["test"]), failed_videos=failed["test"],
+                   mode="linear_probe", checkpoint=args.finetune,
                    protocol=f"{args.probe_train_segments} train clips/video, "
                             f"{args.test_num_segment}x{args.test_num_crop} test views, "
                             f"{args.probe_epochs} epochs AdamW lr {args.probe_lr}, mean of "
@@ -187,6 +214,8 @@ def test(model, args, dist_info, nb_classes, mode):
     dataset, _ = datasets.build_dataset(is_train=False, test_mode=True, args=args)
     results = engine.evaluate(model, eval_loader(args, dataset, dist_info), dist_info,
                               args.dist_eval, len(dataset.entries), nb_classes, args.precision)
+    results["failed_videos"] = name_failures(args, results["failed_videos"], dataset.entries,
+                                             "test")
     results.update(mode=mode, checkpoint=args.finetune,
                    views=f"{args.test_num_segment}x{args.test_num_crop}")
     write_results(args, dist_info, results)

@@ -133,6 +133,12 @@ def main(args):
              args.target_type if args.target_type == "pixel" else args.teacher_model)
     if args.first_stage_path:  # a resume of this stage-2 run (found by fit) overrides it
         state = checkpoint.load_checkpoint(args.first_stage_path)
+        if (state.get("args") or {}).get("stage", 1) != 1 or "linear_probe" in (
+                state.get("args") or {}):
+            raise checkpoint.CheckpointError(
+                args.first_stage_path, f"it is {checkpoint.describe(state)}; stage 2 needs a "
+                "stage-1 pretraining checkpoint (checkpoint-N.pth of a run without "
+                "--first_stage_path)")
         checkpoint.load_model_weights(model, state.get("model") or state.get("module") or {},
                                       args.first_stage_path)
         log.info("stage 2: whole student from %s, fresh optimiser and schedule",

@@ -89,6 +89,9 @@ def check_run_args(args):
     for name in ("batch_size", "epochs", "print_freq", "save_ckpt_freq"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1")
+    if not 0 <= args.warmup_epochs < args.epochs:
+        raise ValueError(f"--warmup_epochs must be in [0, --epochs {args.epochs}), got "
+                         f"{args.warmup_epochs}: the run would never leave its warm-up")
     if args.keep_last < 0:
         raise ValueError("--keep_last must be >= 0 (0 keeps every numbered checkpoint)")
     if args.precision in ("bf16", "fp16") and args.device == "cpu":

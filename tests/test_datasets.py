@@ -69,7 +69,21 @@ def test_read_list_bad_line_names_file_and_line(tmp_path):
     path.write_text("a.mp4 3\nb.mp4 label\n")
     with pytest.raises(ValueError, match=r"train.csv:2: expected 'PATH LABEL'"):
         datasets.read_list(str(path))
-    assert datasets.read_list(str(path), require_label=False)[1] == ("b.mp4 label", -1)
+    # pretraining takes bare paths, relative to the list's folder; 'PATH WORD' with PATH on
+    # disk is a label that is not a number, not a file name with a space
+    assert datasets.read_list(str(path), require_label=False)[1] == (
+        str(tmp_path / "b.mp4 label"), -1)
+    (tmp_path / "b.mp4").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"train.csv:2: the label 'label' is not an integer"):
+        datasets.read_list(str(path), require_label=False)
+
+
+def test_read_list_csv_header_and_relative_paths(tmp_path):
+    path = tmp_path / "lists" / "train.csv"
+    path.parent.mkdir()
+    path.write_text("path,label\nvideos/a.mp4,3\n/abs/b c.mp4, 7\n", encoding="utf-8")
+    assert datasets.read_list(str(path)) == [(str(tmp_path / "lists" / "videos" / "a.mp4"), 3),
+                                             ("/abs/b c.mp4", 7)]
 
 
 # ---------------------------------------------------------------- pretraining

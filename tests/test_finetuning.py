@@ -167,7 +167,8 @@ def cli(*argv, processes=1):
 TINY = ["--model", "vit_tiny_patch16_224", "--num_frames", "4", "--input_size", "32",
         "--short_side_size", "32", "--data_set", "UCF101", "--nb_classes", "3", "--device",
         "cpu", "--num_workers", "0", "--batch_size", "4", "--test_num_segment", "2",
-        "--test_num_crop", "2", "--sampling_rate", "2", "--print_freq", "1"]
+        "--test_num_crop", "2", "--sampling_rate", "2", "--print_freq", "1",
+        "--max_bad_fraction", "0.1"]  # 1 of the 13 test videos is missing
 
 
 @pytest.fixture(scope="module")
@@ -187,11 +188,13 @@ def finetuned(colour_set, tmp_path_factory):
 @pytest.mark.slow
 def test_finetune_cli(finetuned):
     out, log = finetuned
-    assert "missing" not in log  # no --finetune: trained from scratch
+    assert "  missing: " not in log  # no --finetune: trained from scratch
     assert "val top-1" in log and "eta epoch" in log
     results = json.load(open(out / "results.json"))
     assert results["mode"] == "finetune" and results["num_videos"] == 13
     assert results["num_failed"] == 1  # the missing test video is counted, not replaced
+    assert [os.path.basename(p) for p in results["failed_videos"]] == ["missing.mp4"]
+    assert "test video could not be read, left out of the score" in log
     assert {"top1", "top5", "class_mean_top1"} <= set(results)
     assert os.path.isfile(out / "checkpoint-1.pth")
 

@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from datasets import parse_line  # noqa: E402
+from lists import parse_line  # noqa: E402
 from utils import format_eta  # noqa: E402
 from video_io import VideoDecodeError, read_clip  # noqa: E402
 

@@ -1,0 +1,61 @@
+"""Annotation lists, parsed once and strictly, the same way for pretraining, fine-tuning,
+evaluation, the probe and tools/check_videos.py."""
+import os
+
+from errors import UsageError
+
+
+def pretraining_list(data_path):
+    """Pretraining's --data_path: a list file, or a folder holding train.csv."""
+    if os.path.isdir(data_path):
+        if not os.path.isfile(os.path.join(data_path, "train.csv")):
+            raise ValueError(f"--data_path {data_path} is a folder without train.csv; give the "
+                             "pretraining list file itself")
+        return os.path.join(data_path, "train.csv")
+    if not os.path.isfile(data_path):
+        raise ValueError(f"--data_path {data_path} does not exist")
+    return data_path
+
+
+def parse_line(line, require_label=True):
+    """One list line -> (path, label), or None for a blank line or a CSV header. Accepted:
+    VideoMAE's 'PATH LABEL' (paths may hold spaces; the label is the last field) and CSV
+    'PATH,LABEL'; without require_label a bare path (label -1). Raises ValueError."""
+    line = line.strip()
+    if not line or line.lower().replace(" ", "") in ("path,label", "pathlabel", "path"):
+        return None
+    for parts in (line.rsplit(",", 1), line.rsplit(maxsplit=1)):
+        if len(parts) == 2 and parts[1].strip().lstrip("-").isdigit():
+            return parts[0].strip(), int(parts[1])
+    if not require_label:
+        return line, -1
+    raise ValueError(f"expected 'PATH LABEL' (or PATH,LABEL) with an integer label, "
+                     f"got {line!r}")
+
+
+def read_list(path, root="", require_label=True):
+    """A VideoMAE list (see parse_line) -> [(path, label)]. Relative paths resolve against
+    `root` (--data_root), else against the list's own folder, never the working directory
+    (on SLURM, wherever sbatch ran)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"annotation list {path} not found")
+    root = root or os.path.dirname(os.path.abspath(path))
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            try:
+                entry = parse_line(line, require_label)
+            except ValueError as err:
+                raise UsageError(f"{path}:{lineno}: {err}") from None
+            if not entry:
+                continue
+            video = os.path.join(root, entry[0])
+            head, _, word = entry[0].rpartition(" ")
+            if entry[1] == -1 and head and not os.path.exists(video) and os.path.exists(
+                    os.path.join(root, head)):  # 'PATH WORD': a label that is not a number
+                raise UsageError(f"{path}:{lineno}: the label {word!r} is not an integer "
+                                 f"(line {line.strip()!r}); labels are class numbers")
+            entries.append((video, entry[1]))
+    if not entries:
+        raise UsageError(f"annotation list {path} has no entries")
+    return entries
