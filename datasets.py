@@ -10,6 +10,7 @@ Fine-tuning sample: decode -> crop/flip (train) or resize + crop views (eval) ->
 float clip [3, T, H, W].
 """
 import glob
+import logging
 import os
 import random
 
@@ -27,6 +28,7 @@ from video_io import VideoDecodeError, dense_indices, read_clip, segment_indices
 from video_transforms import (multi_scale_crop, random_resized_crop, resize_short_side,
                               same_ops_per_frame, to_tensor, view_crop)
 
+log = logging.getLogger("smile")
 DATASET_CLASSES = {"Kinetics-400": 400, "SSV2": 174, "UCF101": 101, "HMDB51": 51}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -342,7 +344,7 @@ def build_pretraining_dataset(args):
     if args.background in ("video", "frame"):
         entries = read_list(pretraining_list(args.data_path), args.data_root,
                             require_label=False)
-    infuser = motion_infusion.MotionInfuser(motion_infusion.build_object_bank(args),
+    infuser = motion_infusion.MotionInfuser(motion_infusion.build_object_bank(args, log.info),
                                             args.num_objects, args.object_fit)
     return PretrainingDataset(args, entries, infuser,
                               masking_generator.build_mask_generator(args, grid))

@@ -7,6 +7,7 @@ object is. Knows pixels only: no patch size, tokens or masks.
 """
 import glob
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -74,19 +75,44 @@ def crop_to_alpha(rgba):
 
 
 class FolderObjectBank:
-    """RGBA PNGs under `root/<category>/<instance>.png`, sampled uniformly over instances."""
+    """RGBA PNGs under `root/<category>/<instance>.png` (nested category folders too, any
+    case of `.png`), sampled uniformly over instances.
 
-    def __init__(self, root, list_file=None):
+    Every file is checked when the bank is built (threads; a progress line for large banks):
+    an unreadable, alpha-less or all-transparent one is named once and left out, instead of
+    discarding clips mid-run."""
+
+    def __init__(self, root, list_file=None, log=print, threads=8):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"--objects_path {root} is not a folder")
         if list_file:
-            with open(list_file) as f:
-                self.paths = [os.path.join(root, line.strip()) for line in f if line.strip()]
+            with open(list_file, encoding="utf-8") as f:
+                paths = [os.path.join(root, line.strip()) for line in f if line.strip()]
         else:
-            self.paths = sorted(glob.glob(os.path.join(root, "*", "*.png")))
+            paths = sorted(p for p in glob.glob(os.path.join(root, "**", "*"), recursive=True)
+                           if p.lower().endswith(".png") and os.path.dirname(p) != root)
+        if not paths:
+            raise FileNotFoundError(f"no objects under {root}: expected RGBA PNGs laid out "
+                                    "<category>/<instance>.png")
+        self.paths, bad = [], []
+        with ThreadPoolExecutor(threads) as pool:  # cv2 decodes outside the GIL
+            for i, (path, reason) in enumerate(pool.map(self.check, paths), 1):
+                (bad.append((path, reason)) if reason else self.paths.append(path))
+                if len(paths) >= 5000 and (i % 5000 == 0 or i == len(paths)):
+                    log(f"objects: {i}/{len(paths)} checked, {len(bad)} unusable")
+        for path, reason in bad:
+            log(f"object left out: {path} ({reason})")
         if not self.paths:
-            raise FileNotFoundError(f"no <category>/<instance>.png objects under {root}")
-        self.load(self.paths[0])  # a folder of JPEGs or alpha-less PNGs fails now, not mid-run
+            raise FileNotFoundError(f"none of the {len(paths)} images under {root} is a usable "
+                                    f"object (e.g. {bad[0][0]}: {bad[0][1]})")
+
+    @classmethod
+    def check(cls, path):
+        try:
+            cls.load(path)
+            return path, ""
+        except ObjectImageError as err:
+            return path, err.reason
 
     def __len__(self):
         return len(self.paths)
@@ -161,9 +187,9 @@ class ProceduralObjectBank:
         return crop_to_alpha(np.dstack([np.clip(rgb, 0, 255).astype(np.uint8), alpha]))
 
 
-def build_object_bank(args):
+def build_object_bank(args, log=print):
     if args.objects_path:
-        return FolderObjectBank(args.objects_path, args.object_list)
+        return FolderObjectBank(args.objects_path, args.object_list, log)
     return ProceduralObjectBank()
 
 

@@ -57,8 +57,19 @@ def _check_file(path):
         raise VideoDecodeError(path, "empty file")
 
 
+def _quiet(library):
+    """FFmpeg's own log lowered to panics: a bad file gives the project's one line (with the
+    reason), not the library's dozens."""
+    if library.__name__ == "decord":
+        library.logging.set_level(library.logging.QUIET)
+    else:
+        library.logging.set_level(library.logging.PANIC)
+    return library
+
+
 def decode_decord(path, choose_indices):
     import decord
+    _quiet(decord)
     _check_file(path)
     try:
         reader = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
@@ -76,6 +87,7 @@ def decode_decord(path, choose_indices):
 
 def decode_pyav(path, choose_indices):
     import av
+    _quiet(av)
     _check_file(path)
     try:
         with av.open(path) as container:

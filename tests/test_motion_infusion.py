@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 
@@ -202,10 +203,28 @@ def test_folder_bank_and_list_file(tmp_path):
 
 def test_object_without_alpha_rejected(tmp_path):
     write_object_png(str(tmp_path / "cat" / "0.png"), alpha=False)
-    with pytest.raises(mi.ObjectImageError, match="no alpha channel"):
+    with pytest.raises(FileNotFoundError, match="is a usable object .*no alpha channel"):
         mi.FolderObjectBank(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="no <category>/<instance>.png"):
+    with pytest.raises(FileNotFoundError, match="expected RGBA PNGs laid out"):
         mi.FolderObjectBank(str(tmp_path / "cat"))
+
+
+def test_every_object_checked_when_the_bank_is_built(tmp_path):
+    good = [write_object_png(str(tmp_path / "animals" / "cat" / "0.png")),  # nested category
+            write_object_png(str(tmp_path / "dog" / "1.PNG"))]  # any case of .png
+    bad = {write_object_png(str(tmp_path / "dog" / "2.png"), alpha=False): "no alpha channel",
+           str(tmp_path / "dog" / "3.png"): "missing or not a readable image"}
+    (tmp_path / "dog" / "3.png").write_bytes(b"not a png")
+    transparent = np.zeros((8, 8, 4), np.uint8)
+    cv2.imwrite(str(tmp_path / "dog" / "4.png"), transparent)
+    bad[str(tmp_path / "dog" / "4.png")] = "alpha is zero everywhere"
+    said = []
+    bank = mi.FolderObjectBank(str(tmp_path), log=said.append)
+    assert sorted(bank.paths) == sorted(good)
+    for path, reason in bad.items():  # each named once, with its reason
+        lines = [line for line in said if path in line]
+        assert len(lines) == 1 and lines[0].startswith(f"object left out: {path} (")
+        assert reason in lines[0]
 
 
 def test_released_generator_statistics():
