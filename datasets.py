@@ -357,8 +357,8 @@ def labelled_list(args, split):
     nb_classes = args.nb_classes or DATASET_CLASSES[args.data_set]
     bad = [(p, label) for p, label in entries if not 0 <= label < nb_classes]
     if bad:
-        raise UsageError(f"{path}: label {bad[0][1]} ({bad[0][0]}) outside [0, {nb_classes}) "
-                         f"for --data_set {args.data_set}; set --nb_classes")
+        raise UsageError(f"{path}: label {bad[0][1]} outside [0, {nb_classes}) for --data_set "
+                         f"{args.data_set} (video {bad[0][0]}); set --nb_classes")
     return entries, nb_classes
 
 

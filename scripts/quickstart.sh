@@ -19,12 +19,13 @@ EPOCHS1=${EPOCHS1:-6}
 EPOCHS2=${EPOCHS2:-3}
 CLIPS=${CLIPS:-512}
 VIDEOS_PER_CLASS=${VIDEOS_PER_CLASS:-48}
+WARMUP=${WARMUP:-1}                          # warm-up epochs, fewer than either stage's
 mkdir -p "$OUT"
 start=$(date +%s)
 
 COMMON=(--model pretrain_videomae_tiny_patch16_224 --teacher_model clip_vit_tiny
         --teacher_weights random --num_frames 8 --input_size 112 --batch_size 16
-        --lr 1.5e-3 --warmup_epochs 1 --device cpu --num_workers 2 --print_freq 8)
+        --lr 1.5e-3 --warmup_epochs "$WARMUP" --device cpu --num_workers 2 --print_freq 8)
 
 echo "== [1/5] writing the motion-classification video set to $OUT/data"
 "$PYTHON" tools/synthetic_videos.py "$OUT/data" --videos_per_class "$VIDEOS_PER_CLASS"

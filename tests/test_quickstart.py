@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow  # every test here runs a script
 def test_quickstart_end_to_end(tmp_path):
     out = tmp_path / "qs"
     env = {**os.environ, "PYTHON": sys.executable, "EPOCHS1": "1", "EPOCHS2": "1", "CLIPS": "32",
-           "VIDEOS_PER_CLASS": "6", "PYTHONUNBUFFERED": "1"}
+           "VIDEOS_PER_CLASS": "6", "WARMUP": "0", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(["bash", "scripts/quickstart.sh", str(out)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -73,6 +73,7 @@ def test_stage1_outputs(reference):
 def test_stage2_from_stage1(reference, tmp_path):
     stage1, _ = reference
     code, log = cli(*TINY, "--num_synthetic_clips", "16", "--batch_size", "4", "--epochs", "1",
+                    "--warmup_epochs", "0",
                     "--first_stage_path", os.path.join(stage1, "checkpoint-1.pth"),
                     "--output_dir", str(tmp_path))
     assert code == 0, log
@@ -162,6 +163,7 @@ def test_two_processes_match_one(tmp_path):
 def test_deepspeed_two_process_cpu_step(tmp_path):
     pytest.importorskip("deepspeed")
     code, log = cli(*TINY, "--num_synthetic_clips", "16", "--batch_size", "4", "--epochs", "1",
+                    "--warmup_epochs", "0",
                     "--enable_deepspeed", "--output_dir", str(tmp_path), processes=2,
                     timeout=600)
     assert code == 0, log
@@ -173,6 +175,7 @@ def test_deepspeed_two_process_cpu_step(tmp_path):
 @pytest.mark.slow
 def test_multiple_masks_schedule_counts_real_steps(tmp_path):
     code, log = cli(*TINY, "--num_synthetic_clips", "16", "--batch_size", "4", "--epochs", "1",
+                    "--warmup_epochs", "0",
                     "--num_masks_per_clip", "2", "--output_dir", str(tmp_path))
     assert code == 0, log
     assert "4 steps/epoch x 1 epochs, batch 4 x 1 processes x 2 masks" in log
@@ -278,8 +281,9 @@ def test_help_lists_only_flags_pretraining_reads(video_dir, tmp_path):
     parser = run.get_args_parser()
     listing = write_list(tmp_path / "train.csv", [(video_dir[f"clip{i}"], 0) for i in range(4)])
     args = parser.parse_args([*TINY, "--background", "video", "--data_path", listing,
-                              "--batch_size", "4", "--epochs", "1", "--output_dir",
-                              str(tmp_path / "out")], namespace=RecordingNamespace())
+                              "--batch_size", "4", "--epochs", "1", "--warmup_epochs", "0",
+                              "--output_dir", str(tmp_path / "out")],
+                             namespace=RecordingNamespace())
     READ.clear()
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT,
                                                        signal.SIGUSR1)}
