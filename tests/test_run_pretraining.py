@@ -83,36 +83,19 @@ def test_stage2_from_stage1(reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_resume_matches(reference, tmp_path):
+@pytest.mark.parametrize("sig,when,whole_group", [
+    (signal.SIGTERM, "epoch 1/2 step 2/12", False),  # the main process alone, no workers
+    (signal.SIGTERM, "start-up", True),  # as SLURM's scancel, pre-emption and time limit do
+    (signal.SIGINT, "epoch 1/2 step 5/12", True)])  # Ctrl-C in a terminal
+def test_stop_signal_saves_and_resume_matches(reference, tmp_path, sig, when, whole_group):
+    """The run saves, exits 0 and resumes to the same weights as an uninterrupted one, also
+    when every process of the job, DataLoader workers included, gets the signal."""
     ref_out, _ = reference
     args = [*TINY, "--num_synthetic_clips", "48", "--batch_size", "4", "--epochs", "2",
-            "--output_dir", str(tmp_path)]
-    proc = cli(*args, wait=False)
-    wait_for(str(tmp_path / "train.log"), "epoch 1/2 step 2/12", proc)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
-    assert "SIGTERM received: saved epoch 1 batch" in out
-    state = checkpoint.load_checkpoint(str(tmp_path / "checkpoint-latest.pth"))
-    assert state["epoch"] == 0 and 0 < state["next_batch"] < 12
-    code, out = cli(*args)
-    assert code == 0, out
-    assert f"resumed from {tmp_path / 'checkpoint-latest.pth'}: epoch 1, batch" in out
-    assert_same_weights(final_weights(str(tmp_path), 2), final_weights(ref_out, 2))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sig,when", [(signal.SIGTERM, "start-up"),
-                                      (signal.SIGINT, "epoch 1/2 step 5/12")])
-def test_signal_to_the_process_group_saves_and_resumes(reference, tmp_path, sig, when):
-    """As SLURM (scancel, pre-emption, time limit) and Ctrl-C do: every process of the job,
-    DataLoader workers included, gets the signal; the run saves, exits 0 and resumes."""
-    ref_out, _ = reference
-    args = [*TINY, "--num_synthetic_clips", "48", "--batch_size", "4", "--epochs", "2",
-            "--num_workers", "2", "--output_dir", str(tmp_path)]
+            "--num_workers", "2" if whole_group else "0", "--output_dir", str(tmp_path)]
     proc = cli(*args, wait=False, new_session=True)
     wait_for(str(tmp_path / "train.log"), "steps/epoch" if when == "start-up" else when, proc)
-    os.killpg(proc.pid, sig)
+    os.killpg(proc.pid, sig) if whole_group else proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert f"{sig.name} received: saved epoch 1 batch" in out
@@ -120,7 +103,8 @@ def test_signal_to_the_process_group_saves_and_resumes(reference, tmp_path, sig,
     assert state["epoch"] == 0 and 0 < state["next_batch"] < 12
     code, out = cli(*args)
     assert code == 0, out
-    assert f"epoch 1, batch {state['next_batch']} (step {state['next_batch']})" in out
+    assert (f"resumed from {tmp_path / 'checkpoint-latest.pth'}: epoch 1, batch "
+            f"{state['next_batch']} (step {state['next_batch']})") in out
     assert_same_weights(final_weights(str(tmp_path), 2), final_weights(ref_out, 2))
 
 
