@@ -14,7 +14,8 @@ Why 0.3 % bad files cannot stop a run at the default 5 %: a bad file is decoded 
 to OUTPUT_DIR/bad_files.tsv, read back at a restart, and from then on the dataset draws a
 substitute instead of decoding it. The estimate is therefore one sample of distinct files that
 only grows, not a fresh guess per worker and epoch; the chance that it ever passes 5 % is the
-chance that some prefix of >= MIN_TRIED = 200 files holds > 5 % bad ones: summed over every
+chance that some prefix of >= MIN_TRIED = 200
+NOTE = "note: "  # a reason with this prefix is said once, not counted as bad files holds > 5 % bad ones: summed over every
 prefix length (a union bound), 2e-9 (tests/test_bad_files.py computes it; 4e-4 at 1 % bad).
 """
 import logging
@@ -29,6 +30,7 @@ from errors import DataAbort
 
 log = logging.getLogger("smile")
 MIN_TRIED = 200
+NOTE = "note: "  # a reason with this prefix is said once, not counted as bad
 TSV_HEADER = "path\treason\tepoch\trank\n"
 
 
@@ -64,6 +66,7 @@ class BadFileLedger:
         self.tsv = os.path.join(output_dir, "bad_files.tsv")
         self.written = set()  # paths in the TSV: the same set on every rank
         self.listed = set()  # those and what this rank found since the last merge
+        self.noted = set()  # paths that were said once (NOTE), run-wide after a merge
         self.new = []  # (index, path, reason, epoch, rank) found on this rank, not merged yet
         for path, _ in read_tsv(self.tsv):
             self._mark_bad(path)
@@ -101,7 +104,11 @@ class BadFileLedger:
         self.tried = all_reduce_max(self.tried, self.dist)
         fresh = {}  # path -> first report of it (two ranks may meet the same file)
         for entry in found:
-            if entry[1] not in self.written:
+            if entry[2].startswith(NOTE):
+                if entry[1] not in self.noted and self.dist.is_main:
+                    log.warning("%s: %s", entry[1], entry[2][len(NOTE):])
+                self.noted.add(entry[1])
+            elif entry[1] not in self.written:
                 fresh.setdefault(entry[1], entry)
         for path in fresh:
             self._mark_bad(path)

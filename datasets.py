@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, default_collate
 
 import masking_generator
 import motion_infusion
+from bad_files import NOTE
 from errors import BadInputError, DataAbort, UsageError
 from lists import pretraining_list, read_list  # noqa: F401  (read_list: datasets.read_list)
 from utils import IMAGENET_MEAN, normalize_video
@@ -167,6 +168,7 @@ class _RetryingDataset(Dataset):
         self.seed, self.max_retries = seed, max_retries
         self.epoch = 0
         self.known_bad = frozenset()
+        self.notes = []  # what the current sample's files told besides failing
         self.file_paths = []  # the file behind each sample index (none for synthetic samples)
 
     def set_epoch(self, epoch):
@@ -175,6 +177,16 @@ class _RetryingDataset(Dataset):
     def rng(self, index, attempt=0):
         return np.random.default_rng([self.seed, self.epoch, index, attempt])
 
+    def read(self, path, choose_indices):
+        """read_clip, noting a file of a single frame (a still image, or a JPEG named .mp4):
+        it trains as a still clip, which the run says once (bad_files.NOTE)."""
+        lengths = []
+        frames = read_clip(path, self.args.video_backend,
+                           lambda n: lengths.append(n) or choose_indices(n))
+        if lengths[-1:] == [1]:
+            self.notes.append((-1, path, NOTE + "a single frame: it trains as a still clip"))
+        return frames
+
     def retrying(self, index, load):
         attempts, skipped = [], 0
         for attempt in range(self.max_retries):
@@ -182,8 +194,9 @@ class _RetryingDataset(Dataset):
                 skipped += 1
             else:
                 try:
+                    self.notes = []
                     out = load(index, self.rng(index, attempt))
-                    attempts.append((index, "", ""))
+                    attempts += [(index, "", "")] + self.notes
                     return out, attempts
                 except BadInputError as err:
                     video_failed = err.path in self.file_paths[index:index + 1]
@@ -232,7 +245,7 @@ class PretrainingDataset(_RetryingDataset):
         if a.background in ("black", "noise"):
             return motion_infusion.still_background(a.background, a.num_frames, a.input_size,
                                                     a.input_size, rng)
-        frames = read_clip(self.entries[index][0], a.video_backend,
+        frames = self.read(self.entries[index][0],
                            lambda n: dense_indices(n, a.num_frames, a.sampling_rate, rng))
         frames = multi_scale_crop(frames, a.input_size, rng)
         if a.background == "frame":
@@ -302,7 +315,7 @@ class VideoClsDataset(_RetryingDataset):
 
     def load_train(self, index, rng):
         path, label = self.entries[index]
-        frames = read_clip(path, self.args.video_backend, self.indices(rng))
+        frames = self.read(path, self.indices(rng))
         # timm's augmentations draw from the global `random`/numpy state: seed it per sample
         seed = int(rng.integers(2**31))
         if self.rand_augment is not None:

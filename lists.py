@@ -50,11 +50,12 @@ def read_list(path, root="", require_label=True):
             if not entry:
                 continue
             video = os.path.join(root, entry[0])
-            head, _, word = entry[0].rpartition(" ")
-            if entry[1] == -1 and head and not os.path.exists(video) and os.path.exists(
-                    os.path.join(root, head)):  # 'PATH WORD': a label that is not a number
-                raise UsageError(f"{path}:{lineno}: the label {word!r} is not an integer "
-                                 f"(line {line.strip()!r}); labels are class numbers")
+            for head, _, word in (entry[0].rpartition(" "), entry[0].rpartition(",")):
+                if entry[1] == -1 and head and not os.path.exists(video) and os.path.exists(
+                        os.path.join(root, head.strip())):  # 'PATH WORD': not a number
+                    raise UsageError(f"{path}:{lineno}: the label {word.strip()!r} is not an "
+                                     f"integer (line {line.strip()!r}); labels are class "
+                                     "numbers")
             entries.append((video, entry[1]))
     if not entries:
         raise UsageError(f"annotation list {path} has no entries")

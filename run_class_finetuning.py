@@ -201,6 +201,7 @@ def linear_probe(args, dist_info, nb_classes):
     results = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
     results.update(top1_per_seed=[r["top1"] for r in runs], num_videos=test["num_videos"],
                    num_failed=len(failed["test"]), failed_videos=failed["test"],
+                   failed_train_videos=failed["train"],
                    mode="linear_probe", checkpoint=args.finetune,
                    protocol=f"{args.probe_train_segments} train clips/video, "
                             f"{args.test_num_segment}x{args.test_num_crop} test views, "

@@ -212,3 +212,23 @@ def test_mostly_bad_list_stops_with_the_data_exit_code(video_dir, tmp_path, case
         assert "epoch 2/5" not in log
     else:
         assert "10 samples in a row could not be read" in last
+
+
+def test_a_single_frame_file_trains_as_a_still_clip_and_is_said_once(tmp_path, caplog):
+    import cv2
+    jpeg = str(tmp_path / "photo.mp4")  # a JPEG with a video's name
+    cv2.imwrite(str(tmp_path / "photo.jpg"), np.full((64, 80, 3), 90, np.uint8))
+    os.rename(tmp_path / "photo.jpg", jpeg)
+    args = pretrain_args(background="video", input_size=32, num_frames=4,
+                         data_path=write_list(tmp_path / "l.csv", [(jpeg, 0)] * 3))
+    dataset = datasets.build_pretraining_dataset(args)
+    ledger = bad_files.BadFileLedger(dataset.file_paths, 0.05, str(tmp_path), ONE)
+    for i in range(3):
+        clip, _, _, attempts = dataset[i]
+        assert clip.shape == (3, 4, 32, 32)
+        ledger.record(attempts, epoch=0)
+    with caplog.at_level("WARNING", logger="smile"):
+        ledger.check(epoch_end=True)
+    said = [r.getMessage() for r in caplog.records if jpeg in r.getMessage()]
+    assert said == [f"{jpeg}: a single frame: it trains as a still clip"]
+    assert ledger.counts() == (0, 3) and not os.path.exists(ledger.tsv)  # not a bad file

@@ -76,6 +76,9 @@ def test_read_list_bad_line_names_file_and_line(tmp_path):
     (tmp_path / "b.mp4").write_bytes(b"")
     with pytest.raises(ValueError, match=r"train.csv:2: the label 'label' is not an integer"):
         datasets.read_list(str(path), require_label=False)
+    path.write_text("path,label\nb.mp4,dog\n")  # the CSV form of the same mistake
+    with pytest.raises(ValueError, match=r"train.csv:2: the label 'dog' is not an integer"):
+        datasets.read_list(str(path), require_label=False)
 
 
 def test_read_list_csv_header_and_relative_paths(tmp_path):

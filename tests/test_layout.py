@@ -15,7 +15,7 @@ LOCAL = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*.py"))
 PLUMBING = {"utils", "distributed", "checkpoint", "training", "errors"}
 ALLOWED = {
     "datasets": {"motion_infusion", "masking_generator", "video_io", "video_transforms", "utils",
-                 "errors", "lists"},
+                 "errors", "lists", "bad_files"},
     "lists": {"errors"},
     "motion_infusion": {"errors"},
     "video_io": {"errors"},
