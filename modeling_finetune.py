@@ -124,12 +124,13 @@ class VisionTransformer(nn.Module):
                 self.use_checkpoint and self.training) else block(x)
         return x
 
-    def forward_features(self, x, mask=None):
-        """x [B, 3, T, H, W]; mask bool [B, N] (True = masked, dropped before the blocks) ->
-        normalised tokens [B, N_visible, D] in token order."""
+    def forward_features(self, x, visible=None):
+        """x [B, 3, T, H, W]; visible long [B, N_visible]: the tokens to keep, in token order
+        (None: all) -> normalised tokens [B, N_visible, D]. Indices, not a boolean mask: their
+        size is known without reading the mask back from the device."""
         x = self.patch_embed(x) + self.pos_embed.to(x.dtype)
-        if mask is not None:
-            x = x[~mask].reshape(x.shape[0], -1, self.embed_dim)
+        if visible is not None:
+            x = torch.take_along_dim(x, visible[..., None], dim=1)
         return self.norm(self.run_blocks(x))
 
     def forward(self, x):

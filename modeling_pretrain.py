@@ -28,7 +28,7 @@ class Decoder(nn.Module):
 
 
 class PretrainVisionTransformer(nn.Module):
-    """forward(video [B, 3, T, H, W] float, mask bool [B, N], True = masked)
+    """forward(video [B, 3, T, H, W] float, visible and masked token indices)
     -> predictions [B, N_masked, target_dim] for the masked tokens, in token order."""
 
     def __init__(self, size, img_size, patch_size, num_frames, tubelet_size, target_dim,
@@ -52,14 +52,15 @@ class PretrainVisionTransformer(nn.Module):
     def no_weight_decay(self):
         return {"mask_token", "pos_embed", "encoder.pos_embed"}
 
-    def forward(self, video, mask):
-        visible = self.encoder_to_decoder(self.encoder.forward_features(video, mask))
-        batch, _, dim = visible.shape
-        pos = self.pos_embed.to(visible.dtype).expand(batch, -1, -1)
-        pos_visible = pos[~mask].reshape(batch, -1, dim)
-        pos_masked = pos[mask].reshape(batch, -1, dim)
-        tokens = torch.cat([visible + pos_visible, self.mask_token + pos_masked], dim=1)
-        return self.decoder(tokens, pos_masked.shape[1])
+    def forward(self, video, visible, masked):
+        """video [B, 3, T, H, W]; visible / masked long [B, N_visible] / [B, N_masked]: token
+        indices in token order (engine_for_pretraining.mask_indices) -> [B, N_masked, D]."""
+        tokens = self.encoder_to_decoder(self.encoder.forward_features(video, visible))
+        pos = self.pos_embed.to(tokens.dtype)  # [1, N, D]
+        pos_visible = torch.take_along_dim(pos, visible[..., None], dim=1)
+        pos_masked = torch.take_along_dim(pos, masked[..., None], dim=1)
+        tokens = torch.cat([tokens + pos_visible, self.mask_token + pos_masked], dim=1)
+        return self.decoder(tokens, masked.shape[1])
 
 
 MODELS = {f"pretrain_videomae_{size}_patch16_224": size for size in SIZES}

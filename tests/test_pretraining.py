@@ -49,10 +49,11 @@ def test_forward_backward_shapes(target):
     target_tokens = teacher(video)
     assert target_tokens.shape == (2, 8, dim) and not target_tokens.requires_grad
     student = tiny_student(dim)
-    mask = random_mask(2, 8, 6)
-    pred = student(video, mask)
+    visible, masked = engine.mask_indices(random_mask(2, 8, 6))
+    pred = student(video, visible, masked)
     assert pred.shape == (2, 6, dim)
-    loss = engine.feature_loss(pred, engine.normalize_target(target_tokens, "clip_channel"), mask)
+    loss = engine.feature_loss(pred, engine.normalize_target(target_tokens, "clip_channel"),
+                               masked)
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
@@ -203,6 +204,47 @@ class OpsSeen(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+SYNCING = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.item",
+           "aten.is_nonzero"}
+
+
+def test_mask_indices_match_boolean_masking():
+    mask = random_mask(3, 16, 12, seed=4)
+    visible, masked = engine.mask_indices(mask)
+    tokens = torch.arange(16).expand(3, -1)
+    assert torch.equal(visible, tokens[~mask].reshape(3, 4))  # token order kept
+    assert torch.equal(masked, tokens[mask].reshape(3, 12))
+
+
+def test_student_and_loss_never_read_the_device_back():
+    """The student and the loss select tokens by index, so nothing in them synchronises with
+    the host (boolean indexing would, to size its output)."""
+    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    student = tiny_student(192)
+    video = torch.randn(2, 3, 4, 32, 32)
+    visible, masked = engine.mask_indices(random_mask(2, 8, 6))
+    with OpsSeen() as seen:
+        pred = student(video, visible, masked)
+        engine.feature_loss(pred, teacher(video), masked).backward()
+    assert not seen.ops & SYNCING and "aten.index" not in seen.ops, seen.ops & SYNCING
+    # fused, as on GPUs: the per-tensor AdamW reads each parameter's step count on the host
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, fused=True)
+    batch = (torch.randint(0, 255, (2, 3, 4, 32, 32), dtype=torch.uint8), random_mask(2, 8, 6))
+    with OpsCounted() as counted:
+        engine.train_step(student, teacher, batch, optimizer, 1e-3, "fp32",
+                          torch.device("cpu"), "clip_channel")
+    # loss.item() and grad_norm.item() (what is left to move to the print step), and the
+    # masked-token count read from the loader's mask, a CPU tensor (no device sync on a GPU)
+    assert {op: n for op, n in counted.items() if op in SYNCING} == {
+        "aten._local_scalar_dense": 3}
+
+
+class OpsCounted(TorchDispatchMode, dict):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self[str(func.overloadpacket)] = self.get(str(func.overloadpacket), 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
 def test_half_precision_clip_teacher_keeps_fused_attention():
     """As run with --precision bf16: ViT-B/16 weights in bf16, normalisation in fp32, and
     train_step calling the teacher outside the student's autocast, so nn.MultiheadAttention
@@ -272,7 +314,8 @@ def test_checkpoint_round_trip(tmp_path):
     restored.load_state_dict(state["model"])
     video, mask = torch.randn(2, 3, 4, 32, 32), random_mask(2, 8, 6)
     student.eval(), restored.eval()
-    assert torch.equal(student(video, mask), restored(video, mask))
+    assert torch.equal(student(video, *engine.mask_indices(mask)),
+                       restored(video, *engine.mask_indices(mask)))
     assert checkpoint.find_resume_checkpoint(str(tmp_path))[1]["epoch"] == 3
 
 
