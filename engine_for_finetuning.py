@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training import check_finite, optimizer_step, set_lr
+from training import optimizer_step, set_lr
 from utils import autocast
 
 
@@ -28,11 +28,10 @@ def train_step(model, criterion, batch, optimizer, lr, update, run, mixup_fn=Non
     set_lr(optimizer, lr)
     with autocast(run.device, run.precision):
         loss = criterion(model(clip), label)
-    loss_value = check_finite(loss)
     norm = optimizer_step(model, optimizer, loss, scaler, run.clip_grad, run.update_freq, update)
     if norm is not None and model_ema is not None:
         model_ema.update(model.module if hasattr(model, "module") else model)
-    return {"loss": loss_value}
+    return {"loss": loss.detach()}  # a device tensor, read at the print step
 
 
 @torch.no_grad()

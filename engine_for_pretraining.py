@@ -6,7 +6,7 @@ student prediction for each of the clip's masks -> MSE on masked tokens -> updat
 import torch
 import torch.nn.functional as F
 
-from training import check_finite, optimizer_step, set_lr
+from training import optimizer_step, set_lr
 from utils import autocast, normalize_video
 
 
@@ -40,7 +40,8 @@ def feature_loss(pred, target, masked):
 
 def train_step(model, teacher, batch, optimizer, lr, precision, device, target_norm,
                clip_grad=None, scaler=None):
-    """One update on one batch; returns {'loss', 'grad_norm'}.
+    """One update on one batch; returns {'loss', 'grad_norm'} as device tensors (a non-finite
+    loss leaves the weights as they were: see training.optimizer_step).
 
     batch: (video uint8 [B, 3, T, H, W], mask bool [B, N] or [B, K, N], ...). With K masks per
     clip the teacher runs once per clip and the student once per (clip, mask) pair.
@@ -57,6 +58,5 @@ def train_step(model, teacher, batch, optimizer, lr, precision, device, target_n
     with autocast(device, precision):
         pred = model(video, visible, masked)
     loss = feature_loss(pred, target, masked)
-    loss_value = check_finite(loss)
     grad_norm = optimizer_step(model, optimizer, loss, scaler, clip_grad)
-    return {"loss": loss_value, "grad_norm": grad_norm.item()}
+    return {"loss": loss.detach(), "grad_norm": grad_norm.detach()}  # read at the print step

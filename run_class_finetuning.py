@@ -256,7 +256,7 @@ def main(args):
     optimizer = create_optimizer_v2(model, opt="adamw", lr=args.scaled_lr,
                                     weight_decay=args.weight_decay, layer_decay=args.layer_decay,
                                     betas=tuple(args.opt_betas),
-                                    fused=dist_info.device.type == "cuda")
+                                    fused=True)  # one kernel; skips non-finite steps on device
     scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0:

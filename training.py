@@ -29,6 +29,8 @@ def set_lr(optimizer, lr):
 
 
 def check_finite(loss):
+    """Host-side check, for the paths that cannot skip an update on the device (DeepSpeed, an
+    optimiser without found_inf support): a sync, so only there."""
     value = loss.item()
     if not math.isfinite(value):
         raise NonFiniteLossError(f"loss is {value}; stopping before the bad update reaches the "
@@ -40,8 +42,13 @@ def optimizer_step(model, optimizer, loss, scaler=None, clip_grad=None, accumula
                    update=True):
     """Backward, and on `update` one optimiser update: DeepSpeed (which accumulates, clips and
     steps by itself), fp16 through the grad scaler, or plain. Returns the gradient norm
-    before clipping (a tensor) when an update happened, else None."""
+    before clipping (a device tensor) when an update happened, else None.
+
+    A non-finite gradient never reaches the weights, and costs no host sync: a fused
+    optimiser gets found_inf and skips the update on the device (the grad scaler does the same
+    for fp16); the training loop reports it at the next print."""
     if hasattr(model, "backward"):  # DeepSpeed engine
+        check_finite(loss)
         model.backward(loss)
         norm = None
         if model.is_gradient_accumulation_boundary():
@@ -61,6 +68,10 @@ def optimizer_step(model, optimizer, loss, scaler=None, clip_grad=None, accumula
         scaler.step(optimizer)
         scaler.update()
     else:
+        if optimizer.defaults.get("fused"):
+            optimizer.found_inf = (~torch.isfinite(norm)).float()
+        else:
+            check_finite(norm)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return norm
@@ -78,19 +89,24 @@ def train_one_epoch(step_fn, model, optimizer, loader, lr_at, epoch, first_batch
     window_start, window_data, window_steps = start, 0.0, 0
     batches = distributed.start_workers(loader)
     try:
-        wait_start = time.time()
+        wait_start, bad_step = time.time(), None
         for i, (*batch, attempts) in enumerate(batches, start=first_batch):
             waited = time.time() - wait_start
             data_time, window_data = data_time + waited, window_data + waited
             ledger.record(attempts, epoch)
             step = epoch * run.steps_per_epoch + i
             lr = lr_at(step)
-            metrics = step_fn(model, optimizer, batch, lr, i)
+            metrics = step_fn(model, optimizer, batch, lr, i)  # device tensors: no sync here
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value
             count, window_steps = count + 1, window_steps + 1
+            # the first step whose loss was not finite (its update was skipped), on the device
+            bad = ~torch.isfinite(metrics["loss"])
+            bad_step = torch.where(bad, step, -1) if bad_step is None else torch.where(
+                (bad_step < 0) & bad, step, bad_step)
 
             if (i + 1) % run.print_freq == 0 or i + 1 == run.steps_per_epoch:
+                stop_if_not_finite(bad_step, metrics, run.dist)
                 ledger.check()
                 elapsed = time.time() - window_start
                 _log_progress(run, epoch, i, lr, metrics, elapsed / window_steps,
@@ -111,10 +127,20 @@ def train_one_epoch(step_fn, model, optimizer, loader, lr_at, epoch, first_batch
     return _means(totals, count, run, data_time, start), None
 
 
+def stop_if_not_finite(bad_step, metrics, dist_info):
+    """At the print step, the one read of the step's health: a non-finite loss on any rank
+    stops every rank (its update was skipped; the last checkpoint is intact)."""
+    first = distributed.all_reduce_max(bad_step.reshape(1).cpu().numpy(), dist_info)[0]
+    if first >= 0:
+        raise NonFiniteLossError(f"loss is {float(metrics['loss']):.4g} (non-finite from step "
+                                 f"{first} on); that update was skipped and the run stops "
+                                 "(the last checkpoint is intact)")
+
+
 def _log_progress(run, epoch, i, lr, metrics, step_time, clips_per_s, data_fraction, logger):
     step = epoch * run.steps_per_epoch + i
-    values = {**metrics, "loss": distributed.all_reduce_mean(metrics["loss"], run.dist),
-              "lr": lr, "clips_per_s": clips_per_s, "data_wait_fraction": data_fraction}
+    values = {**{k: float(v) for k, v in metrics.items()},
+              "loss": distributed.all_reduce_mean(metrics["loss"], run.dist), "lr": lr, "clips_per_s": clips_per_s, "data_wait_fraction": data_fraction}
     logger.scalars(step, values)
     left_epoch = (run.steps_per_epoch - i - 1) * step_time
     left_total = left_epoch + (run.epochs - epoch - 1) * run.steps_per_epoch * step_time
@@ -210,12 +236,9 @@ def run_cli(main, args, check_args):
         return _fail(f"error: {err}", EXIT_USAGE)
     try:
         code = main(args)
-    except (UsageError, FileNotFoundError) as err:
-        return _fail(f"error: {err}", EXIT_USAGE)
-    except DataAbort as err:
-        return _fail(f"error: {data_abort_line(err)}", err.exit_code)
-    except NonFiniteLossError as err:
-        return _fail(f"error: {err}", err.exit_code)
+    except (UsageError, FileNotFoundError, DataAbort, NonFiniteLossError) as err:
+        line = data_abort_line(err) if isinstance(err, DataAbort) else str(err)
+        return _fail(f"error: {line}", getattr(err, "exit_code", EXIT_USAGE))
     if code == 0:  # every rank returns 0 together; one that failed alone just exits
         distributed.close_distributed()
     return code
