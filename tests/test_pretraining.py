@@ -415,3 +415,21 @@ def test_resumable_sampler_splits_one_order():
     assert list(one) == full[8:] and len(one) == 12
     one.set_epoch(2)
     assert list(one) != full
+
+
+def test_resume_checks_the_run_and_its_position(caplog):
+    saved = {"args": {"stage": 1, "model": "m", "num_frames": 4, "epochs": 10, "batch_size": 8,
+                      "total_batch_size": 16, "num_workers": 2}}
+    args = argparse.Namespace(stage=1, model="m", num_frames=4, epochs=20, batch_size=8,
+                              total_batch_size=16, num_workers=4)
+    with caplog.at_level("INFO", logger="smile"):
+        checkpoint.check_same_run("out/checkpoint-latest.pth", saved, args, ("stage", "model"))
+    assert "changed settings: epochs 10 -> 20, num_workers 2 -> 4" in caplog.text
+    assert checkpoint.resume_position(saved, args, 3, 5) == (3, 5)  # same batches: same place
+    args.batch_size, args.total_batch_size = 4, 8  # mid-epoch with another batch size
+    assert checkpoint.resume_position(saved, args, 3, 5) == (4, 0)
+    assert checkpoint.resume_position(saved, args, 3, 0) == (3, 0)  # at a boundary: fine
+    args.stage = 2
+    with pytest.raises(checkpoint.CheckpointError, match="out holds a stage-1 run and this is "
+                                                         "stage 2"):
+        checkpoint.check_same_run("out/checkpoint-latest.pth", saved, args, ("stage", "model"))
