@@ -190,6 +190,11 @@ def test_non_finite_loss_stops_cleanly(tmp_path):
     (["--resume", "/nope.pth"], "--resume /nope.pth does not exist"),
     (["--batch_size", "0"], "--batch_size must be >= 1"),
     (["--precision", "bf16"], "--precision bf16 needs --device cuda"),
+    (["--warmup_epochs", "5", "--epochs", "5"], "--warmup_epochs must be in [0, --epochs 5)"),
+    (["--warmup_epochs", "-1"], "--warmup_epochs must be in [0, --epochs"),
+    (["--sampling_rate", "0"], "--sampling_rate must be >= 1"),
+    (["--sampling_rate", "-2"], "--sampling_rate must be >= 1"),
+    (["--mask_ratio", "0.1"], "masks 0 of the 4 cells of a 2x2 slice"),
     (["--training_mode", "mixed", "--first_stage_path", __file__], "is for --training_mode"),
 ])
 def test_bad_arguments_one_clear_line(argv, message):
