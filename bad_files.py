@@ -14,8 +14,7 @@ Why 0.3 % bad files cannot stop a run at the default 5 %: a bad file is decoded 
 to OUTPUT_DIR/bad_files.tsv, read back at a restart, and from then on the dataset draws a
 substitute instead of decoding it. The estimate is therefore one sample of distinct files that
 only grows, not a fresh guess per worker and epoch; the chance that it ever passes 5 % is the
-chance that some prefix of >= MIN_TRIED = 200
-NOTE = "note: "  # a reason with this prefix is said once, not counted as bad files holds > 5 % bad ones: summed over every
+chance that some prefix of >= MIN_TRIED = 200 files holds > 5 % bad ones: summed over every
 prefix length (a union bound), 2e-9 (tests/test_bad_files.py computes it; 4e-4 at 1 % bad).
 """
 import logging

@@ -145,10 +145,11 @@ PRETRAINING_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token")
 
 def load_pretrained(model, path, model_key="model|module"):
     """Load a pretraining (or fine-tuned) checkpoint (a path, or its loaded contents) into
-    `model` and say exactly what did not fit. `model_key` lists the keys that may hold the weights ('model|module': ours and
-    DeepSpeed's). Strips 'module.', 'encoder.' and 'backbone.', skips the decoder, drops a head
-    of the wrong shape. Returns dict(missing, unexpected, skipped); raises ValueError if the
-    checkpoint matches none of the model's weights."""
+    `model` and say exactly what did not fit. `model_key` lists the keys that may hold the
+    weights ('model|module': ours and DeepSpeed's). Strips 'module.', 'encoder.' and
+    'backbone.', skips the decoder, drops a head of the wrong shape. Returns dict(missing,
+    unexpected, skipped); raises ValueError (one line) if the checkpoint matches none of the
+    model's weights or holds weights of other shapes."""
     state = torch.load(path, map_location="cpu", weights_only=True) if isinstance(
         path, str) else path
     for key in model_key.split("|"):

@@ -139,8 +139,9 @@ def stop_if_not_finite(bad_step, metrics, dist_info):
 
 def _log_progress(run, epoch, i, lr, metrics, step_time, clips_per_s, data_fraction, logger):
     step = epoch * run.steps_per_epoch + i
-    values = {**{k: float(v) for k, v in metrics.items()},
-              "loss": distributed.all_reduce_mean(metrics["loss"], run.dist), "lr": lr, "clips_per_s": clips_per_s, "data_wait_fraction": data_fraction}
+    values = {**{k: float(v) for k, v in metrics.items()},  # the device is read here only
+              "loss": distributed.all_reduce_mean(metrics["loss"], run.dist), "lr": lr,
+              "clips_per_s": clips_per_s, "data_wait_fraction": data_fraction}
     logger.scalars(step, values)
     left_epoch = (run.steps_per_epoch - i - 1) * step_time
     left_total = left_epoch + (run.epochs - epoch - 1) * run.steps_per_epoch * step_time
@@ -161,10 +162,9 @@ def _means(totals, count, run, data_time, start):
 # ---------------------------------------------------------------- the run
 def fit(args, dist_info, model, optimizer, loader, sampler, dataset, step_fn, same_run_keys,
         scaler=None, model_ema=None, accumulation=1, model_kwargs=None, after_epoch=None):
-    """Train `model` for args.epochs from wherever the output folder says the run is.
-    Returns (exit code, the bare trained module, or None when a signal stopped the run after
-    saving). `same_run_keys`: the args that make a
-    checkpoint this run's (another value there stops the resume, see checkpoint.check_same_run)."""
+    """Train for args.epochs from wherever the output folder says the run is -> (exit code,
+    the bare trained module, or None when a signal stopped the run after saving).
+    `same_run_keys`: args whose other value in a checkpoint stops its resume (check_same_run)."""
     steps_per_epoch = len(loader)
     ledger = BadFileLedger(dataset.file_paths, args.max_bad_fraction, args.output_dir, dist_info)
     start_epoch, first_batch = 0, 0
