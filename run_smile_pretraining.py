@@ -131,10 +131,11 @@ def main(args):
              dist_info.world_size, args.num_masks_per_clip, args.scaled_lr, args.lr, args.stage,
              args.mask_type, args.infusion_prob,
              args.target_type if args.target_type == "pixel" else args.teacher_model)
-    if args.first_stage_path:  # a resume of this stage-2 run (found by fit) overrides it
+
+    def load_first_stage(model):  # stage 2 starts here, unless fit finds this run to resume
         state = checkpoint.load_checkpoint(args.first_stage_path)
-        if (state.get("args") or {}).get("stage", 1) != 1 or "linear_probe" in (
-                state.get("args") or {}):
+        saved = state.get("args") or {}
+        if saved.get("stage", 1) != 1 or "linear_probe" in saved:
             raise checkpoint.CheckpointError(
                 args.first_stage_path, f"it is {checkpoint.describe(state)}; stage 2 needs a "
                 "stage-1 pretraining checkpoint (checkpoint-N.pth of a run without "
@@ -149,7 +150,8 @@ def main(args):
                           dist_info.device, args.target_norm, args.clip_grad, scaler)
 
     code, _ = training.fit(args, dist_info, model, optimizer, loader, sampler, dataset, step,
-                           SAME_RUN, scaler=scaler, model_kwargs=model_kwargs)
+                           SAME_RUN, scaler=scaler, model_kwargs=model_kwargs,
+                           initialize=load_first_stage if args.first_stage_path else None)
     return code
 
 

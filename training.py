@@ -120,9 +120,7 @@ def train_one_epoch(step_fn, model, optimizer, loader, lr_at, epoch, first_batch
         # workers end now, also when an exception leaves: a worker's exception re-raised by
         # torch sits in a reference cycle that keeps the iterator alive until exit, where
         # its workers, deaf to the first SIGTERM (distributed.seed_worker), would hang the join
-        shutdown = getattr(batches, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        getattr(batches, "_shutdown_workers", lambda: None)()
     ledger.check(epoch_end=True)
     return _means(totals, count, run, data_time, start), None
 
@@ -154,17 +152,16 @@ def _log_progress(run, epoch, i, lr, metrics, step_time, clips_per_s, data_fract
 
 def _means(totals, count, run, data_time, start):
     out = {k: distributed.all_reduce_mean(v / max(count, 1), run.dist) for k, v in totals.items()}
-    out["data_wait_fraction"] = data_time / max(time.time() - start, 1e-9)
-    out["steps"] = count
-    return out
+    return dict(out, data_wait_fraction=data_time / max(time.time() - start, 1e-9), steps=count)
 
 
 # ---------------------------------------------------------------- the run
 def fit(args, dist_info, model, optimizer, loader, sampler, dataset, step_fn, same_run_keys,
-        scaler=None, model_ema=None, accumulation=1, model_kwargs=None, after_epoch=None):
-    """Train for args.epochs from wherever the output folder says the run is -> (exit code,
-    the bare trained module, or None when a signal stopped the run after saving).
-    `same_run_keys`: args whose other value in a checkpoint stops its resume (check_same_run)."""
+        scaler=None, model_ema=None, accumulation=1, model_kwargs=None, after_epoch=None,
+        initialize=None):
+    """Train for args.epochs from where the output folder says the run is -> (exit code, the
+    bare module, or None when a signal stopped it after saving). `same_run_keys`: see
+    check_same_run; `initialize(model)`: start weights, loaded only when nothing resumes."""
     steps_per_epoch = len(loader)
     ledger = BadFileLedger(dataset.file_paths, args.max_bad_fraction, args.output_dir, dist_info)
     start_epoch, first_batch = 0, 0
@@ -179,6 +176,8 @@ def fit(args, dist_info, model, optimizer, loader, sampler, dataset, step_fn, sa
         ledger.load_state_dict(state.get("bad_files"))
         log.info("resumed from %s: epoch %d, batch %d (step %d)", path, start_epoch + 1,
                  first_batch, state["step"])
+    elif initialize is not None:
+        initialize(model)
     model, optimizer, net = distributed.wrap_for_training(model, optimizer, args, dist_info,
                                                           accumulation)
     updates_per_epoch = steps_per_epoch // accumulation
