@@ -182,16 +182,19 @@ def check_same_run(path, state, args, keys):
 
 def resume_position(state, args, epoch, next_batch):
     """(epoch, batch) to start at. Mid-epoch, the saved batch index counts batches of the old
-    size and process count; with another batch size or world size it would skip the wrong
-    clips, so the run starts at the next epoch instead (and says so)."""
+    size and process count; with another batch size, world size or --repeated_sampling it
+    would skip the wrong clips, so the run starts at the next epoch instead (and says so)."""
     saved = state.get("args") or {}
-    if next_batch and (saved.get("batch_size"), saved.get("total_batch_size")) != (
-            args.batch_size, args.total_batch_size):
-        log.warning("the checkpoint stopped mid-epoch with batch %s x %s processes, this run "
-                    "has %s x %s: the rest of epoch %d is skipped, training goes on at epoch %d",
+    repeats = getattr(args, "repeated_sampling", 1)  # samples per batch = batch / repeats
+    if next_batch and (saved.get("batch_size"), saved.get("total_batch_size"),
+                       saved.get("repeated_sampling", 1)) != (
+            args.batch_size, args.total_batch_size, repeats):
+        log.warning("the checkpoint stopped mid-epoch with batch %s x %s processes (repeats "
+                    "%s), this run has %s x %s (%s): the rest of epoch %d is skipped, training goes on at epoch %d",
                     saved.get("batch_size"), saved.get("total_batch_size", 0) // max(
-                        saved.get("batch_size") or 1, 1), args.batch_size,
-                    args.total_batch_size // args.batch_size, epoch + 1, epoch + 2)
+                        saved.get("batch_size") or 1, 1), saved.get("repeated_sampling", 1),
+                    args.batch_size, args.total_batch_size // args.batch_size, repeats,
+                    epoch + 1, epoch + 2)
         return epoch + 1, 0
     return epoch, next_batch
 

@@ -9,12 +9,10 @@ workers and the host-to-device copy move a quarter of the bytes: ImageNet normal
 Fine-tuning sample: decode -> crop/flip (train) or resize + crop views (eval) -> normalised
 float clip [3, T, H, W].
 """
-import glob
 import logging
 import os
 import random
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
@@ -22,16 +20,16 @@ from torch.utils.data import Dataset, default_collate
 import masking_generator
 import motion_infusion
 from bad_files import NOTE
-from errors import BadInputError, DataAbort, UsageError
-from lists import pretraining_list, read_list  # noqa: F401  (read_list: datasets.read_list)
+from errors import BadInputError, DataAbort
+from lists import (DATASET_CLASSES, labelled_list, pretraining_list,  # noqa: F401
+                   read_list)  # (re-exported for the entry points and tests)
 from utils import IMAGENET_MEAN, normalize_video
-from video_io import VideoDecodeError, dense_indices, read_clip, segment_indices
+from video_io import (VideoDecodeError, dense_indices, list_images, read_clip, read_image,
+                      segment_indices)
 from video_transforms import (multi_scale_crop, random_resized_crop, resize_short_side,
                               same_ops_per_frame, to_tensor, view_crop)
 
 log = logging.getLogger("smile")
-DATASET_CLASSES = {"Kinetics-400": 400, "SSV2": 174, "UCF101": 101, "HMDB51": 51}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def add_args(parser):
@@ -66,6 +64,10 @@ def add_pretraining_args(parser):
                        help="folder of still images for --background image")
     group.add_argument("--num_synthetic_clips", type=int, default=10000,
                        help="epoch length for --background black/noise (no dataset needed)")
+    group.add_argument("--repeated_sampling", type=int, default=1,
+                       help="clips cut from each decoded video, each with its own crop, "
+                            "infusion and mask, in the same batch (MAE-ST's repeat_aug); "
+                            "--batch_size and an epoch still count clips")
     return parser
 
 
@@ -125,6 +127,8 @@ def check_args(args, pretraining=True):
         raise ValueError(f"--infusion_prob must be in [0, 1], got {args.infusion_prob}")
     if args.num_masks_per_clip < 1:
         raise ValueError(f"--num_masks_per_clip must be >= 1, got {args.num_masks_per_clip}")
+    if args.repeated_sampling < 1:
+        raise ValueError(f"--repeated_sampling must be >= 1, got {args.repeated_sampling}")
     if args.num_objects < 1:
         raise ValueError(f"--num_objects must be >= 1, got {args.num_objects}")
     if args.background in ("video", "frame") and not args.data_path:
@@ -136,21 +140,6 @@ def check_args(args, pretraining=True):
         raise ValueError("--background image needs --background_path, a folder of images")
     if args.objects_path and not os.path.isdir(args.objects_path):
         raise ValueError(f"--objects_path {args.objects_path} is not a folder")
-
-
-def list_images(folder):
-    paths = sorted(p for p in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
-                   if p.lower().endswith(IMAGE_SUFFIXES))
-    if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
-    return paths
-
-
-def read_image(path):
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise VideoDecodeError(path, "not a readable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)[None]
 
 
 # ---------------------------------------------------------------- datasets
@@ -208,11 +197,22 @@ class _RetryingDataset(Dataset):
                         f"them known bad from earlier); last: {'; '.join(failed) or 'none'}")
 
 
-def collate(samples):
-    """default_collate of the sample fields; the files the samples tried come as a flat list
-    in the last place, for the training process's BadFileLedger."""
+def collate(samples, repeats=1):
+    """default_collate of the sample fields (a sample's `repeats` clips become rows of the
+    batch); the files the samples tried come as a flat list in the last place, for the
+    training process's BadFileLedger."""
     batch = default_collate([sample[:-1] for sample in samples])
+    if repeats > 1:
+        batch = [field.flatten(0, 1) for field in batch]
     return (*batch, [attempt for sample in samples for attempt in sample[-1]])
+
+
+def collate_pretraining(samples, repeats=1):
+    """-> (video, mask, object_tokens, visible, masked, attempts): the masks' token indices
+    (masking_generator.mask_indices) are made here, in the loader's workers."""
+    video, mask, object_tokens, attempts = collate(samples, repeats)
+    visible, masked = (torch.from_numpy(i) for i in masking_generator.mask_indices(mask.numpy()))
+    return video, mask, object_tokens, visible, masked, attempts
 
 
 class PretrainingDataset(_RetryingDataset):
@@ -235,28 +235,41 @@ class PretrainingDataset(_RetryingDataset):
             return len(self.images)
         return self.args.num_synthetic_clips
 
-    def background(self, index, rng):
+    def decode(self, index, rng):
+        """What a sample's clips are cut from: the video's frame window (uint8 [T, H, W, 3]),
+        a still image, or None for a synthetic background."""
+        a = self.args
+        if a.background == "image":
+            return read_image(self.images[index])
+        if a.background in ("black", "noise"):
+            return None
+        return self.read(self.entries[index][0],
+                         lambda n: dense_indices(n, a.num_frames, a.sampling_rate, rng))
+
+    def background(self, decoded, rng):
         """uint8 [T, S, S, 3] after crop and resize, before infusion."""
         a = self.args
         if a.background == "image":
-            still = multi_scale_crop(read_image(self.images[index]), a.input_size, rng)[0]
+            still = multi_scale_crop(decoded, a.input_size, rng)[0]
             return motion_infusion.still_background("image", a.num_frames, a.input_size,
                                                     a.input_size, rng, image=still)
         if a.background in ("black", "noise"):
             return motion_infusion.still_background(a.background, a.num_frames, a.input_size,
                                                     a.input_size, rng)
-        frames = self.read(self.entries[index][0],
-                           lambda n: dense_indices(n, a.num_frames, a.sampling_rate, rng))
-        frames = multi_scale_crop(frames, a.input_size, rng)
+        frames = multi_scale_crop(decoded, a.input_size, rng)
         if a.background == "frame":
             return motion_infusion.still_background("frame", a.num_frames, a.input_size,
                                                     a.input_size, rng, clip=frames)
         return frames
 
     def stages(self, index, rng):
-        """Every intermediate of one sample (for the engine and for pictures)."""
+        """Every intermediate of one sample's first clip (for pictures)."""
+        return self.clip(self.decode(index, rng), rng)
+
+    def clip(self, decoded, rng):
+        """One clip cut from the decoded frames: its own crop, infusion and mask(s)."""
         a = self.args
-        original = self.background(index, rng)
+        original = self.background(decoded, rng)
         infused, objects = original, None
         object_tokens = np.zeros(int(np.prod(self.grid)), dtype=bool)
         if rng.uniform() < a.infusion_prob:
@@ -268,10 +281,19 @@ class PretrainingDataset(_RetryingDataset):
         return dict(original=original, infused=infused, objects=objects, mask=mask,
                     object_tokens=object_tokens)
 
+    def clips(self, index, rng):
+        """--repeated_sampling R clips from one decode (MAE-ST's repeat_aug)."""
+        decoded = self.decode(index, rng)
+        return [self.clip(decoded, rng) for _ in range(self.args.repeated_sampling)]
+
     def __getitem__(self, index):
-        s, attempts = self.retrying(index, self.stages)
-        return (to_tensor(s["infused"]), torch.from_numpy(s["mask"]),
-                torch.from_numpy(s["object_tokens"]), attempts)
+        """(clip, mask, object_tokens, attempts); with R > 1 each field has R rows."""
+        clips, attempts = self.retrying(index, self.clips)
+        fields = [(to_tensor(c["infused"]), torch.from_numpy(c["mask"]),
+                   torch.from_numpy(c["object_tokens"])) for c in clips]
+        if len(fields) == 1:
+            return (*fields[0], attempts)
+        return (*(torch.stack(field) for field in zip(*fields)), attempts)
 
 
 class VideoClsDataset(_RetryingDataset):
@@ -361,18 +383,6 @@ def build_pretraining_dataset(args):
                                             args.num_objects, args.object_fit)
     return PretrainingDataset(args, entries, infuser,
                               masking_generator.build_mask_generator(args, grid))
-
-
-def labelled_list(args, split):
-    """(entries of DATA_PATH/split, number of classes), every label checked against it."""
-    path = os.path.join(args.data_path, split)
-    entries = read_list(path, args.data_root)
-    nb_classes = args.nb_classes or DATASET_CLASSES[args.data_set]
-    bad = [(p, label) for p, label in entries if not 0 <= label < nb_classes]
-    if bad:
-        raise UsageError(f"{path}: label {bad[0][1]} outside [0, {nb_classes}) for --data_set "
-                         f"{args.data_set} (video {bad[0][0]}); set --nb_classes")
-    return entries, nb_classes
 
 
 def build_dataset(is_train, test_mode, args):

@@ -133,8 +133,9 @@ def start_workers(loader):
 
 class StopFlag:
     """SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 set a flag that the training loop checks after each
-    step, so it can save and exit cleanly instead of dying mid-step. A second Ctrl-C stops at
-    once, for a run that cannot reach the end of its step."""
+    step (with several processes: at each print step, where the ranks meet), so it can save
+    and exit cleanly instead of dying mid-step. A second Ctrl-C stops at once, for a run that
+    cannot reach the end of its step."""
 
     def __init__(self):
         self.signal = None
@@ -168,20 +169,26 @@ class ResumableSampler(torch.utils.data.Sampler):
     The order of epoch e depends only on (seed, e), so a run resumed mid-epoch sees exactly
     the batches it had not seen, and ranks split one global order: with R ranks, global batch
     b holds the same clips as batch b of a one-process run with an R times larger batch.
+    With `repeats` clips per sample (repeated sampling) an epoch draws 1/repeats of the
+    samples: epochs k*repeats ... k*repeats + repeats - 1 share one shuffled order and each
+    takes its own part, so every sample comes once per `repeats` epochs.
     """
 
-    def __init__(self, num_samples, batch_size, rank, world_size, seed):
-        self.num_samples, self.batch_size = num_samples, batch_size
+    def __init__(self, num_samples, batch_size, rank, world_size, seed, repeats=1):
+        self.num_samples, self.batch_size, self.repeats = num_samples, batch_size, repeats
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.per_rank = num_samples // world_size
+        self.per_rank = num_samples // repeats // world_size
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch, skip_batches=0):
         self.epoch, self.skip = epoch, skip_batches * self.batch_size
 
     def __iter__(self):
+        block, part = divmod(self.epoch, self.repeats)
         order = torch.randperm(self.num_samples,
-                               generator=torch.Generator().manual_seed(self.seed + self.epoch))
+                               generator=torch.Generator().manual_seed(self.seed + block))
+        size = self.num_samples // self.repeats
+        order = order[part * size:(part + 1) * size]
         mine = order[:self.per_rank * self.world_size][self.rank::self.world_size]
         return iter(mine[self.skip:].tolist())
 

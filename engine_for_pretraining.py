@@ -22,16 +22,6 @@ def normalize_target(target, mode):
     return target
 
 
-def mask_indices(mask):
-    """bool mask [B, N] (True = masked; every row masks the same number, as the generators
-    guarantee) -> (visible [B, N_visible], masked [B, N_masked]) long token indices, each in
-    token order. Run on the loader's CPU tensor, so the device never reads a mask back to size
-    its outputs (boolean indexing would, at every step)."""
-    num_masked = int(mask[0].sum())
-    order = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)  # visible first
-    return order[:, :mask.shape[1] - num_masked], order[:, mask.shape[1] - num_masked:]
-
-
 def feature_loss(pred, target, masked):
     """pred [B, N_masked, D] (masked tokens in token order), target [B, N, D], masked long
     [B, N_masked] token indices -> mean squared error over the masked tokens."""
@@ -41,19 +31,21 @@ def feature_loss(pred, target, masked):
 def train_step(model, teacher, batch, optimizer, lr, precision, device, target_norm,
                clip_grad=None, scaler=None):
     """One update on one batch; returns {'loss', 'grad_norm'} as device tensors (a non-finite
-    loss leaves the weights as they were: see training.optimizer_step).
+    loss leaves the weights as they were: see training.optimizer_step). Nothing here reads
+    the device back: the step never waits on the host.
 
-    batch: (video uint8 [B, 3, T, H, W], mask bool [B, N] or [B, K, N], ...). With K masks per
-    clip the teacher runs once per clip and the student once per (clip, mask) pair.
+    batch (datasets.collate_pretraining): (video uint8 [B, 3, T, H, W], mask bool [B, N] or
+    [B, K, N], object_tokens, visible [B(, K), N_visible], masked [B(, K), N_masked]). With K
+    masks per clip the teacher runs once per clip and the student once per (clip, mask) pair.
     """
-    video = normalize_video(batch[0].to(device, non_blocking=True))
-    mask = batch[1].flatten(0, 1) if batch[1].dim() == 3 else batch[1]  # (clip, mask) pairs
-    visible, masked = (idx.to(device, non_blocking=True) for idx in mask_indices(mask))
+    video, mask, _, visible, masked = batch[:5]
+    video = normalize_video(video.to(device, non_blocking=True))
+    visible, masked = (idx.to(device, non_blocking=True).flatten(0, -2)  # (clip, mask) pairs
+                       for idx in (visible, masked))
     target = normalize_target(teacher(video), target_norm)  # outside autocast: see teachers.py
-    if batch[1].dim() == 3:
-        masks_per_clip = batch[1].shape[1]
-        video = video.repeat_interleave(masks_per_clip, dim=0)
-        target = target.repeat_interleave(masks_per_clip, dim=0)
+    if mask.dim() == 3:
+        video = video.repeat_interleave(mask.shape[1], dim=0)
+        target = target.repeat_interleave(mask.shape[1], dim=0)
     set_lr(optimizer, lr)
     with autocast(device, precision):
         pred = model(video, visible, masked)

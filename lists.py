@@ -4,6 +4,8 @@ import os
 
 from errors import UsageError
 
+DATASET_CLASSES = {"Kinetics-400": 400, "SSV2": 174, "UCF101": 101, "HMDB51": 51}
+
 
 def pretraining_list(data_path):
     """Pretraining's --data_path: a list file, or a folder holding train.csv."""
@@ -60,3 +62,15 @@ def read_list(path, root="", require_label=True):
     if not entries:
         raise UsageError(f"annotation list {path} has no entries")
     return entries
+
+
+def labelled_list(args, split):
+    """(entries of DATA_PATH/split, number of classes), every label checked against it."""
+    path = os.path.join(args.data_path, split)
+    entries = read_list(path, args.data_root)
+    nb_classes = args.nb_classes or DATASET_CLASSES[args.data_set]
+    bad = [(p, label) for p, label in entries if not 0 <= label < nb_classes]
+    if bad:
+        raise UsageError(f"{path}: label {bad[0][1]} outside [0, {nb_classes}) for --data_set "
+                         f"{args.data_set} (video {bad[0][0]}); set --nb_classes")
+    return entries, nb_classes

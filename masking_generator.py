@@ -26,8 +26,8 @@ def add_args(parser):
     group.add_argument("--traj_unmask_ratio", type=float, default=0.1,
                        help="fraction of object tokens left visible by trajectory masking")
     group.add_argument("--num_masks_per_clip", type=int, default=1,
-                       help="masks drawn per decoded clip, all trained on in the same step (the "
-                            "authors' --multiple_sampling is 2); the LR schedule counts steps")
+                       help="masks drawn per clip, all trained on in the same step with one "
+                            "teacher pass (README: repeated sampling and masks per clip)")
     group.add_argument("--traj_region", default="box", choices=("box", "footprint"),
                        help="object region for trajectory masking: the unrotated box (what the "
                             "released models used) or the rotation-aware alpha footprint")
@@ -44,6 +44,19 @@ def token_grid(num_frames, input_size, patch_size, tubelet_size):
                          f"{patch_size}")
     side = input_size // patch_size
     return num_frames // tubelet_size, side, side
+
+
+def mask_indices(mask):
+    """bool masks [..., N] (True = masked; every mask masks the same number, as the generators
+    guarantee) -> (visible [..., N_visible], masked [..., N_masked]) int64 token indices, each
+    in token order. Computed where the masks are made (the loader), so the training step
+    selects tokens by index and never reads a mask back from the device to size its outputs,
+    as boolean indexing would at every step."""
+    mask = np.asarray(mask)
+    num_masked = int(np.count_nonzero(mask.reshape(-1, mask.shape[-1])[0]))
+    order = np.argsort(mask, axis=-1, kind="stable")  # visible first
+    split = mask.shape[-1] - num_masked
+    return order[..., :split].astype(np.int64), order[..., split:].astype(np.int64)
 
 
 def tube_mask(grid, mask_ratio, rng):

@@ -54,7 +54,7 @@ class PretrainVisionTransformer(nn.Module):
 
     def forward(self, video, visible, masked):
         """video [B, 3, T, H, W]; visible / masked long [B, N_visible] / [B, N_masked]: token
-        indices in token order (engine_for_pretraining.mask_indices) -> [B, N_masked, D]."""
+        indices in token order (masking_generator.mask_indices) -> [B, N_masked, D]."""
         tokens = self.encoder_to_decoder(self.encoder.forward_features(video, visible))
         pos = self.pos_embed.to(tokens.dtype)  # [1, N, D]
         pos_visible = torch.take_along_dim(pos, visible[..., None], dim=1)

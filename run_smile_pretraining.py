@@ -5,6 +5,7 @@ started from the whole stage-1 student with `--first_stage_path`) are two runs o
 One process, torchrun, or SLURM srun; optional DeepSpeed.
 """
 import argparse
+import functools
 import json
 import logging
 import os
@@ -46,6 +47,9 @@ def get_args_parser():
                    choices=sorted(modeling_pretrain.MODELS))
     g.add_argument("--use_checkpoint", action=argparse.BooleanOptionalAction, default=False,
                    help="gradient checkpointing of the student (less memory, slower)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile student and teacher (one graph each: the masks travel "
+                        "as token indices)")
     utils.add_run_args(parser)
     parser.set_defaults(batch_size=32, epochs=800, lr=1.5e-4, min_lr=1e-5, warmup_lr=1e-6,
                         warmup_epochs=40, opt_betas=(0.9, 0.95), output_dir="runs/pretrain")
@@ -66,6 +70,9 @@ def check_args(args):
         raise ValueError(f"--first_stage_path {args.first_stage_path} does not exist; stage 2 "
                          "starts from a stage-1 checkpoint (OUTPUT_DIR/checkpoint-N.pth)")
     utils.check_run_args(args)
+    if args.batch_size % args.repeated_sampling:
+        raise ValueError(f"--batch_size {args.batch_size} must be a multiple of "
+                         f"--repeated_sampling {args.repeated_sampling} (clips per video)")
 
 
 def finalize_args(args, world_size):
@@ -82,13 +89,18 @@ def finalize_args(args, world_size):
 
 
 def build_loader(args, dataset, dist_info):
-    sampler = distributed.ResumableSampler(len(dataset), args.batch_size, dist_info.rank,
-                                           dist_info.world_size, args.seed)
+    """Batches of --batch_size clips: batch_size / R videos, R clips from each."""
+    repeats = args.repeated_sampling
+    sampler = distributed.ResumableSampler(len(dataset), args.batch_size // repeats,
+                                           dist_info.rank, dist_info.world_size, args.seed,
+                                           repeats)
     # workers are re-created each epoch (not persistent) so they see set_epoch and known_bad
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
+    loader = DataLoader(dataset, batch_size=args.batch_size // repeats, sampler=sampler,
                         num_workers=args.num_workers, drop_last=True,
                         pin_memory=args.pin_mem and dist_info.device.type == "cuda",
-                        worker_init_fn=distributed.seed_worker, collate_fn=datasets.collate)
+                        worker_init_fn=distributed.seed_worker,
+                        collate_fn=functools.partial(datasets.collate_pretraining,
+                                                     repeats=repeats))
     return loader, sampler
 
 
@@ -111,8 +123,9 @@ def main(args):
     dataset = datasets.build_pretraining_dataset(args)
     loader, sampler = build_loader(args, dataset, dist_info)
     if len(loader) == 0:
-        raise UsageError(f"{len(dataset)} clips make no full batch of {args.batch_size} x "
-                         f"{dist_info.world_size} processes")
+        raise UsageError(f"{len(dataset)} videos make no full batch of {args.batch_size} clips x "
+                         f"{dist_info.world_size} processes (an epoch runs {len(dataset)} clips, "
+                         f"{args.repeated_sampling} from each video it decodes)")
     teacher = teachers.build_teacher(args, tuple(args.grid)).to(dist_info.device)
     teacher = teachers.set_precision(teacher, args.precision)
     model_kwargs = dict(name=args.model, img_size=args.input_size, patch_size=args.patch_size,
@@ -120,15 +133,18 @@ def main(args):
                         target_dim=teachers.target_dim(args), drop_path_rate=args.drop_path,
                         use_checkpoint=args.use_checkpoint)
     model = modeling_pretrain.build_student(**model_kwargs).to(dist_info.device)
+    if args.compile:  # in place: the state dict keeps its keys
+        model.compile()
+        teacher.compile()
     distributed.seed_everything(args.seed + dist_info.rank)  # from here on (drop path) per rank
     optimizer = create_optimizer_v2(model, opt="adamw", lr=args.scaled_lr,
                                     weight_decay=args.weight_decay, betas=tuple(args.opt_betas),
                                     fused=True)  # one kernel; skips non-finite steps on device
     scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
-    log.info("%s clips, %d steps/epoch x %d epochs, batch %d x %d processes x %d masks; "
-             "lr %.3e (base %.3e per 256), stage %d: mask %s, infusion p=%.2f, teacher %s",
-             len(dataset), len(loader), args.epochs, args.batch_size,
-             dist_info.world_size, args.num_masks_per_clip, args.scaled_lr, args.lr, args.stage,
+    log.info("%s videos, %d steps/epoch x %d epochs, batch %d clips (%d per video) x %d "
+             "processes x %d masks; lr %.3e (base %.3e per 256), stage %d: mask %s, infusion "
+             "p=%.2f, teacher %s", len(dataset), len(loader), args.epochs, args.batch_size,
+             args.repeated_sampling, dist_info.world_size, args.num_masks_per_clip, args.scaled_lr, args.lr, args.stage,
              args.mask_type, args.infusion_prob,
              args.target_type if args.target_type == "pixel" else args.teacher_model)
 

@@ -82,8 +82,8 @@ def train_one_epoch(step_fn, model, optimizer, loader, lr_at, epoch, first_batch
                     stop_flag, ledger):
     """Steps through one epoch from batch `first_batch`; returns (mean metrics, next batch
     index, or None when the epoch finished). `step_fn(model, optimizer, batch, lr, i)` does one
-    step and returns float metrics; `run` holds steps_per_epoch, epochs, print_freq,
-    clips_per_step and dist."""
+    step and returns device tensors, read at print steps only; `run` holds steps_per_epoch,
+    epochs, print_freq, clips_per_step and dist."""
     model.train()
     totals, count, data_time, start = {}, 0, 0.0, time.time()
     window_start, window_data, window_steps = start, 0.0, 0
@@ -95,8 +95,7 @@ def train_one_epoch(step_fn, model, optimizer, loader, lr_at, epoch, first_batch
             data_time, window_data = data_time + waited, window_data + waited
             ledger.record(attempts, epoch)
             step = epoch * run.steps_per_epoch + i
-            lr = lr_at(step)
-            metrics = step_fn(model, optimizer, batch, lr, i)  # device tensors: no sync here
+            metrics = step_fn(model, optimizer, batch, lr := lr_at(step), i)  # device tensors
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value
             count, window_steps = count + 1, window_steps + 1
@@ -104,8 +103,8 @@ def train_one_epoch(step_fn, model, optimizer, loader, lr_at, epoch, first_batch
             bad = ~torch.isfinite(metrics["loss"])
             bad_step = torch.where(bad, step, -1) if bad_step is None else torch.where(
                 (bad_step < 0) & bad, step, bad_step)
-
-            if (i + 1) % run.print_freq == 0 or i + 1 == run.steps_per_epoch:
+            printing = (i + 1) % run.print_freq == 0 or i + 1 == run.steps_per_epoch
+            if printing:
                 stop_if_not_finite(bad_step, metrics, run.dist)
                 ledger.check()
                 elapsed = time.time() - window_start
@@ -113,7 +112,9 @@ def train_one_epoch(step_fn, model, optimizer, loader, lr_at, epoch, first_batch
                               run.clips_per_step * window_steps / elapsed,
                               window_data / elapsed, logger)
                 window_start, window_data, window_steps = time.time(), 0.0, 0
-            if distributed.stop_requested(stop_flag, run.dist):
+            # ranks agree on stopping where they meet anyway (an all-reduce is a host sync)
+            if (printing or run.dist.world_size == 1) and distributed.stop_requested(
+                    stop_flag, run.dist):
                 return _means(totals, count, run, data_time, start), i + 1
             wait_start = time.time()
     finally:
@@ -137,9 +138,9 @@ def stop_if_not_finite(bad_step, metrics, dist_info):
 
 def _log_progress(run, epoch, i, lr, metrics, step_time, clips_per_s, data_fraction, logger):
     step = epoch * run.steps_per_epoch + i
-    values = {**{k: float(v) for k, v in metrics.items()},  # the device is read here only
-              "loss": distributed.all_reduce_mean(metrics["loss"], run.dist), "lr": lr,
-              "clips_per_s": clips_per_s, "data_wait_fraction": data_fraction}
+    values = {k: float(v) for k, v in metrics.items()}  # the device is read here only
+    values.update(loss=distributed.all_reduce_mean(values["loss"], run.dist), lr=lr,
+                  clips_per_s=clips_per_s, data_wait_fraction=data_fraction)
     logger.scalars(step, values)
     left_epoch = (run.steps_per_epoch - i - 1) * step_time
     left_total = left_epoch + (run.epochs - epoch - 1) * run.steps_per_epoch * step_time

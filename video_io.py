@@ -4,11 +4,16 @@ Decoders return uint8 frames [T, H, W, 3] (RGB) for a list of frame indices chos
 sampling function of the video's length. Every failure is a `VideoDecodeError` naming the file,
 so the dataset can skip it and the run can count it (bad_files.py).
 """
+import glob
 import os
 
+import cv2
 import numpy as np
 
 from errors import BadInputError
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class VideoDecodeError(BadInputError):
@@ -140,3 +145,19 @@ def read_clip(path, backend, choose_indices):
     if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
         raise VideoDecodeError(path, f"decoded an unexpected array of shape {frames.shape}")
     return frames
+
+
+# ---------------------------------------------------------------- still images
+def list_images(folder):
+    paths = sorted(p for p in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
+                   if p.lower().endswith(IMAGE_SUFFIXES))
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    return paths
+
+
+def read_image(path):
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise VideoDecodeError(path, "not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)[None]

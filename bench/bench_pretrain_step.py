@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import datasets  # noqa: E402
 import engine_for_pretraining as engine  # noqa: E402
 import modeling_pretrain  # noqa: E402
 import teachers  # noqa: E402
@@ -107,7 +108,10 @@ def main():
                           dtype=torch.uint8, generator=gen)
     mask = torch.stack([torch.from_numpy(tube_mask(grid, a.mask_ratio, np.random.default_rng(i)))
                         for i in range(a.batch_size)])
-    batch = (video.pin_memory() if device.type == "cuda" else video, mask)
+    batch = datasets.collate_pretraining([(v, m, torch.zeros_like(m), []) for v, m in
+                                          zip(video, mask)])[:-1]  # as the loader makes it
+    if device.type == "cuda":
+        batch = (batch[0].pin_memory(), *batch[1:])
 
     def sync():
         if device.type == "cuda":

@@ -109,6 +109,35 @@ def test_pretraining_dataset_video(video_dir, tmp_path, backend, mask_type):
     assert not torch.equal(clip, dataset[1][0])
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_repeated_sampling_cuts_clips_from_one_decode(video_dir, tmp_path, monkeypatch, stage):
+    """--repeated_sampling 3: one decode per sample, three clips each with its own crop, its
+    own infusion (stage 1) and its own mask, as three rows of the batch."""
+    listing = write_list(tmp_path / "train.csv", [(video_dir[f"clip{i}"], 0) for i in range(4)])
+    args = pretrain_args(background="video", data_path=listing, repeated_sampling=3,
+                         **datasets.STAGE_DEFAULTS[stage])
+    dataset = datasets.build_pretraining_dataset(args)
+    decodes = []
+    real_read = datasets.read_clip
+    monkeypatch.setattr(datasets, "read_clip", lambda *a: decodes.append(a[0]) or real_read(*a))
+    clips, masks, object_tokens, attempts = dataset[2]
+    assert decodes == [video_dir["clip2"]] and attempts == [(2, "", "")]
+    assert clips.shape == (3, 3, 8, 64, 64) and masks.shape == object_tokens.shape == (3, 64)
+    assert (masks.sum(1) == 4 * int(0.8 * 16)).all()
+    for a, b in [(0, 1), (0, 2), (1, 2)]:
+        assert not torch.equal(clips[a], clips[b]) and not torch.equal(masks[a], masks[b])
+        if stage == 1:  # other objects on other paths
+            assert not torch.equal(object_tokens[a], object_tokens[b])
+    if stage == 1:  # each trajectory mask covers its own clip's objects
+        assert ((masks & object_tokens).sum(1) > 0.8 * object_tokens.sum(1)).all()
+    batch = datasets.collate_pretraining([dataset[0], dataset[1]], repeats=3)
+    video, mask, _, visible, masked, attempts = batch
+    assert video.shape == (6, 3, 8, 64, 64) and len(attempts) == 2
+    assert torch.equal(video[3:], dataset[1][0])  # a video's clips sit together, in order
+    assert visible.shape == (6, 64 - 48) and masked.shape == (6, 48)
+    assert torch.equal(torch.gather(mask, 1, masked), torch.ones(6, 48, dtype=torch.bool))
+
+
 @pytest.mark.parametrize("background", ["frame", "image", "black", "noise"])
 def test_pretraining_backgrounds(video_dir, tmp_path, background):
     import cv2

@@ -10,6 +10,7 @@ import checkpoint
 import distributed
 import engine_for_pretraining as engine
 import errors
+import masking_generator
 import modeling_pretrain
 import teachers
 import utils
@@ -27,6 +28,16 @@ def tiny_student(target_dim, frames=4, size=32):
     return modeling_pretrain.build_student("pretrain_videomae_tiny_patch16_224", img_size=size,
                                            patch_size=16, num_frames=frames, tubelet_size=2,
                                            target_dim=target_dim)
+
+
+def loader_batch(video, mask):
+    """(video, mask) as the loader hands them to the step (datasets.collate_pretraining)."""
+    visible, masked = (torch.from_numpy(i) for i in masking_generator.mask_indices(mask.numpy()))
+    return video, mask, None, visible, masked
+
+
+def indices(mask):
+    return loader_batch(None, mask)[3:]
 
 
 def random_mask(batch, n, masked, seed=0):
@@ -50,7 +61,7 @@ def test_forward_backward_shapes(target):
     target_tokens = teacher(video)
     assert target_tokens.shape == (2, 8, dim) and not target_tokens.requires_grad
     student = tiny_student(dim)
-    visible, masked = engine.mask_indices(random_mask(2, 8, 6))
+    visible, masked = indices(random_mask(2, 8, 6))
     pred = student(video, visible, masked)
     assert pred.shape == (2, 6, dim)
     loss = engine.feature_loss(pred, engine.normalize_target(target_tokens, "clip_channel"),
@@ -173,7 +184,8 @@ def test_loss_decreases_on_fixed_batch():
     teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
     student = tiny_student(192)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
-    batch = (torch.randint(0, 255, (4, 3, 4, 32, 32), dtype=torch.uint8), random_mask(4, 8, 6))
+    batch = loader_batch(torch.randint(0, 255, (4, 3, 4, 32, 32), dtype=torch.uint8),
+                         random_mask(4, 8, 6))
     losses = [engine.train_step(student, teacher, batch, optimizer, 1e-3, "fp32",
                                 torch.device("cpu"), "clip_channel")["loss"] for _ in range(40)]
     assert losses[-1] < 0.5 * losses[0]
@@ -188,7 +200,7 @@ def test_multiple_masks_share_one_teacher_pass():
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
     mask = torch.stack([random_mask(3, 8, 6, seed=s) for s in (0, 1)], dim=1)  # [B, K, N]
     video = torch.randint(0, 255, (3, 3, 4, 32, 32), dtype=torch.uint8)
-    out = engine.train_step(student, teacher, (video, mask), optimizer, 1e-3, "fp32",
+    out = engine.train_step(student, teacher, loader_batch(video, mask), optimizer, 1e-3, "fp32",
                             torch.device("cpu"), "clip_channel")
     assert calls == [3] and torch.isfinite(out["loss"])
 
@@ -211,7 +223,7 @@ SYNCING = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "at
 
 def test_mask_indices_match_boolean_masking():
     mask = random_mask(3, 16, 12, seed=4)
-    visible, masked = engine.mask_indices(mask)
+    visible, masked = indices(mask)
     tokens = torch.arange(16).expand(3, -1)
     assert torch.equal(visible, tokens[~mask].reshape(3, 4))  # token order kept
     assert torch.equal(masked, tokens[mask].reshape(3, 12))
@@ -224,21 +236,82 @@ def test_student_and_loss_never_read_the_device_back():
     teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
     student = tiny_student(192)
     video = torch.randn(2, 3, 4, 32, 32)
-    visible, masked = engine.mask_indices(random_mask(2, 8, 6))
+    visible, masked = indices(random_mask(2, 8, 6))
     with OpsSeen() as seen:
         pred = student(video, visible, masked)
         engine.feature_loss(pred, teacher(video), masked).backward()
     assert not seen.ops & SYNCING and "aten.index" not in seen.ops, seen.ops & SYNCING
-    # fused, as on GPUs: the per-tensor AdamW reads each parameter's step count on the host
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, fused=True)
-    batch = (torch.randint(0, 255, (2, 3, 4, 32, 32), dtype=torch.uint8), random_mask(2, 8, 6))
-    with OpsCounted() as counted:
-        engine.train_step(student, teacher, batch, optimizer, 1e-3, "fp32",
-                          torch.device("cpu"), "clip_channel")
-    # one read left: the masked-token count of the loader's mask, a CPU tensor (no device
-    # sync on a GPU); loss and gradient norm stay on the device until the print step
-    assert {op: n for op, n in counted.items() if op in SYNCING} == {
-        "aten._local_scalar_dense": 1}
+
+
+def test_teacher_student_and_loss_compile_to_one_graph():
+    """What --compile sees: token indices keep every shape static, so dynamo captures the
+    teacher, the student and the loss whole (boolean masks would break the graph)."""
+    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    student = tiny_student(192)
+
+    def forward(video, visible, masked):
+        target = engine.normalize_target(teacher(video), "clip_channel")
+        return engine.feature_loss(student(video, visible, masked), target, masked)
+
+    report = torch._dynamo.explain(forward)(torch.randn(2, 3, 4, 32, 32),
+                                            *indices(random_mask(2, 8, 6)))
+    assert (report.graph_count, report.graph_break_count) == (1, 0), report.break_reasons
+
+
+class SyncsPerStep(TorchDispatchMode):
+    """Counts the host-reading operations, filed under the training step that was running."""
+
+    def __init__(self):
+        super().__init__()
+        self.step, self.syncs = -1, {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        if self.step < 0:  # before the first step: the DataLoader draws its base seed
+            pass
+        elif name in SYNCING or name == "aten.index" and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                for i in (args[1] if len(args) > 1 else ())):
+            self.syncs.setdefault(self.step, []).append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_training_steps_wait_on_the_host_only_to_print(tmp_path):
+    """Six steps of the real epoch loop (dataset, loader, collate, engine, fused AdamW,
+    progress) with --print_freq 3: the steps in between read nothing back from the device;
+    each print step reads the loss and gradient norm it prints (the mean over ranks is one
+    more read with several processes; the non-finite check's copy does not show on a CPU)."""
+    import datasets
+    import training
+    from bad_files import BadFileLedger
+    from media import pretrain_args
+    from types import SimpleNamespace
+    args = pretrain_args(background="black", num_frames=4, input_size=32,
+                         num_synthetic_clips=12, mask_type="tube", infusion_prob=0.0)
+    dataset = datasets.build_pretraining_dataset(args)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2,
+                                         collate_fn=datasets.collate_pretraining)
+    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    student = tiny_student(192)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, fused=True)  # as the runs
+    counter = SyncsPerStep()
+
+    def step(model, optimizer, batch, lr, i):
+        counter.step = i
+        return engine.train_step(model, teacher, batch, optimizer, lr, "fp32",
+                                 torch.device("cpu"), "clip_channel")
+
+    dist_info = distributed.Dist(0, 1, 0, torch.device("cpu"))
+    run = SimpleNamespace(steps_per_epoch=6, epochs=1, dist=dist_info, print_freq=3,
+                          clips_per_step=2)
+    logger = utils.MetricLogger(str(tmp_path), None, False)
+    ledger = BadFileLedger([], 0.05, str(tmp_path), dist_info)
+    with counter:
+        stats, _ = training.train_one_epoch(step, student, optimizer, loader, lambda s: 1e-3, 0,
+                                            0, run, logger, distributed.StopFlag(), ledger)
+    assert stats["steps"] == 6
+    reads = ["aten._local_scalar_dense"] * 2  # the printed loss and gradient norm
+    assert counter.syncs == {2: reads, 5: reads + reads}, counter.syncs  # 5: + epoch means
 
 
 class OpsCounted(TorchDispatchMode, dict):
@@ -260,7 +333,8 @@ def test_half_precision_clip_teacher_keeps_fused_attention():
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
     video = torch.randint(0, 255, (2, 3, 2, 32, 32), dtype=torch.uint8)
     with OpsSeen() as seen:
-        out = engine.train_step(student, teacher, (video, random_mask(2, 4, 3)), optimizer,
+        out = engine.train_step(student, teacher, loader_batch(video, random_mask(2, 4, 3)),
+                                optimizer,
                                 1e-3, "bf16", torch.device("cpu"), "clip_channel")
     assert "aten._native_multi_head_attention" in seen.ops
     assert torch.isfinite(out["loss"])
@@ -280,7 +354,8 @@ def test_non_finite_loss_never_reaches_the_weights(fused):
         student.decoder.head.bias.fill_(float("nan"))
     before = {k: v.clone() for k, v in student.state_dict().items()}
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, fused=fused)
-    batch = (torch.randint(0, 255, (2, 3, 4, 32, 32), dtype=torch.uint8), random_mask(2, 8, 6))
+    batch = loader_batch(torch.randint(0, 255, (2, 3, 4, 32, 32), dtype=torch.uint8),
+                         random_mask(2, 8, 6))
     step = functools.partial(engine.train_step, student, teacher, batch, optimizer, 1e-3, "fp32",
                              torch.device("cpu"), "clip_channel")
     if fused:
@@ -324,8 +399,8 @@ def test_checkpoint_round_trip(tmp_path):
     restored.load_state_dict(state["model"])
     video, mask = torch.randn(2, 3, 4, 32, 32), random_mask(2, 8, 6)
     student.eval(), restored.eval()
-    assert torch.equal(student(video, *engine.mask_indices(mask)),
-                       restored(video, *engine.mask_indices(mask)))
+    assert torch.equal(student(video, *indices(mask)),
+                       restored(video, *indices(mask)))
     assert checkpoint.find_resume_checkpoint(str(tmp_path))[1]["epoch"] == 3
 
 
@@ -415,6 +490,24 @@ def test_resumable_sampler_splits_one_order():
     assert list(one) == full[8:] and len(one) == 12
     one.set_epoch(2)
     assert list(one) != full
+
+
+def test_repeated_sampling_epochs_share_out_one_order():
+    """With 2 clips per video an epoch draws half the videos: epochs 2k and 2k+1 split one
+    shuffled order, so each video is decoded once per two epochs, on every rank count."""
+    one = distributed.ResumableSampler(20, 2, 0, 1, seed=3, repeats=2)
+    ranks = [distributed.ResumableSampler(20, 1, r, 2, seed=3, repeats=2) for r in range(2)]
+    seen = []
+    for epoch in range(4):
+        for s in [one, *ranks]:
+            s.set_epoch(epoch)
+        assert len(one) == 10 and sorted(list(ranks[0]) + list(ranks[1])) == sorted(one)
+        seen.append(list(one))
+    assert sorted(seen[0] + seen[1]) == sorted(seen[2] + seen[3]) == list(range(20))
+    assert seen[0] + seen[1] != seen[2] + seen[3]
+    plain = distributed.ResumableSampler(20, 2, 0, 1, seed=3)
+    plain.set_epoch(0)
+    assert seen[0] + seen[1] == list(plain)  # same order as without repeats, split in two
 
 
 def test_resume_checks_the_run_and_its_position(caplog):

@@ -11,6 +11,7 @@ import torch
 
 import checkpoint
 import run_smile_pretraining as run
+import utils
 from conftest import ROOT, assert_process_groups_closed, run_script, write_list
 
 TINY = ["--model", "pretrain_videomae_tiny_patch16_224", "--teacher_model", "clip_vit_tiny",
@@ -67,6 +68,27 @@ def test_stage1_outputs(reference):
     assert state["epoch"] == 2 and state["step"] == 24 and state["next_batch"] == 0
     assert state["args"]["mask_type"] == "trajectory" and state["model_kwargs"]["target_dim"] == 192
     assert {"encoder_to_decoder.weight", "mask_token"} <= set(state["model"])
+
+
+@pytest.mark.slow
+def test_repeated_sampling_through_both_stages(tmp_path):
+    """--repeated_sampling 2: an epoch runs as many clips (and steps) as without it, from
+    half the videos; stage 2 starts from it the same way."""
+    stage1, stage2 = str(tmp_path / "s1"), str(tmp_path / "s2")
+    for out, extra in [(stage1, []), (stage2, ["--first_stage_path",
+                                               os.path.join(stage1, "checkpoint-1.pth")])]:
+        code, log = cli(*TINY, "--num_synthetic_clips", "16", "--batch_size", "4", "--epochs",
+                        "2", "--repeated_sampling", "2", "--output_dir", out, *extra)
+        assert code == 0, log
+        assert "16 videos, 4 steps/epoch x 2 epochs, batch 4 clips (2 per video)" in log
+        state = checkpoint.load_checkpoint(os.path.join(out, "checkpoint-1.pth"))
+        assert state["step"] == 8 and state["args"]["repeated_sampling"] == 2
+        scale = 4 / 256  # the last of 8 steps sits where the 8-step schedule puts it
+        last_lr = utils.cosine_lr(7, 1e-2 * scale, 1e-5 * scale, 4, 8, 1e-6 * scale)
+        assert "epoch 2/2 step 4/4  loss" in log and f"lr {last_lr:.3e}" in log, log
+    code, log = cli(*TINY, "--num_synthetic_clips", "16", "--batch_size", "3", "--epochs", "1",
+                    "--repeated_sampling", "2", "--output_dir", str(tmp_path / "odd"))
+    assert code == 2 and "--batch_size 3 must be a multiple of --repeated_sampling 2" in log
 
 
 @pytest.mark.slow

@@ -87,3 +87,48 @@ def test_check_videos_writes_an_exact_clean_list(video_dir, tmp_path):
     assert code == 0 and "2 of 2 files are usable" in out, out
     assert (tmp_path / "clean.csv.clean").read_text().splitlines()[1:] == ["clip0.mp4,0",
                                                                           "clip2.mp4,0"]
+
+
+def test_prepare_videos_converts_names_failures_and_resumes_after_a_kill(video_dir, tmp_path):
+    """Short side down to 48, a keyframe every 8 frames, no audio; the truncated and the
+    missing file are named; a run killed mid-way (its whole process group, as SLURM does)
+    leaves no half-written output behind that a second run would keep."""
+    import signal
+    import time
+
+    import av
+    listing = tmp_path / "train.csv"
+    good = [video_dir[f"clip{i}"] for i in range(4)]
+    listing.write_text("".join(f"{p} {i % 2}\n" for i, p in enumerate(good))
+                       + f"{video_dir['truncated']} 1\n{tmp_path / 'missing.mp4'} 0\n")
+    out = tmp_path / "out"
+    argv = ("tools/prepare_videos.py", str(listing), str(out), "--short_side", "48",
+            "--keyint", "8", "--workers", "1")
+    proc = run_script(*argv, wait=False, new_session=True)
+    deadline = time.time() + 120
+    while not list(out.rglob("*.mp4")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len([p for p in out.rglob("*.mp4") if not p.name.endswith(".partial.mp4")])
+    assert 1 <= finished < 4, "the kill should land mid-run"
+    code, log = run_script(*argv)
+    assert code == 1, log  # some inputs failed
+    assert f"4 of 6 videos ready in {out} ({finished} done before this run" in log
+    assert not list(out.rglob("*.partial.mp4"))
+    failed = (out / "train.csv.failed.tsv").read_text().splitlines()[1:]
+    assert sorted(line.split("\t")[0] for line in failed) == sorted(
+        [video_dir["truncated"], str(tmp_path / "missing.mp4")])
+    lines = (out / "train.csv").read_text().splitlines()
+    assert [line.split()[1] for line in lines] == ["0", "1", "0", "1"]  # labels kept, in order
+    for line, source in zip(lines, good):
+        with av.open(str(out / line.split()[0])) as converted, av.open(source) as original:
+            stream = converted.streams.video[0]
+            assert (stream.codec_context.width, stream.codec_context.height) == (60, 48)
+            assert not converted.streams.audio and stream.average_rate == 25
+            packets = sorted((p for p in converted.demux(stream) if p.size),
+                             key=lambda p: p.pts)  # display order
+            assert len(packets) == original.streams.video[0].frames == 40  # every frame
+            assert [i for i, p in enumerate(packets) if p.is_keyframe] == [0, 8, 16, 24, 32]
+    code, log = run_script(*argv)  # a third run has nothing left to do
+    assert "(4 done before this run" in log

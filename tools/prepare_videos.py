@@ -1,0 +1,156 @@
+"""Re-encode a video list for fast training: smaller frames, frequent keyframes, no audio.
+
+    python tools/prepare_videos.py LIST OUT_DIR [--short_side 320] [--keyint 16] [--workers N]
+
+Each video of LIST (VideoMAE 'PATH LABEL' lines or CSV, as the loader reads them) is decoded
+and written to OUT_DIR, keeping its path below the inputs' common folder, as H.264 with:
+- the short side scaled down to --short_side (VideoMAE's Kinetics convention; never scaled up),
+- a keyframe every --keyint frames: a clip's first frame is then at most keyint - 1 frames
+  from a keyframe, so a random seek decodes few frames it does not keep,
+- the frame rate of the source, and no audio.
+FFmpeg comes with PyAV: no system binary is needed.
+
+Resumable: an output is written as NAME.partial.mp4 and renamed when complete, so a run killed
+midway redoes only the files it was writing; finished outputs are skipped. Writes
+OUT_DIR/<LIST's name> (the converted entries, paths relative to OUT_DIR, labels kept) and
+OUT_DIR/<LIST's name>.failed.tsv (path, reason) naming every input that could not be converted.
+Exits 0 when every file converted, 1 when some failed, 2 for a list it cannot read.
+"""
+import argparse
+import multiprocessing
+import os
+import sys
+import time
+from fractions import Fraction
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lists import parse_line  # noqa: E402
+from tools.check_videos import progress  # noqa: E402
+
+PARTIAL = ".partial.mp4"
+
+
+def get_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("list", help="annotation list of the videos to convert")
+    parser.add_argument("out_dir", help="folder for the converted videos and the new list")
+    parser.add_argument("--data_root", default="",
+                        help="folder relative paths start from (default: the list's folder)")
+    parser.add_argument("--short_side", type=int, default=320,
+                        help="scale frames down so their short side is this (pixels)")
+    parser.add_argument("--keyint", type=int, default=16, help="frames between keyframes")
+    parser.add_argument("--crf", type=int, default=23, help="x264 quality (lower = larger)")
+    parser.add_argument("--preset", default="veryfast", help="x264 speed preset")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="videos converted at once (default: all cores)")
+    return parser.parse_args(argv)
+
+
+def output_size(width, height, short_side):
+    """(width, height) with the short side at most `short_side`, both even (yuv420p)."""
+    scale = min(1.0, short_side / min(width, height))
+    return (max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2))
+
+
+def convert(job):
+    """(input path, '' when converted or already there, else why not)."""
+    source, target, opts = job
+    if os.path.isfile(target):
+        return source, ""
+    partial = target[:-len(".mp4")] + PARTIAL
+    try:
+        frames = encode(source, partial, opts)
+        if frames == 0:
+            raise ValueError("no video frames decoded")
+        os.replace(partial, target)
+        return source, ""
+    except Exception as err:  # any decoder or encoder failure leaves this file unconverted
+        if os.path.exists(partial):
+            os.remove(partial)
+        return source, f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
+def encode(source, partial, opts):
+    import av
+    av.logging.set_level(av.logging.PANIC)
+    os.makedirs(os.path.dirname(partial), exist_ok=True)
+    with av.open(source) as inp:
+        if not inp.streams.video:
+            raise ValueError("no video stream")
+        in_stream = inp.streams.video[0]
+        in_stream.thread_type = "AUTO"
+        rate = in_stream.average_rate or in_stream.guessed_rate or Fraction(30)
+        width, height = output_size(in_stream.codec_context.width,
+                                    in_stream.codec_context.height, opts.short_side)
+        count = 0
+        with av.open(partial, mode="w", format="mp4") as out:
+            rate = Fraction(rate).limit_denominator(1001)
+            stream = out.add_stream("libx264", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"crf": str(opts.crf), "preset": opts.preset,
+                              "x264-params": f"keyint={opts.keyint}:min-keyint={opts.keyint}"
+                                             ":scenecut=0"}
+            for frame in inp.decode(in_stream):
+                frame = frame.reformat(width=width, height=height, format="yuv420p",
+                                       interpolation="AREA")
+                frame.pts, frame.time_base = count, 1 / rate  # constant frame rate out
+                # the source's own keyframes would force extra ones in the output
+                frame.pict_type = av.video.frame.PictureType.NONE
+                count += 1
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
+    return count
+
+
+def main(argv=None):
+    args = get_args(argv)
+    if not os.path.isfile(args.list):
+        sys.exit(f"error: {args.list} is not a file")
+    if args.short_side < 2 or args.keyint < 1:
+        sys.exit("error: --short_side must be >= 2 and --keyint >= 1")
+    root = args.data_root or os.path.dirname(os.path.abspath(args.list))
+    entries = []
+    with open(args.list, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                entry = parse_line(line, require_label=False)
+            except ValueError as err:
+                sys.exit(f"error: {args.list}:{lineno}: {err}")
+            if entry:
+                entries.append((os.path.join(root, entry[0]), entry[1]))
+    if not entries:
+        sys.exit(f"error: {args.list} has no entries")
+    out_dir = os.path.abspath(args.out_dir)
+    common = os.path.commonpath([os.path.dirname(p) for p, _ in entries])
+    if any(os.path.abspath(p).startswith(out_dir + os.sep) for p, _ in entries):
+        sys.exit(f"error: OUT_DIR {args.out_dir} holds inputs of the list; choose another")
+    relative = {p: os.path.splitext(os.path.relpath(p, common))[0] + ".mp4" for p, _ in entries}
+    jobs = [(p, os.path.join(out_dir, relative[p]), args) for p in dict.fromkeys(relative)]
+    done_before = sum(os.path.isfile(target) for _, target, _ in jobs)
+
+    failed, start = {}, time.time()
+    with multiprocessing.get_context("spawn").Pool(max(args.workers, 1)) as pool:
+        for done, (source, reason) in enumerate(pool.imap_unordered(convert, jobs), 1):
+            if reason:
+                failed[source] = reason
+            progress(done, len(jobs), len(failed), start, final=done == len(jobs))
+
+    name = os.path.basename(args.list)
+    new_list, failed_tsv = os.path.join(out_dir, name), os.path.join(out_dir, name + ".failed.tsv")
+    with open(new_list, "w", encoding="utf-8") as f:
+        f.writelines(relative[p] + ("" if label is None else f" {label}") + "\n"
+                     for p, label in entries if p not in failed)
+    with open(failed_tsv, "w", encoding="utf-8") as f:
+        f.write("path\treason\n")
+        f.writelines(f"{p}\t{failed[p]}\n" for p in sorted(failed))
+    print(f"{len(jobs) - len(failed)} of {len(jobs)} videos ready in {out_dir} ({done_before} "
+          f"done before this run; {time.time() - start:.0f} s, {args.workers} workers)\n"
+          f"  new list: {new_list}")
+    if failed:
+        print(f"  {len(failed)} could not be converted, listed with the reason in {failed_tsv}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
