@@ -24,8 +24,8 @@ from errors import BadInputError, DataAbort
 from lists import (DATASET_CLASSES, labelled_list, pretraining_list,  # noqa: F401
                    read_list)  # (re-exported for the entry points and tests)
 from utils import IMAGENET_MEAN, normalize_video
-from video_io import (VideoDecodeError, dense_indices, list_images, read_clip, read_image,
-                      segment_indices)
+from video_io import (DECODERS, VideoDecodeError, check_backend, dense_indices, list_images,
+                      read_clip, read_image, segment_indices)
 from video_transforms import (multi_scale_crop, random_resized_crop, resize_short_side,
                               same_ops_per_frame, to_tensor, view_crop)
 
@@ -46,7 +46,8 @@ def add_args(parser):
     group.add_argument("--input_size", type=int, default=224)
     group.add_argument("--patch_size", type=int, default=16, help="spatial token side (pixels)")
     group.add_argument("--tubelet_size", type=int, default=2, help="frames per token")
-    group.add_argument("--video_backend", default="decord", choices=("decord", "pyav"))
+    group.add_argument("--video_backend", default="decord", choices=tuple(DECODERS),
+                       help="torchcodec needs `pip install torchcodec` and FFmpeg libraries")
     group.add_argument("--max_bad_fraction", type=float, default=0.05,
                        help="stop when more than this fraction of samples cannot be read")
     group.add_argument("--max_retries", type=int, default=10,
@@ -110,6 +111,7 @@ def check_args(args, pretraining=True):
     if args.sampling_rate < 1:
         raise ValueError(f"--sampling_rate must be >= 1 (frames between samples), got "
                          f"{args.sampling_rate}: 0 would repeat one frame, < 0 reverse time")
+    check_backend(args.video_backend)
     if not 0 <= args.max_bad_fraction < 1 or args.max_retries < 1:
         raise ValueError("--max_bad_fraction must be in [0, 1) and --max_retries >= 1")
     if not pretraining:

@@ -125,18 +125,46 @@ def decode_pyav(path, choose_indices):
     return np.stack([decoded[int(i)] for i in indices])
 
 
-DECODERS = {"decord": decode_decord, "pyav": decode_pyav}
+def decode_torchcodec(path, choose_indices):
+    """torchcodec (optional: `pip install torchcodec`, with FFmpeg's shared libraries from the
+    system, e.g. Debian's libavcodec59); one FFmpeg thread, as the other decoders."""
+    from torchcodec.decoders import VideoDecoder
+    _check_file(path)
+    try:
+        reader = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=1)
+        length = reader.metadata.num_frames or 0
+        if length <= 0:
+            raise VideoDecodeError(path, "no decodable frames")
+        indices = choose_indices(length)
+        frames = reader.get_frames_at([int(i) for i in indices]).data.numpy()
+    except VideoDecodeError:
+        raise
+    except Exception as err:  # torchcodec raises RuntimeError / ValueError for bad files
+        raise VideoDecodeError(path, f"torchcodec: {type(err).__name__}: {err}") from err
+    return frames
+
+
+DECODERS = {"decord": decode_decord, "pyav": decode_pyav, "torchcodec": decode_torchcodec}
+
+
+def check_backend(backend):
+    """ValueError (one line) when the chosen decoder is not installed."""
+    try:
+        __import__({"torchcodec": "torchcodec.decoders"}.get(backend, backend))
+    except (ImportError, OSError, RuntimeError) as err:  # torchcodec: no FFmpeg libraries
+        raise ValueError(f"--video_backend {backend} is not usable here ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}); use decord or pyav") from err
 
 
 def read_clip(path, backend, choose_indices):
     """uint8 [T, H, W, 3] of the frames `choose_indices(video_length)` picks.
 
     A file decord cannot read (it rejects some valid streams, e.g. certain small frame sizes)
-    is tried once more with PyAV before it counts as bad."""
+    is tried once more with PyAV before it counts as bad (so is one torchcodec rejects)."""
     try:
         frames = DECODERS[backend](path, choose_indices)
     except VideoDecodeError as err:
-        if backend != "decord" or err.reason in ("file not found", "empty file"):
+        if backend == "pyav" or err.reason in ("file not found", "empty file"):
             raise
         try:
             frames = decode_pyav(path, choose_indices)

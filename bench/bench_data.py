@@ -64,7 +64,7 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=60, help="samples timed per pipeline")
     parser.add_argument("--videos", type=int, default=4, help="videos generated or sampled")
-    parser.add_argument("--backend", default="decord", choices=("decord", "pyav"))
+    parser.add_argument("--backend", default="decord", choices=tuple(video_io.DECODERS))
     parser.add_argument("--repeats", default="1,2,4", help="--repeated_sampling values")
     parser.add_argument("--list", default=None, help="your video list (else generated videos)")
     parser.add_argument("--data_root", default="", help="as in training")

@@ -19,11 +19,25 @@ def test_decode_real_video_both_backends(video_dir, backend):
     assert np.abs(frames.astype(int) - source[::5].astype(int)).mean() < 6
 
 
-def test_backends_agree(video_dir):
-    idx = lambda n: np.array([0, 7, 13, 39])  # noqa: E731
+def usable(backend):
+    try:
+        video_io.check_backend(backend)
+        return backend
+    except ValueError as err:
+        return pytest.param(backend, marks=pytest.mark.skip(reason=str(err)))
+
+
+@pytest.mark.parametrize("backend", ["pyav", usable("torchcodec")])  # torchcodec: optional
+def test_backends_agree(video_dir, backend):
+    idx = lambda n: np.array([0, 7, 13, 39, 39])  # noqa: E731
     a = video_io.read_clip(video_dir["clip1"], "decord", idx)
-    b = video_io.read_clip(video_dir["clip1"], "pyav", idx)
+    b = video_io.read_clip(video_dir["clip1"], backend, idx)
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 2
+
+
+def test_missing_backend_is_one_line():
+    with pytest.raises(ValueError, match="--video_backend no_such_decoder is not usable here"):
+        video_io.check_backend("no_such_decoder")
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])

@@ -105,12 +105,16 @@ def test_prepare_videos_converts_names_failures_and_resumes_after_a_kill(video_d
     argv = ("tools/prepare_videos.py", str(listing), str(out), "--short_side", "48",
             "--keyint", "8", "--workers", "1")
     proc = run_script(*argv, wait=False, new_session=True)
+
+    def finished():
+        return len([p for p in out.rglob("*.mp4") if not p.name.endswith(".partial.mp4")])
+
     deadline = time.time() + 120
-    while not list(out.rglob("*.mp4")) and time.time() < deadline and proc.poll() is None:
+    while not finished() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    finished = len([p for p in out.rglob("*.mp4") if not p.name.endswith(".partial.mp4")])
+    finished = finished()
     assert 1 <= finished < 4, "the kill should land mid-run"
     code, log = run_script(*argv)
     assert code == 1, log  # some inputs failed

@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lists import parse_line  # noqa: E402
 from utils import format_eta  # noqa: E402
-from video_io import VideoDecodeError, read_clip  # noqa: E402
+from video_io import DECODERS, VideoDecodeError, read_clip  # noqa: E402
 
 
 def get_args(argv=None):
@@ -27,7 +27,7 @@ def get_args(argv=None):
     parser.add_argument("--data_root", default="", help="prefix for relative paths, as in training")
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
                         help="processes that open files at once (default: all cores)")
-    parser.add_argument("--video_backend", default="decord", choices=("decord", "pyav"))
+    parser.add_argument("--video_backend", default="decord", choices=tuple(DECODERS))
     return parser.parse_args(argv)
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import modeling_finetune  # noqa: E402
 from utils import normalize_video  # noqa: E402
-from video_io import dense_indices, read_clip  # noqa: E402
+from video_io import DECODERS, dense_indices, read_clip  # noqa: E402
 from video_transforms import resize_short_side, to_tensor, view_crop  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def get_args(argv=None):
     p.add_argument("--sampling_rate", type=int, default=4)
     p.add_argument("--input_size", type=int, default=224)
     p.add_argument("--tubelet_size", type=int, default=2)
-    p.add_argument("--video_backend", default="decord", choices=("decord", "pyav"))
+    p.add_argument("--video_backend", default="decord", choices=tuple(DECODERS))
     p.add_argument("--output_dir", default="runs/feature_similarity")
     return p.parse_args(argv)
 

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from video_io import VideoDecodeError, read_clip  # noqa: E402
+from video_io import DECODERS, VideoDecodeError, read_clip  # noqa: E402
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
 
@@ -27,7 +27,7 @@ def get_args(argv=None):
     parser.add_argument("--val_fraction", type=float, default=0.1)
     parser.add_argument("--test_fraction", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--video_backend", default="decord", choices=("decord", "pyav"))
+    parser.add_argument("--video_backend", default="decord", choices=tuple(DECODERS))
     parser.add_argument("--no_check", action="store_true", help="skip opening each video")
     return parser.parse_args(argv)
 
