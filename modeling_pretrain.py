@@ -13,26 +13,34 @@ DECODER_DEPTH = 4
 
 
 class Decoder(nn.Module):
-    def __init__(self, embed_dim, depth, num_heads, target_dim, mlp_ratio=4.0):
+    """Blocks -> norm -> head (the targets), and with motion_dim > 0 a second linear head
+    (the --motion_loss_weight term's pixel differences) on the same features."""
+
+    def __init__(self, embed_dim, depth, num_heads, target_dim, mlp_ratio=4.0, motion_dim=0):
         super().__init__()
         self.blocks = nn.ModuleList(make_block(embed_dim, num_heads, mlp_ratio, 0.0)
                                     for _ in range(depth))
         self.norm = LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, target_dim)
+        self.motion_head = nn.Linear(embed_dim, motion_dim) if motion_dim else None
 
     def forward(self, x, num_predicted):
         for block in self.blocks:
             x = block(x)
         # only the trailing mask-token positions are predicted
-        return self.head(self.norm(x[:, -num_predicted:]))
+        x = self.norm(x[:, -num_predicted:])
+        if self.motion_head is None:
+            return self.head(x)
+        return self.head(x), self.motion_head(x)
 
 
 class PretrainVisionTransformer(nn.Module):
     """forward(video [B, 3, T, H, W] float, visible and masked token indices)
-    -> predictions [B, N_masked, target_dim] for the masked tokens, in token order."""
+    -> predictions [B, N_masked, target_dim] for the masked tokens, in token order (with
+    motion_dim > 0: and the motion head's [B, N_masked, motion_dim])."""
 
     def __init__(self, size, img_size, patch_size, num_frames, tubelet_size, target_dim,
-                 drop_path_rate=0.0, use_checkpoint=False):
+                 drop_path_rate=0.0, use_checkpoint=False, motion_dim=0):
         super().__init__()
         self.encoder = VisionTransformer(
             img_size=img_size, patch_size=patch_size, num_frames=num_frames,
@@ -44,7 +52,8 @@ class PretrainVisionTransformer(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.register_buffer("pos_embed", sinusoid_table(self.encoder.num_patches, decoder_dim),
                              persistent=False)
-        self.decoder = Decoder(decoder_dim, DECODER_DEPTH, decoder_heads, target_dim)
+        self.decoder = Decoder(decoder_dim, DECODER_DEPTH, decoder_heads, target_dim,
+                               motion_dim=motion_dim)
         self.decoder.apply(VisionTransformer._init_weights)
         nn.init.xavier_uniform_(self.encoder_to_decoder.weight)
         trunc_normal_(self.mask_token, std=0.02)
@@ -54,7 +63,8 @@ class PretrainVisionTransformer(nn.Module):
 
     def forward(self, video, visible, masked):
         """video [B, 3, T, H, W]; visible / masked long [B, N_visible] / [B, N_masked]: token
-        indices in token order (masking_generator.mask_indices) -> [B, N_masked, D]."""
+        indices in token order (masking_generator.mask_indices) -> [B, N_masked, D]
+        (and [B, N_masked, motion_dim] with a motion head)."""
         tokens = self.encoder_to_decoder(self.encoder.forward_features(video, visible))
         pos = self.pos_embed.to(tokens.dtype)  # [1, N, D]
         pos_visible = torch.take_along_dim(pos, visible[..., None], dim=1)
@@ -67,11 +77,11 @@ MODELS = {f"pretrain_videomae_{size}_patch16_224": size for size in SIZES}
 
 
 def build_student(name, img_size, patch_size, num_frames, tubelet_size, target_dim,
-                  drop_path_rate=0.0, use_checkpoint=False):
+                  drop_path_rate=0.0, use_checkpoint=False, motion_dim=0):
     """VideoMAE's model names pick the width; the geometry comes from the arguments."""
     if name not in MODELS:
         raise ValueError(f"unknown --model {name!r}; choose from {sorted(MODELS)}")
     return PretrainVisionTransformer(MODELS[name], img_size=img_size, patch_size=patch_size,
                                      num_frames=num_frames, tubelet_size=tubelet_size,
                                      target_dim=target_dim, drop_path_rate=drop_path_rate,
-                                     use_checkpoint=use_checkpoint)
+                                     use_checkpoint=use_checkpoint, motion_dim=motion_dim)

@@ -106,7 +106,7 @@ def build_loader(args, dataset, dist_info):
 
 # a checkpoint with other values of these belongs to another run (checkpoint.check_same_run)
 SAME_RUN = ("stage", "training_mode", "model", "num_frames", "input_size", "patch_size",
-            "tubelet_size", "target_type", "teacher_model")
+            "tubelet_size", "target_type", "teacher_model", "teacher_frames")
 
 
 def main(args):
@@ -131,7 +131,9 @@ def main(args):
     model_kwargs = dict(name=args.model, img_size=args.input_size, patch_size=args.patch_size,
                         num_frames=args.num_frames, tubelet_size=args.tubelet_size,
                         target_dim=teachers.target_dim(args), drop_path_rate=args.drop_path,
-                        use_checkpoint=args.use_checkpoint)
+                        use_checkpoint=args.use_checkpoint, motion_dim=teachers.motion_dim(args))
+    motion_target = teachers.PixelTarget(args.patch_size, args.tubelet_size, motion=True).to(
+        dist_info.device)
     model = modeling_pretrain.build_student(**model_kwargs).to(dist_info.device)
     if args.compile:  # in place: the state dict keeps its keys
         model.compile()
@@ -141,12 +143,16 @@ def main(args):
                                     weight_decay=args.weight_decay, betas=tuple(args.opt_betas),
                                     fused=True)  # one kernel; skips non-finite steps on device
     scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
+    target = args.target_type if args.target_type == "pixel" else (
+        f"{args.teacher_model} on {'every' if args.teacher_frames == 'all' else 'the first'} "
+        "frame of each tubelet")
+    if args.motion_loss_weight:
+        target += f", motion loss x{args.motion_loss_weight:g}"
     log.info("%s videos, %d steps/epoch x %d epochs, batch %d clips (%d per video) x %d "
              "processes x %d masks; lr %.3e (base %.3e per 256), stage %d: mask %s, infusion "
              "p=%.2f, teacher %s", len(dataset), len(loader), args.epochs, args.batch_size,
-             args.repeated_sampling, dist_info.world_size, args.num_masks_per_clip, args.scaled_lr, args.lr, args.stage,
-             args.mask_type, args.infusion_prob,
-             args.target_type if args.target_type == "pixel" else args.teacher_model)
+             args.repeated_sampling, dist_info.world_size, args.num_masks_per_clip,
+             args.scaled_lr, args.lr, args.stage, args.mask_type, args.infusion_prob, target)
 
     def load_first_stage(model):  # stage 2 starts here, unless fit finds this run to resume
         state = checkpoint.load_checkpoint(args.first_stage_path)
@@ -163,7 +169,8 @@ def main(args):
 
     def step(model, optimizer, batch, lr, i):
         return train_step(model, teacher, batch, optimizer, lr, args.precision,
-                          dist_info.device, args.target_norm, args.clip_grad, scaler)
+                          dist_info.device, args.target_norm, args.clip_grad, scaler,
+                          motion_target, args.motion_loss_weight)
 
     code, _ = training.fit(args, dist_info, model, optimizer, loader, sampler, dataset, step,
                            SAME_RUN, scaler=scaler, model_kwargs=model_kwargs,

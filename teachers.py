@@ -2,7 +2,9 @@
 
 Every target maps the ImageNet-normalised student input video [B, 3, T, H, W] to targets
 [B, N, D] in student token order (n = t * H'W' + h * W' + w). Feature teachers see the first
-frame of each tubelet; their weights never change and they always stay in eval mode.
+frame of each tubelet (the paper's), or with --teacher_frames all every frame, a token's
+target then being its frames' features side by side [B, N, tubelet * D]; their weights never
+change and they always stay in eval mode. MotionTarget is the --motion_loss_weight term's.
 """
 import logging
 import os
@@ -42,6 +44,14 @@ def add_args(parser):
                        choices=("clip_channel", "token_layernorm", "none"),
                        help="clip_channel (released default for features): per clip and channel "
                             "over all tokens; token_layernorm; none (default for pixels)")
+    group.add_argument("--teacher_frames", default="first", choices=("first", "all"),
+                       help="first: the teacher sees each tubelet's first frame (the paper's); "
+                            "all: every frame, so the target keeps the motion inside a tubelet "
+                            "(teacher cost x tubelet_size)")
+    group.add_argument("--motion_loss_weight", type=float, default=0.0,
+                       help="weight of an extra loss on masked tokens: a second decoder head "
+                            "regresses the per-patch normalised pixel difference between a "
+                            "tubelet's frames (0 = off, the paper's)")
     group.add_argument("--teacher_input_norm", default="imagenet", choices=("imagenet", "clip"),
                        help="imagenet: the student's input as is (what the released models "
                             "used); clip: re-normalised with CLIP's mean/std")
@@ -49,7 +59,14 @@ def add_args(parser):
 
 
 def check_args(args):
+    if args.motion_loss_weight < 0 or args.motion_loss_weight and args.tubelet_size < 2:
+        raise ValueError(f"--motion_loss_weight {args.motion_loss_weight} needs a weight >= 0 "
+                         f"and --tubelet_size >= 2 (got {args.tubelet_size}): the term is the "
+                         "change between a tubelet's frames")
     if args.target_type == "pixel":
+        if args.teacher_frames != "first":
+            raise ValueError("--teacher_frames is for feature targets: the pixel target "
+                             "already holds every frame of a tubelet")
         return
     weights = args.teacher_weights
     if weights is None:
@@ -76,11 +93,13 @@ class FrameTeacher(nn.Module):
     """Wraps an image backbone; `tokens_fn(backbone, images [M, 3, h, w]) -> [M, h'w', D]` takes
     the backbone as an argument so that swapping `self.backbone` (compiled, wrapped) is seen."""
 
-    def __init__(self, backbone, tokens_fn, patch_size, grid, tubelet_size, input_norm):
+    def __init__(self, backbone, tokens_fn, patch_size, grid, tubelet_size, input_norm,
+                 all_frames=False):
         super().__init__()
         self.backbone = backbone.eval().requires_grad_(False)
         self.tokens_fn = tokens_fn
         self.patch_size, self.grid, self.tubelet_size = patch_size, grid, tubelet_size
+        self.frames_per_token = tubelet_size if all_frames else 1
         if input_norm == "clip":  # undo ImageNet's mean/std, apply CLIP's
             scale = [i / c for i, c in zip(IMAGENET_STD, CLIP_STD)]
             shift = [(m - c) / s for m, c, s in zip(IMAGENET_MEAN, CLIP_MEAN, CLIP_STD)]
@@ -94,8 +113,8 @@ class FrameTeacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, video):
-        frames = video[:, :, ::self.tubelet_size]
-        batch, channels, steps, height, width = frames.shape
+        frames = video if self.frames_per_token > 1 else video[:, :, ::self.tubelet_size]
+        batch, channels, steps, height, width = frames.shape  # one batched pass over B * steps
         images = frames.transpose(1, 2).reshape(batch * steps, channels, height, width)
         images = images * self.scale + self.shift
         _, grid_h, grid_w = self.grid
@@ -104,7 +123,9 @@ class FrameTeacher(nn.Module):
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         dtype = next(self.backbone.parameters()).dtype
         tokens = self.tokens_fn(self.backbone, images.to(dtype)).float()
-        return tokens.reshape(batch, steps * grid_h * grid_w, -1)
+        k = self.frames_per_token  # [B, T'k, hw, D] -> [B, T' hw, k D]: a token's frames
+        tokens = tokens.reshape(batch, steps // k, k, grid_h * grid_w, tokens.shape[-1])
+        return tokens.transpose(2, 3).reshape(batch, steps // k * grid_h * grid_w, -1)
 
 
 def build_clip_visual(arch, image_size):
@@ -165,7 +186,7 @@ def build_teacher(args, grid):
         prefix = backbone.num_prefix_tokens
         tokens_fn = lambda model, images: model.forward_features(images)[:, prefix:]  # noqa: E731
     return FrameTeacher(backbone, tokens_fn, patch, grid, args.tubelet_size,
-                        args.teacher_input_norm)
+                        args.teacher_input_norm, all_frames=args.teacher_frames == "all")
 
 
 def set_precision(teacher, precision):
@@ -182,16 +203,25 @@ def set_precision(teacher, precision):
 def target_dim(args):
     if args.target_type == "pixel":
         return args.tubelet_size * args.patch_size ** 2 * 3
-    return TEACHERS[args.teacher_model][3]
+    frames = args.tubelet_size if args.teacher_frames == "all" else 1
+    return frames * TEACHERS[args.teacher_model][3]
+
+
+def motion_dim(args):
+    """Width of the motion head's target: 0 when --motion_loss_weight is off."""
+    return (args.tubelet_size - 1) * args.patch_size ** 2 * 3 if args.motion_loss_weight else 0
 
 
 class PixelTarget(nn.Module):
     """VideoMAE's target: the tubelet's pixels (0..1), normalised per patch and channel over
-    its tubelet*patch² positions, flattened to tubelet*patch²*3 values."""
+    its tubelet*patch² positions, flattened to tubelet*patch²*3 values. With `motion` it is
+    the difference between the tubelet's consecutive frames instead ((tubelet-1)*patch²*3
+    values, normalised the same way): what changes inside a token, the --motion_loss_weight
+    term's target."""
 
-    def __init__(self, patch_size, tubelet_size):
+    def __init__(self, patch_size, tubelet_size, motion=False):
         super().__init__()
-        self.patch_size, self.tubelet_size = patch_size, tubelet_size
+        self.patch_size, self.tubelet_size, self.motion = patch_size, tubelet_size, motion
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1),
                              persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1),
@@ -201,8 +231,11 @@ class PixelTarget(nn.Module):
     def forward(self, video):
         from einops import rearrange
         pixels = video.float() * self.std + self.mean
-        patches = rearrange(pixels, "b c (t pt) (h ph) (w pw) -> b (t h w) (pt ph pw) c",
+        patches = rearrange(pixels, "b c (t pt) (h ph) (w pw) -> b (t h w) pt (ph pw) c",
                             pt=self.tubelet_size, ph=self.patch_size, pw=self.patch_size)
+        if self.motion:
+            patches = patches[:, :, 1:] - patches[:, :, :-1]
+        patches = patches.flatten(2, 3)
         patches = (patches - patches.mean(dim=-2, keepdim=True)) / (
             patches.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
         return rearrange(patches, "b n p c -> b n (p c)")

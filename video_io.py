@@ -150,7 +150,7 @@ DECODERS = {"decord": decode_decord, "pyav": decode_pyav, "torchcodec": decode_t
 def check_backend(backend):
     """ValueError (one line) when the chosen decoder is not installed."""
     try:
-        __import__({"torchcodec": "torchcodec.decoders"}.get(backend, backend))
+        __import__({"torchcodec": "torchcodec.decoders", "pyav": "av"}.get(backend, backend))
     except (ImportError, OSError, RuntimeError) as err:  # torchcodec: no FFmpeg libraries
         raise ValueError(f"--video_backend {backend} is not usable here ({type(err).__name__}: "
                          f"{str(err).splitlines()[0][:200]}); use decord or pyav") from err

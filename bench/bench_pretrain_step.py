@@ -44,6 +44,8 @@ def get_args():
     p.add_argument("--mask_ratio", type=float, default=0.8)
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--teacher_setup", default="ours", choices=("ours", "authors"))
+    p.add_argument("--teacher_frames", default="first", choices=("first", "all"))
+    p.add_argument("--motion_loss_weight", type=float, default=0.0)
     p.add_argument("--use_checkpoint", action="store_true", help="student gradient checkpointing")
     p.add_argument("--compile", action="store_true", help="torch.compile student and teacher")
     p.add_argument("--steps", type=int, default=10)
@@ -91,7 +93,8 @@ def main():
     grid = token_grid(a.num_frames, a.input_size, 16, 2)
     targs = argparse.Namespace(target_type="feature", teacher_model=a.teacher_model,
                                teacher_weights="random", teacher_input_norm="imagenet",
-                               patch_size=16, tubelet_size=2)
+                               patch_size=16, tubelet_size=2, teacher_frames=a.teacher_frames,
+                               motion_loss_weight=a.motion_loss_weight)
     teacher = teachers.build_teacher(targs, grid).to(device)
     if a.teacher_setup == "authors":
         teacher = authors_teacher(teacher)
@@ -99,7 +102,9 @@ def main():
         teacher = teachers.set_precision(teacher, a.precision)
     student = modeling_pretrain.build_student(a.model, a.input_size, 16, a.num_frames, 2,
                                               teachers.target_dim(targs),
-                                              use_checkpoint=a.use_checkpoint).to(device)
+                                              use_checkpoint=a.use_checkpoint,
+                                              motion_dim=teachers.motion_dim(targs)).to(device)
+    motion_target = teachers.PixelTarget(16, 2, motion=True).to(device)
     optimizer = create_optimizer_v2(student, opt="adamw", lr=1e-4, weight_decay=0.05,
                                     betas=(0.9, 0.95), fused=True)  # as training
     scaler = torch.amp.GradScaler("cuda") if a.precision == "fp16" else None
@@ -119,7 +124,8 @@ def main():
 
     def step():
         return engine.train_step(student, teacher, batch, optimizer, 1e-4, a.precision, device,
-                                 "clip_channel", scaler=scaler)
+                                 "clip_channel", scaler=scaler, motion_target=motion_target,
+                                 motion_weight=a.motion_loss_weight)
 
     x = normalize_video(video.to(device))
     teacher_flops = count_flops(lambda: teacher(x))
@@ -145,7 +151,8 @@ def main():
 
     print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} | "
           f"{a.model} + {a.teacher_model} ({a.teacher_setup} teacher) | {a.num_frames}x"
-          f"{a.input_size}^2, batch {a.batch_size}, mask {a.mask_ratio}, {a.precision}")
+          f"{a.input_size}^2, batch {a.batch_size}, mask {a.mask_ratio}, {a.precision}, teacher "
+          f"on {a.teacher_frames} frames, motion loss x{a.motion_loss_weight:g}")
     print(f"clips/s                  {a.batch_size / step_time:10.1f}")
     print(f"step time                {1000 * step_time:10.1f} ms")
     print(f"teacher share of step    {teacher_time / step_time:10.1%}")
@@ -157,6 +164,10 @@ def main():
              if device.type == "cuda" else ""))
     if device.type == "cuda":
         print(f"peak memory              {torch.cuda.max_memory_allocated() / 2**30:10.2f} GiB")
+    else:  # the whole process's peak resident memory (Linux reports KiB)
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(f"peak process memory      {peak:10.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,89 @@
+"""Issue 12's targets that keep the motion inside a tubelet: --teacher_frames all and
+--motion_loss_weight (shapes, hand-computed targets, and what they do to the patch embedding)."""
+import itertools
+
+import pytest
+import torch
+
+import engine_for_pretraining as engine
+import teachers
+from test_pretraining import loader_batch, random_mask, teacher_args, tiny_student
+
+
+def build(teacher_model="clip_vit_tiny", frames="first", motion=0.0, frames_in=4):
+    args = teacher_args(teacher_model=teacher_model, teacher_frames=frames,
+                        motion_loss_weight=motion)
+    teacher = teachers.build_teacher(args, (frames_in // 2, 2, 2))
+    student = tiny_student(teachers.target_dim(args), frames=frames_in)
+    if motion:
+        student = tiny_student(teachers.target_dim(args), frames=frames_in)
+        student.decoder.__init__(96, 4, 3, teachers.target_dim(args),
+                                 motion_dim=teachers.motion_dim(args))
+    return args, teacher, student
+
+
+@pytest.mark.parametrize("teacher_model", ["clip_vit_tiny", "dino_vit_s16", "dinov2_vit_s14"])
+def test_all_frames_target_shape(teacher_model):
+    args, teacher, _ = build(teacher_model, "all")
+    width = teachers.TEACHERS[teacher_model][3]
+    assert teachers.target_dim(args) == 2 * width
+    assert teacher(torch.randn(2, 3, 4, 32, 32)).shape == (2, 8, 2 * width)
+
+
+@pytest.mark.parametrize("frames,motion,masks_per_clip",
+                         list(itertools.product(["first", "all"], [0.0, 0.5], [1, 2])))
+def test_every_combination_trains(frames, motion, masks_per_clip):
+    torch.manual_seed(0)
+    args, teacher, student = build(frames=frames, motion=motion)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, fused=True)
+    mask = torch.stack([random_mask(3, 8, 6, seed=s) for s in range(masks_per_clip)], 1)
+    video = torch.randint(0, 255, (3, 3, 4, 32, 32), dtype=torch.uint8)
+    batch = loader_batch(video, mask if masks_per_clip > 1 else mask[:, 0])
+    motion_target = teachers.PixelTarget(16, 2, motion=True)
+    out = engine.train_step(student, teacher, batch, optimizer, 1e-3, "fp32",
+                            torch.device("cpu"), "clip_channel", motion_target=motion_target,
+                            motion_weight=motion)
+    assert torch.isfinite(out["loss"])
+    assert ("motion_loss" in out) == bool(motion)
+    if motion:
+        assert torch.allclose(out["loss"], out["feature_loss"] + motion * out["motion_loss"])
+    pred = student(torch.randn(3, 3, 4, 32, 32), *batch[3:5] if masks_per_clip == 1 else
+                   (batch[3][:, 0], batch[4][:, 0]))
+    feature_pred = pred[0] if motion else pred
+    assert feature_pred.shape == (3, 6, teachers.target_dim(args))
+    if motion:
+        assert pred[1].shape == (3, 6, 16 * 16 * 3)
+
+
+def test_all_frames_target_is_the_teacher_on_each_frame():
+    torch.manual_seed(0)
+    _, teacher, _ = build(frames="all", frames_in=4)
+    video = torch.randn(2, 3, 4, 32, 32)
+    target = teacher(video)  # [2, T'=2 x 2 x 2, 2 x 192]
+    for b, frame in itertools.product(range(2), range(4)):
+        tokens = teacher.backbone(video[b:b + 1, :, frame])[1][0]  # [4 patches, 192] by hand
+        t, k = divmod(frame, 2)
+        assert torch.allclose(target[b, t * 4:(t + 1) * 4, k * 192:(k + 1) * 192], tokens,
+                              atol=1e-5)
+    first = build(frames="first", frames_in=4)[1]
+    first.backbone.load_state_dict(teacher.backbone.state_dict())
+    assert torch.allclose(first(video), target[..., :192], atol=1e-5)  # 'first' is its half
+    # normalisation treats each frame's features as a token of their own
+    per_frame = engine.normalize_target(target.reshape(2, 16, 192), "clip_channel")
+    assert torch.allclose(engine.normalize_target(target, "clip_channel", 2),
+                          per_frame.reshape(2, 8, 384), atol=1e-6)
+
+
+def test_motion_target_by_hand():
+    from utils import IMAGENET_MEAN, IMAGENET_STD, normalize_video
+    raw = torch.randint(0, 255, (1, 3, 4, 32, 32), dtype=torch.uint8)
+    target = teachers.PixelTarget(16, 2, motion=True)(normalize_video(raw))
+    assert target.shape == (1, 8, 16 * 16 * 3)
+    pixels = raw.double() / 255
+    t, h, w = 1, 0, 1  # token 1 * 4 + 0 * 2 + 1 = 5: frames 2 and 3, rows 0-15, columns 16-31
+    diff = (pixels[0, :, 2 * t + 1, h * 16:(h + 1) * 16, w * 16:(w + 1) * 16]
+            - pixels[0, :, 2 * t, h * 16:(h + 1) * 16, w * 16:(w + 1) * 16])  # [3, 16, 16]
+    diff = diff.reshape(3, 256)
+    expected = (diff - diff.mean(1, keepdim=True)) / (diff.std(1, keepdim=True) + 1e-6)
+    assert torch.allclose(target[0, 5].reshape(256, 3).T.double(), expected, atol=1e-4)
+    del IMAGENET_MEAN, IMAGENET_STD
