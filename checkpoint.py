@@ -190,7 +190,8 @@ def resume_position(state, args, epoch, next_batch):
                        saved.get("repeated_sampling", 1)) != (
             args.batch_size, args.total_batch_size, repeats):
         log.warning("the checkpoint stopped mid-epoch with batch %s x %s processes (repeats "
-                    "%s), this run has %s x %s (%s): the rest of epoch %d is skipped, training goes on at epoch %d",
+                    "%s), this run has %s x %s (%s): the rest of epoch %d is skipped, training "
+                    "goes on at epoch %d",
                     saved.get("batch_size"), saved.get("total_batch_size", 0) // max(
                         saved.get("batch_size") or 1, 1), saved.get("repeated_sampling", 1),
                     args.batch_size, args.total_batch_size // args.batch_size, repeats,

@@ -133,7 +133,7 @@ def main(args):
                         target_dim=teachers.target_dim(args), drop_path_rate=args.drop_path,
                         use_checkpoint=args.use_checkpoint, motion_dim=teachers.motion_dim(args))
     motion_target = teachers.PixelTarget(args.patch_size, args.tubelet_size, motion=True).to(
-        dist_info.device)
+        dist_info.device) if args.motion_loss_weight else None
     model = modeling_pretrain.build_student(**model_kwargs).to(dist_info.device)
     if args.compile:  # in place: the state dict keeps its keys
         model.compile()

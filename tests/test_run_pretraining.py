@@ -86,7 +86,7 @@ def test_repeated_sampling_through_both_stages(tmp_path):
         scale = 4 / 256  # the last of 8 steps sits where the 8-step schedule puts it
         last_lr = utils.cosine_lr(7, 1e-2 * scale, 1e-5 * scale, 4, 8, 1e-6 * scale)
         assert "epoch 2/2 step 4/4  loss" in log and f"lr {last_lr:.3e}" in log, log
-    code, log = cli(*TINY, "--num_synthetic_clips", "16", "--batch_size", "3", "--epochs", "1",
+    code, log = cli(*TINY, "--num_synthetic_clips", "16", "--batch_size", "3", "--epochs", "2",
                     "--repeated_sampling", "2", "--output_dir", str(tmp_path / "odd"))
     assert code == 2 and "--batch_size 3 must be a multiple of --repeated_sampling 2" in log
 
@@ -211,7 +211,7 @@ def test_multiple_masks_schedule_counts_real_steps(tmp_path):
                     "--warmup_epochs", "0",
                     "--num_masks_per_clip", "2", "--output_dir", str(tmp_path))
     assert code == 0, log
-    assert "4 steps/epoch x 1 epochs, batch 4 x 1 processes x 2 masks" in log
+    assert "4 steps/epoch x 1 epochs, batch 4 clips (1 per video) x 1 processes x 2 masks" in log
     assert checkpoint.load_checkpoint(str(tmp_path / "checkpoint-0.pth"))["step"] == 4
 
 
