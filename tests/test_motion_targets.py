@@ -6,19 +6,18 @@ import pytest
 import torch
 
 import engine_for_pretraining as engine
+import modeling_pretrain
 import teachers
-from test_pretraining import loader_batch, random_mask, teacher_args, tiny_student
+from test_pretraining import loader_batch, random_mask, teacher_args
 
 
 def build(teacher_model="clip_vit_tiny", frames="first", motion=0.0, frames_in=4):
     args = teacher_args(teacher_model=teacher_model, teacher_frames=frames,
                         motion_loss_weight=motion)
     teacher = teachers.build_teacher(args, (frames_in // 2, 2, 2))
-    student = tiny_student(teachers.target_dim(args), frames=frames_in)
-    if motion:
-        student = tiny_student(teachers.target_dim(args), frames=frames_in)
-        student.decoder.__init__(96, 4, 3, teachers.target_dim(args),
-                                 motion_dim=teachers.motion_dim(args))
+    student = modeling_pretrain.build_student(
+        "pretrain_videomae_tiny_patch16_224", img_size=32, patch_size=16, num_frames=frames_in,
+        tubelet_size=2, target_dim=teachers.target_dim(args), motion_dim=teachers.motion_dim(args))
     return args, teacher, student
 
 
@@ -75,7 +74,7 @@ def test_all_frames_target_is_the_teacher_on_each_frame():
 
 
 def test_motion_target_by_hand():
-    from utils import IMAGENET_MEAN, IMAGENET_STD, normalize_video
+    from utils import normalize_video
     raw = torch.randint(0, 255, (1, 3, 4, 32, 32), dtype=torch.uint8)
     target = teachers.PixelTarget(16, 2, motion=True)(normalize_video(raw))
     assert target.shape == (1, 8, 16 * 16 * 3)
@@ -86,4 +85,3 @@ def test_motion_target_by_hand():
     diff = diff.reshape(3, 256)
     expected = (diff - diff.mean(1, keepdim=True)) / (diff.std(1, keepdim=True) + 1e-6)
     assert torch.allclose(target[0, 5].reshape(256, 3).T.double(), expected, atol=1e-4)
-    del IMAGENET_MEAN, IMAGENET_STD
