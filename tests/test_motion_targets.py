@@ -1,6 +1,7 @@
 """Issue 12's targets that keep the motion inside a tubelet: --teacher_frames all and
 --motion_loss_weight (shapes, hand-computed targets, and what they do to the patch embedding)."""
 import itertools
+import json
 
 import pytest
 import torch
@@ -80,8 +81,61 @@ def test_motion_target_by_hand():
     assert target.shape == (1, 8, 16 * 16 * 3)
     pixels = raw.double() / 255
     t, h, w = 1, 0, 1  # token 1 * 4 + 0 * 2 + 1 = 5: frames 2 and 3, rows 0-15, columns 16-31
-    diff = (pixels[0, :, 2 * t + 1, h * 16:(h + 1) * 16, w * 16:(w + 1) * 16]
-            - pixels[0, :, 2 * t, h * 16:(h + 1) * 16, w * 16:(w + 1) * 16])  # [3, 16, 16]
-    diff = diff.reshape(3, 256)
-    expected = (diff - diff.mean(1, keepdim=True)) / (diff.std(1, keepdim=True) + 1e-6)
+    tubelet = pixels[0, :, 2 * t:2 * t + 2, h * 16:(h + 1) * 16, w * 16:(w + 1) * 16]
+    tubelet = tubelet.reshape(3, 2 * 256)  # VideoMAE's normalisation, per channel
+    tubelet = (tubelet - tubelet.mean(1, keepdim=True)) / (tubelet.std(1, keepdim=True) + 1e-6)
+    expected = tubelet[:, 256:] - tubelet[:, :256]  # then frame 3 - frame 2
     assert torch.allclose(target[0, 5].reshape(256, 3).T.double(), expected, atol=1e-4)
+
+
+def test_motion_target_of_a_still_patch_is_small_whatever_its_noise():
+    from utils import normalize_video
+    torch.manual_seed(0)
+    still = torch.randint(40, 200, (1, 3, 1, 32, 32)).repeat(1, 1, 4, 1, 1)
+    noisy = (still + torch.randint(-2, 3, still.shape)).to(torch.uint8)  # codec-like noise
+    moving = still.clone().to(torch.uint8)
+    moving[:, :, 3] = torch.roll(still[:, :, 3], 4, dims=-1)  # a 4 px shift inside tubelet 1
+    motion = teachers.PixelTarget(16, 2, motion=True)
+    noise_energy = motion(normalize_video(noisy)).square().mean()
+    move_energy = motion(normalize_video(moving))[:, 4:].square().mean()
+    assert noise_energy < 0.05 < 1 < move_energy  # a unit-variance target would be ~1 for both
+
+
+def test_difference_share_separates_averaging_from_change():
+    from tools.temporal_filters import difference_share
+    torch.manual_seed(0)
+    frame = torch.randn(64, 3, 1, 16, 16)
+    averaging, change = torch.cat([frame, frame], 2), torch.cat([frame, -frame], 2)
+    first_only = torch.cat([frame, torch.zeros_like(frame)], 2)
+    assert difference_share(averaging) == pytest.approx(0, abs=1e-12)
+    assert difference_share(change) == pytest.approx(1)
+    assert difference_share(first_only) == pytest.approx(0.5)  # sees the change, and the sum
+    assert difference_share(torch.randn(64, 3, 2, 16, 16)) == pytest.approx(0.5, abs=0.01)
+    mixed = torch.cat([averaging[:48], change[48:]])
+    assert difference_share(mixed) == pytest.approx(0.25, abs=0.01)  # energy-weighted
+    assert difference_share(mixed, per_filter=True).tolist() == pytest.approx([0] * 48 + [1] * 16)
+    longer = torch.cat([frame, frame, -frame], 2)  # pairs (0, 1) averaging, (1, 2) change
+    assert difference_share(longer) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="tubelet >= 2"):
+        difference_share(frame)
+
+
+def test_temporal_filters_reads_pretraining_and_fine_tuning_checkpoints(tmp_path, capsys):
+    from conftest import save_random_student
+    from tools import temporal_filters
+    pretrained = save_random_student(tmp_path / "pretrain.pth")
+    weights = torch.load(pretrained, weights_only=True)["model"]
+    encoder = {k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("enc")}
+    encoder["patch_embed.proj.weight"] = encoder["patch_embed.proj.weight"][:, :, :1].repeat(
+        1, 1, 2, 1, 1)  # a fine-tuned encoder that averages its tubelets, under DeepSpeed's key
+    torch.save({"module": encoder}, tmp_path / "finetuned.pth")
+    temporal_filters.main([pretrained, str(tmp_path / "finetuned.pth"),
+                           "--json", str(tmp_path / "shares.json")])
+    lines = capsys.readouterr().out.splitlines()
+    assert "pretrain.pth: difference share 0.5" in lines[0]  # a random init
+    assert "finetuned.pth: difference share 0.000" in lines[1] and "192 filters" in lines[1]
+    shares = json.loads((tmp_path / "shares.json").read_text())
+    assert shares[str(tmp_path / "finetuned.pth")]["filter_q90"] == pytest.approx(0)
+    torch.save({"model": {"head.weight": torch.zeros(2, 2)}}, tmp_path / "other.pth")
+    with pytest.raises(SystemExit, match="expected one video patch embedding"):
+        temporal_filters.main([str(tmp_path / "other.pth")])
