@@ -7,8 +7,9 @@
 # DATA_DIR holds train.csv / val.csv / test.csv ('PATH LABEL'), e.g. from
 # tools/synthetic_videos.py, whose classes differ only in the direction of motion.
 # Knobs (environment): SETTINGS ("first all motion pixel"), EPOCHS (60), LR (1.5e-2 per 256),
-# SEED (0), MODEL (tiny), TEACHER (clip_vit_tiny), TEACHER_WEIGHTS (random), FRAMES (8),
-# SIZE (112), BATCH (16), NB_CLASSES (4), DEVICE (cpu), WORKERS (2).
+# SEED (0; the pretraining's, the probes keep theirs), MODEL (tiny), TEACHER (clip_vit_tiny),
+# TEACHER_WEIGHTS (random), FRAMES (8), SIZE (112), BATCH (16), NB_CLASSES (4), DEVICE (cpu),
+# WORKERS (2). Each pretraining logs to OUT/SETTING.log (tail -f it to follow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -eq 2 ] || { echo "usage: $0 DATA_DIR OUT_DIR" >&2; exit 2; }
@@ -19,7 +20,7 @@ mkdir -p "$OUT"
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 SIZE=${SIZE:-112}; FRAMES=${FRAMES:-8}; MODEL=${MODEL:-tiny}; DEVICE=${DEVICE:-cpu}
 COMMON=(--num_frames "$FRAMES" --input_size "$SIZE" --sampling_rate 2 --device "$DEVICE"
-        --num_workers "${WORKERS:-2}" --batch_size "${BATCH:-16}" --seed "${SEED:-0}")
+        --num_workers "${WORKERS:-2}" --batch_size "${BATCH:-16}")
 SETTINGS=${SETTINGS:-first all motion pixel}
 for setting in $SETTINGS; do
     case $setting in first|all|motion|pixel) ;;
@@ -33,7 +34,7 @@ for setting in $SETTINGS; do
         motion) extra=(--motion_loss_weight 1);; pixel) extra=(--target_type pixel);;
     esac
     echo "== $setting: pretraining into $OUT/$setting (log: $OUT/$setting.log)"
-    "$PYTHON" run_smile_pretraining.py "${COMMON[@]}" "${extra[@]}" \
+    "$PYTHON" run_smile_pretraining.py "${COMMON[@]}" "${extra[@]}" --seed "${SEED:-0}" \
         --model "pretrain_videomae_${MODEL}_patch16_224" \
         --teacher_model "${TEACHER:-clip_vit_tiny}" \
         --teacher_weights "${TEACHER_WEIGHTS:-random}" --background video --mask_type tube \
