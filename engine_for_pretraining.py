@@ -60,14 +60,12 @@ def train_step(model, teacher, batch, optimizer, lr, precision, device, target_n
     set_lr(optimizer, lr)
     with autocast(device, precision):
         pred = model(video, visible, masked)
+    pred, motion_pred = pred if motion is not None else (pred, None)
+    loss = feature_loss(pred, target, masked)
     metrics = {}
     if motion is not None:
-        pred, motion_pred = pred
-        metrics = {"feature_loss": feature_loss(pred, target, masked),
-                   "motion_loss": feature_loss(motion_pred, motion, masked)}
-        loss = metrics["feature_loss"] + motion_weight * metrics["motion_loss"]
-    else:
-        loss = feature_loss(pred, target, masked)
+        metrics = {"feature_loss": loss, "motion_loss": feature_loss(motion_pred, motion, masked)}
+        loss = loss + motion_weight * metrics["motion_loss"]
     grad_norm = optimizer_step(model, optimizer, loss, scaler, clip_grad)
     return {"loss": loss.detach(), "grad_norm": grad_norm.detach(),  # read at the print step
             **{key: value.detach() for key, value in metrics.items()}}

@@ -4,7 +4,8 @@ Every target maps the ImageNet-normalised student input video [B, 3, T, H, W] to
 [B, N, D] in student token order (n = t * H'W' + h * W' + w). Feature teachers see the first
 frame of each tubelet (the paper's), or with --teacher_frames all every frame, a token's
 target then being its frames' features side by side [B, N, tubelet * D]; their weights never
-change and they always stay in eval mode. MotionTarget is the --motion_loss_weight term's.
+change and they always stay in eval mode. PixelTarget(motion=True) is the
+--motion_loss_weight term's target.
 """
 import logging
 import os
