@@ -7,6 +7,8 @@ epoch), `step` = epoch * steps_per_epoch + next_batch, `args` (a dict), the mode
 kwargs and the bad-file ledger. `checkpoint-N.pth` is the state at the end of epoch N counted
 from 0, so it stores epoch = N + 1 (VideoMAE's naming).
 """
+import contextlib
+import errno
 import glob
 import logging
 import os
@@ -15,7 +17,7 @@ import shutil
 
 import torch
 
-from errors import UsageError
+from errors import UsageError, WriteError
 
 log = logging.getLogger("smile")
 LATEST = "checkpoint-latest.pth"
@@ -33,12 +35,72 @@ class CheckpointError(UsageError):
 def save_checkpoint(path, state):
     """Write to a temporary file, flush it to disk, then rename over `path`: a crash or kill at
     any moment leaves either the old file or the new one, never a torn one."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    # what it needs: its tensors, or the file it replaces (the same state, with the format's
+    # overhead) if that is larger
+    _write_atomically(path, write, lambda: max(state_bytes(state), os.path.isfile(path) and
+                                               os.path.getsize(path)))
+
+
+def _write_atomically(path, write, needed_bytes):
+    """write(tmp) then rename to path. A failed write (a full disk, a quota: torch reports
+    those as a RuntimeError around the OSError) removes its temporary file, so it leaves the
+    disk as it found it, and raises WriteError with one line."""
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if not isinstance(err, Exception):
+            raise
+        raise WriteError(f"could not write {path}: {_cause(err)}; "
+                         f"{space_line(os.path.dirname(path) or '.', needed_bytes())}. The last "
+                         "checkpoint there is intact: free space (or raise the quota) and run "
+                         "the same command to resume") from err
+
+
+def _cause(err):
+    """The OSError behind an exception (torch's writer wraps it), else its first line."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return f"{os.strerror(seen.errno)} (errno {errno.errorcode.get(seen.errno, '?')})"
+        seen = seen.__cause__ or seen.__context__
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def state_bytes(obj):
+    """Bytes of the tensors in a (nested) state dict: the bulk of its file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_bytes(v) for v in obj)
+    return 0
+
+
+def training_state_bytes(model, optimizer):
+    """A training checkpoint's size from its tensors: the weights and the optimizer's state;
+    before the first step has created that, AdamW's two moments per trainable weight."""
+    moments = state_bytes(optimizer.state_dict()["state"]) or 2 * sum(
+        p.numel() * p.element_size() for group in optimizer.param_groups
+        for p in group["params"])
+    return state_bytes(model.state_dict()) + moments
+
+
+def gib(n):
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+def space_line(folder, needed):
+    return f"it needs {gib(needed)} and {folder} has {gib(shutil.disk_usage(folder).free)} free"
 
 
 def load_checkpoint(path):
@@ -75,10 +137,10 @@ def keep_epoch_checkpoint(output_dir, epoch, epochs, every, keep_last=0):
     the newest keep_last numbered files stay (a 300-epoch run must not fill a quota)."""
     if (epoch + 1) % every and epoch + 1 != epochs:
         return
-    path = os.path.join(output_dir, f"checkpoint-{epoch}.pth")
-    tmp = f"{path}.tmp.{os.getpid()}"
-    shutil.copyfile(os.path.join(output_dir, LATEST), tmp)
-    os.replace(tmp, path)
+    path, latest = os.path.join(output_dir, f"checkpoint-{epoch}.pth"), os.path.join(
+        output_dir, LATEST)
+    _write_atomically(path, lambda tmp: shutil.copyfile(latest, tmp),
+                      lambda: os.path.getsize(latest))
     if keep_last > 0:
         numbered = numbered_checkpoints(output_dir)
         for old in sorted(numbered)[:-keep_last]:
@@ -153,62 +215,14 @@ def load_model_weights(model, weights, path):
     model.load_state_dict(weights)
 
 
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
-
-
-def check_same_run(path, state, args, keys):
-    """Resume only this run: a checkpoint whose `keys` (stage, model, grid, ...) differ from
-    the arguments belongs to another run and stops with one line; other changed settings
-    (more --epochs, --num_workers, ...) are logged and resumed with."""
-    saved = state.get("args") or {}
-    new = vars(args)
-    changed = {k: (saved[k], new[k]) for k in saved.keys() & new.keys()
-               if _plain(saved[k]) != _plain(new[k])}
-    clash = [k for k in keys if k in changed]
-    if clash:
-        if "stage" in clash:
-            raise CheckpointError(path, f"{os.path.dirname(path) or '.'} holds a stage-"
-                                        f"{saved['stage']} run and this is stage {new['stage']}; "
-                                        "give each stage its own --output_dir")
-        what = ", ".join(f"--{k} {changed[k][0]} (now {changed[k][1]})" for k in clash)
-        raise CheckpointError(path, f"it was written by another run: {what}; use another "
-                                    "--output_dir, or the same arguments to resume")
-    ignored = {"resume", "auto_resume", "local_rank", "log_dir", "output_dir", "config"}
-    notes = [f"{k} {a} -> {b}" for k, (a, b) in sorted(changed.items()) if k not in ignored]
-    if notes:
-        log.info("resuming %s with changed settings: %s", path, ", ".join(notes))
-
-
-def resume_position(state, args, epoch, next_batch):
-    """(epoch, batch) to start at. Mid-epoch, the saved batch index counts batches of the old
-    size and process count; with another batch size, world size or --repeated_sampling it
-    would skip the wrong clips, so the run starts at the next epoch instead (and says so)."""
-    saved = state.get("args") or {}
-    repeats = getattr(args, "repeated_sampling", 1)  # samples per batch = batch / repeats
-    if next_batch and (saved.get("batch_size"), saved.get("total_batch_size"),
-                       saved.get("repeated_sampling", 1)) != (
-            args.batch_size, args.total_batch_size, repeats):
-        log.warning("the checkpoint stopped mid-epoch with batch %s x %s processes (repeats "
-                    "%s), this run has %s x %s (%s): the rest of epoch %d is skipped, training "
-                    "goes on at epoch %d",
-                    saved.get("batch_size"), saved.get("total_batch_size", 0) // max(
-                        saved.get("batch_size") or 1, 1), saved.get("repeated_sampling", 1),
-                    args.batch_size, args.total_batch_size // args.batch_size, repeats,
-                    epoch + 1, epoch + 2)
-        return epoch + 1, 0
-    return epoch, next_batch
-
-
 def restore(state, model, optimizer, scaler=None, model_ema=None, path=""):
-    """Load a training checkpoint into the pieces; returns (epoch, next_batch) to start at."""
+    """Load a training checkpoint into the pieces (resume_position says where to start)."""
     load_model_weights(model, state["model"], path)
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     if model_ema is not None and state.get("model_ema"):
         model_ema.load_state_dict(state["model_ema"])
-    return state["epoch"], state["next_batch"]
 
 
 def training_state(model, optimizer, epoch, next_batch, steps_per_epoch, args, scaler=None,

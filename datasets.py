@@ -229,6 +229,7 @@ class PretrainingDataset(_RetryingDataset):
         self.grid = mask_generator.grid
         self.images = list_images(args.background_path) if args.background == "image" else None
         self.file_paths = [p for p, _ in entries] if entries else self.images or []
+        self.list_digest = getattr(entries, "digest", None)  # what a resume compares
 
     def __len__(self):
         if self.entries is not None:
@@ -312,6 +313,7 @@ class VideoClsDataset(_RetryingDataset):
         super().__init__(args.seed, args.max_retries)
         self.eval_failures = {}  # path -> reason
         self.file_paths = [p for p, _ in entries]
+        self.list_digest = getattr(entries, "digest", None)  # what a resume compares
         self.args, self.entries, self.mode = args, entries, mode
         self.segment_sampling, self.flip = segment_sampling, flip
         self.num_segments = args.test_num_segment if mode == "test" else 1

@@ -1,5 +1,4 @@
-"""Processes: process groups, seeding, the resumable sampler, model wrapping and stop signals."""
-import functools
+"""Processes: process groups, seeding, the resumable sampler, model wrapping, agreeing to stop."""
 import gc
 import os
 import random
@@ -13,8 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn  # noqa: F401  (before the process group: see init_distributed)
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-
+import stop_signals
 
 @dataclass
 class Dist:
@@ -96,66 +94,50 @@ def all_gather_objects(obj, dist_info):
     return parts
 
 
+def first_of_ranks(value, dist_info):
+    """The lowest rank's value that is not None, on every rank (e.g. an error that one rank
+    met and all must stop for)."""
+    return next(filter(lambda v: v is not None, all_gather_objects(value, dist_info)), None)
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def _worker_stop_signal(signum, frame):
-    signal.signal(signum, signal.SIG_DFL)  # a second one (e.g. a terminate at exit) ends us
-
-
 def seed_worker(worker_id):
-    """DataLoader workers: distinct, reproducible seeds, and deaf to the first stop signal.
-    SLURM (scancel, pre-emption, a time limit) signals every process of the job step, workers
-    included; a worker that died of it would take the run down (torch raises in the main
-    process when a worker dies) before the main process could save. The main process saves
-    and then shuts its workers down itself."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _worker_stop_signal)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by start_workers
+    """DataLoader workers: distinct, reproducible seeds, and deaf to stop signals (torch gives
+    its workers a SIGTERM handler that dies of any SIGTERM the parent did not send: SLURM
+    signals every process of a job step, and a dead worker takes the run down before it can
+    save). The handler of stop_signals.py is put back; it ignores them in a worker."""
+    flag = stop_signals.stop_flag()
+    for sig in stop_signals.STOP_SIGNALS:
+        signal.signal(sig, flag.handle)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals.STOP_SIGNALS)  # see start_workers
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
 
 
 def start_workers(loader):
-    """iter(loader) with the stop signals blocked while the workers are forked: a signal that
+    """iter(loader) with the stop signals blocked while the workers are forked: one that
     arrives before a worker has run seed_worker waits, and is then ignored by it. The main
     process gets its own copy as soon as the workers exist."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals.STOP_SIGNALS)
     try:
         return iter(loader)
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals.STOP_SIGNALS)
 
 
-class StopFlag:
-    """SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 set a flag that the training loop checks after each
-    step (with several processes: at each print step, where the ranks meet), so it can save
-    and exit cleanly instead of dying mid-step. A second Ctrl-C stops at once, for a run that
-    cannot reach the end of its step."""
-
-    def __init__(self):
-        self.signal = None
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.signal == "SIGINT" and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-
-    def __bool__(self):
-        return self.signal is not None
-
-
-@functools.lru_cache(maxsize=None)
-def stop_flag():
-    """The process's one StopFlag, installed by the first call (training.run_cli makes it
-    before any work, so a signal during start-up is kept too)."""
-    return StopFlag()
+def stop_workers(batches):
+    """End a loader iterator's workers now, also when an exception leaves the loop (torch keeps
+    the iterator of a re-raised worker exception alive in a reference cycle until exit). A
+    worker still busy after torch's grace period gets its SIGTERM inside `shutting_down`, the
+    one window in which workers die of it."""
+    with stop_signals.stop_flag().shutting_down():
+        getattr(batches, "_shutdown_workers", lambda: None)()
 
 
 def stop_requested(flag, dist_info):

@@ -6,9 +6,10 @@ unfinished run):
     1  the training itself failed (e.g. a non-finite loss): the last checkpoint is intact
     2  a usage error: a flag, list, folder or checkpoint that cannot work, found before work
     3  a data abort: too much of the data cannot be read (see OUTPUT_DIR/bad_files.tsv)
+    4  a file could not be written (a full disk, a quota): the last checkpoint is intact
 """
 
-EXIT_FAILED, EXIT_USAGE, EXIT_DATA = 1, 2, 3
+EXIT_FAILED, EXIT_USAGE, EXIT_DATA, EXIT_WRITE = 1, 2, 3, 4
 
 
 class UsageError(ValueError):
@@ -38,3 +39,10 @@ class NonFiniteLossError(RuntimeError):
     """The loss is NaN or infinite: the update is not applied and the run stops."""
 
     exit_code = EXIT_FAILED
+
+
+class WriteError(RuntimeError):
+    """A checkpoint or log that could not be written (no space, quota, I/O error): one line
+    naming the folder, the bytes needed and the bytes free; nothing else is lost."""
+
+    exit_code = EXIT_WRITE

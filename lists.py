@@ -1,5 +1,6 @@
 """Annotation lists, parsed once and strictly, the same way for pretraining, fine-tuning,
 evaluation, the probe and tools/check_videos.py."""
+import hashlib
 import os
 
 from errors import UsageError
@@ -35,15 +36,24 @@ def parse_line(line, require_label=True):
                      f"got {line!r}")
 
 
+class AnnotationList(list):
+    """[(path, label)] as read, and `digest`: a hash of the entries as written in the list
+    (paths before resolving, labels, order), so the same list moved elsewhere keeps it and any
+    other list (other files, order or length) does not: what a resumed run compares."""
+
+    digest = None
+
+
 def read_list(path, root="", require_label=True):
-    """A VideoMAE list (see parse_line) -> [(path, label)]. Relative paths resolve against
-    `root` (--data_root), else against the list's own folder, never the working directory
-    (on SLURM, wherever sbatch ran)."""
+    """A VideoMAE list (see parse_line) -> AnnotationList [(path, label)]. Relative paths
+    resolve against `root` (--data_root), else against the list's own folder, never the
+    working directory (on SLURM, wherever sbatch ran). A byte-order mark (Excel, Windows
+    editors) is not part of the first path."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"annotation list {path} not found")
     root = root or os.path.dirname(os.path.abspath(path))
-    entries = []
-    with open(path, encoding="utf-8") as f:
+    entries, digest = AnnotationList(), hashlib.sha256()
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, start=1):
             try:
                 entry = parse_line(line, require_label)
@@ -59,8 +69,10 @@ def read_list(path, root="", require_label=True):
                                      f"integer (line {line.strip()!r}); labels are class "
                                      "numbers")
             entries.append((video, entry[1]))
+            digest.update(f"{entry[0]}\t{entry[1]}\n".encode())
     if not entries:
         raise UsageError(f"annotation list {path} has no entries")
+    entries.digest = digest.hexdigest()[:16]
     return entries
 
 

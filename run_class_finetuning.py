@@ -7,6 +7,8 @@
 Every mode writes OUTPUT_DIR/results.json (top1, top5, class_mean_top1 in percent, num_videos,
 num_failed, ...).
 """
+import stop_signals  # noqa: F401  first: a stop signal that comes during the imports is kept
+
 import argparse
 import json
 import logging
@@ -26,15 +28,13 @@ import datasets
 import distributed
 import engine_for_finetuning as engine
 import modeling_finetune
+import outputs
 import training
 import utils
 from errors import DataAbort, UsageError
 
 log = logging.getLogger("smile")
 MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
-# a checkpoint with other values of these belongs to another run (checkpoint.check_same_run)
-SAME_RUN = ("model", "num_frames", "input_size", "patch_size", "tubelet_size", "data_set",
-            "nb_classes", "linear_probe")
 
 
 def get_args_parser():
@@ -135,7 +135,8 @@ def eval_loader(args, dataset, dist_info):
     if args.dist_eval and dist_info.world_size > 1:
         indices = indices[dist_info.rank::dist_info.world_size]
     return DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=args.batch_size,
-                      num_workers=args.num_workers, shuffle=False)
+                      num_workers=args.num_workers, shuffle=False,
+                      worker_init_fn=distributed.seed_worker)  # workers outlive stop signals
 
 
 def name_failures(args, failed, entries, split):
@@ -225,8 +226,7 @@ def test(model, args, dist_info, nb_classes, mode):
 
 def main(args):
     dist_info = distributed.init_distributed(args.device, args.local_rank, args.enable_deepspeed)
-    os.makedirs(args.output_dir, exist_ok=True)
-    utils.setup_logging(dist_info, args.output_dir)
+    outputs.open_output_dir(args, dist_info)
     utils.finalize_run_args(args, dist_info.world_size, args.update_freq)
     log.info("%s", utils.run_header(args, dist_info))
     distributed.seed_everything(args.seed)
@@ -281,7 +281,7 @@ def main(args):
         return {f"val_{k}": v for k, v in val.items()}
 
     code, net = training.fit(args, dist_info, model, optimizer, loader, sampler, train_set, step,
-                             SAME_RUN, scaler=scaler, model_ema=model_ema,
+                             scaler=scaler, model_ema=model_ema,
                              accumulation=args.update_freq, after_epoch=validate)
     if code or net is None:  # failed, or stopped by a signal (saved, to be resumed)
         return code

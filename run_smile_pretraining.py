@@ -4,9 +4,10 @@ Stage 1 (motion-infused clips, trajectory masking) and stage 2 (original clips, 
 started from the whole stage-1 student with `--first_stage_path`) are two runs of this script.
 One process, torchrun, or SLURM srun; optional DeepSpeed.
 """
+import stop_signals  # noqa: F401  first: a stop signal that comes during the imports is kept
+
 import argparse
 import functools
-import json
 import logging
 import os
 import sys
@@ -21,6 +22,7 @@ import distributed
 import masking_generator
 import modeling_pretrain
 import motion_infusion
+import outputs
 import teachers
 import training
 import utils
@@ -104,20 +106,11 @@ def build_loader(args, dataset, dist_info):
     return loader, sampler
 
 
-# a checkpoint with other values of these belongs to another run (checkpoint.check_same_run)
-SAME_RUN = ("stage", "training_mode", "model", "num_frames", "input_size", "patch_size",
-            "tubelet_size", "target_type", "teacher_model", "teacher_frames")
-
-
 def main(args):
     dist_info = distributed.init_distributed(args.device, args.local_rank, args.enable_deepspeed)
-    os.makedirs(args.output_dir, exist_ok=True)
-    utils.setup_logging(dist_info, args.output_dir)
+    outputs.open_output_dir(args, dist_info)
     finalize_args(args, dist_info.world_size)
     log.info("%s", utils.run_header(args, dist_info))
-    if dist_info.is_main:
-        with open(os.path.join(args.output_dir, "args.json"), "w") as f:
-            json.dump(vars(args), f, indent=1)
     distributed.seed_everything(args.seed)  # same model init on every rank
 
     dataset = datasets.build_pretraining_dataset(args)
@@ -173,7 +166,7 @@ def main(args):
                           motion_target, args.motion_loss_weight)
 
     code, _ = training.fit(args, dist_info, model, optimizer, loader, sampler, dataset, step,
-                           SAME_RUN, scaler=scaler, model_kwargs=model_kwargs,
+                           scaler=scaler, model_kwargs=model_kwargs,
                            initialize=load_first_stage if args.first_stage_path else None)
     return code
 

@@ -4,6 +4,7 @@
          stop signals) -> save -> numbered copy -> per-epoch hook (validation) -> exit code
     run_cli: a user's mistake or a data abort as one `error:` line and its exit code
 """
+import errno
 import logging
 import math
 import os
@@ -15,8 +16,10 @@ import torch
 
 import checkpoint
 import distributed
+import outputs
+import stop_signals
 from bad_files import BadFileLedger, data_abort_line
-from errors import EXIT_USAGE, DataAbort, NonFiniteLossError, UsageError
+from errors import EXIT_USAGE, EXIT_WRITE, DataAbort, NonFiniteLossError, UsageError, WriteError
 from utils import MetricLogger, cosine_lr, format_eta
 
 log = logging.getLogger("smile")
@@ -31,8 +34,7 @@ def set_lr(optimizer, lr):
 def check_finite(loss):
     """Host-side check, for the paths that cannot skip an update on the device (DeepSpeed, an
     optimiser without found_inf support): a sync, so only there."""
-    value = loss.item()
-    if not math.isfinite(value):
+    if not math.isfinite(value := loss.item()):
         raise NonFiniteLossError(f"loss is {value}; stopping before the bad update reaches the "
                                  "weights (the last checkpoint is intact)")
     return value
@@ -80,10 +82,9 @@ def optimizer_step(model, optimizer, loss, scaler=None, clip_grad=None, accumula
 # ---------------------------------------------------------------- the epoch
 def train_one_epoch(step_fn, model, optimizer, loader, lr_at, epoch, first_batch, run, logger,
                     stop_flag, ledger):
-    """Steps through one epoch from batch `first_batch`; returns (mean metrics, next batch
-    index, or None when the epoch finished). `step_fn(model, optimizer, batch, lr, i)` does one
-    step and returns device tensors, read at print steps only; `run` holds steps_per_epoch,
-    epochs, print_freq, clips_per_step and dist."""
+    """One epoch from batch `first_batch` -> (mean metrics, the batch after a stop or None).
+    step_fn(model, optimizer, batch, lr, i) returns device tensors, read at print steps only;
+    `run`: steps_per_epoch, epochs, print_freq, clips_per_step and dist."""
     model.train()
     totals, count, data_time, start = {}, 0, 0.0, time.time()
     window_start, window_data, window_steps = start, 0.0, 0
@@ -96,8 +97,7 @@ def train_one_epoch(step_fn, model, optimizer, loader, lr_at, epoch, first_batch
             ledger.record(attempts, epoch)
             step = epoch * run.steps_per_epoch + i
             metrics = step_fn(model, optimizer, batch, lr := lr_at(step), i)  # device tensors
-            for key, value in metrics.items():
-                totals[key] = totals.get(key, 0.0) + value
+            totals = {key: totals.get(key, 0.0) + value for key, value in metrics.items()}
             count, window_steps = count + 1, window_steps + 1
             # the first step whose loss was not finite (its update was skipped), on the device
             bad = ~torch.isfinite(metrics["loss"])
@@ -118,10 +118,7 @@ def train_one_epoch(step_fn, model, optimizer, loader, lr_at, epoch, first_batch
                 return _means(totals, count, run, data_time, start), i + 1
             wait_start = time.time()
     finally:
-        # workers end now, also when an exception leaves: a worker's exception re-raised by
-        # torch sits in a reference cycle that keeps the iterator alive until exit, where
-        # its workers, deaf to the first SIGTERM (distributed.seed_worker), would hang the join
-        getattr(batches, "_shutdown_workers", lambda: None)()
+        distributed.stop_workers(batches)
     ledger.check(epoch_end=True)
     return _means(totals, count, run, data_time, start), None
 
@@ -157,28 +154,16 @@ def _means(totals, count, run, data_time, start):
 
 
 # ---------------------------------------------------------------- the run
-def fit(args, dist_info, model, optimizer, loader, sampler, dataset, step_fn, same_run_keys,
-        scaler=None, model_ema=None, accumulation=1, model_kwargs=None, after_epoch=None,
-        initialize=None):
+def fit(args, dist_info, model, optimizer, loader, sampler, dataset, step_fn, scaler=None,
+        model_ema=None, accumulation=1, model_kwargs=None, after_epoch=None, initialize=None):
     """Train for args.epochs from where the output folder says the run is -> (exit code, the
-    bare module, or None when a signal stopped it after saving). `same_run_keys`: see
-    check_same_run; `initialize(model)`: start weights, loaded only when nothing resumes."""
+    bare module, or None when a signal stopped it after saving). `initialize(model)`: start
+    weights, loaded only when nothing resumes (outputs.start_or_resume)."""
     steps_per_epoch = len(loader)
     ledger = BadFileLedger(dataset.file_paths, args.max_bad_fraction, args.output_dir, dist_info)
-    start_epoch, first_batch = 0, 0
-    resume = checkpoint.resume_checkpoint(args)
-    if resume:
-        path, state = resume
-        checkpoint.check_same_run(path, state, args, same_run_keys)
-        start_epoch, first_batch = checkpoint.restore(state, model, optimizer, scaler, model_ema,
-                                                      path)
-        start_epoch, first_batch = checkpoint.resume_position(state, args, start_epoch,
-                                                              first_batch)
-        ledger.load_state_dict(state.get("bad_files"))
-        log.info("resumed from %s: epoch %d, batch %d (step %d)", path, start_epoch + 1,
-                 first_batch, state["step"])
-    elif initialize is not None:
-        initialize(model)
+    (start_epoch, first_batch), history, data_list = outputs.start_or_resume(
+        args, dist_info, (model, optimizer, scaler, model_ema), dataset, steps_per_epoch, ledger,
+        initialize)
     model, optimizer, net = distributed.wrap_for_training(model, optimizer, args, dist_info,
                                                           accumulation)
     updates_per_epoch = steps_per_epoch // accumulation
@@ -188,39 +173,47 @@ def fit(args, dist_info, model, optimizer, loader, sampler, dataset, step_fn, sa
                          args.warmup_epochs * updates_per_epoch,
                          args.epochs * updates_per_epoch, args.scaled_warmup_lr)
 
-    def save(epoch, next_batch):
+    def save(epoch, next_batch):  # by rank 0; every rank learns if it failed
         ledger.merge()  # every rank's findings in the saved ledger
+        failed = None
         if dist_info.is_main:
-            checkpoint.save_checkpoint(
-                os.path.join(args.output_dir, checkpoint.LATEST), checkpoint.training_state(
-                    net, optimizer, epoch, next_batch, steps_per_epoch, args, scaler, model_ema,
-                    model_kwargs=model_kwargs, bad_files=ledger.state_dict()))
+            try:
+                checkpoint.save_checkpoint(
+                    os.path.join(args.output_dir, checkpoint.LATEST), checkpoint.training_state(
+                        net, optimizer, epoch, next_batch, steps_per_epoch, args, scaler,
+                        model_ema, model_kwargs=model_kwargs, bad_files=ledger.state_dict(),
+                        data_list=data_list, history=history))
+                if not next_batch:
+                    checkpoint.keep_epoch_checkpoint(args.output_dir, epoch - 1, args.epochs,
+                                                     args.save_ckpt_freq, args.keep_last)
+            except WriteError as err:
+                failed = err
+        if line := distributed.first_of_ranks(failed and str(failed), dist_info):
+            raise failed or WriteError(line)  # rank 0's has the cause, for train.log
 
     run = SimpleNamespace(steps_per_epoch=steps_per_epoch, epochs=args.epochs, dist=dist_info,
                           print_freq=args.print_freq,
                           clips_per_step=args.batch_size * dist_info.world_size)
     logger = MetricLogger(args.output_dir, args.log_dir, dist_info.is_main)
-    stop_flag = distributed.stop_flag()
+    stop_flag = stop_signals.stop_flag()  # installed at import by the entry points
     for epoch in range(start_epoch, args.epochs):
         dataset.set_epoch(epoch)
         dataset.known_bad = ledger.known_bad()  # workers are forked per epoch: they see it
         sampler.set_epoch(epoch, skip_batches=first_batch)
         stats, stopped_at = train_one_epoch(step_fn, model, optimizer, loader, lr_at, epoch,
                                             first_batch, run, logger, stop_flag, ledger)
-        if stopped_at is not None:
-            save(epoch, stopped_at)
+        first_batch, mid_epoch = 0, stopped_at is not None and stopped_at < steps_per_epoch
+        position = (epoch, stopped_at) if mid_epoch else (epoch + 1, 0)
+        save(*position)  # at an epoch's end also when the signal came at its last step
+        if not mid_epoch:
+            extra = after_epoch(net, epoch) if after_epoch else {}
+            logger.epoch({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}, **extra})
+            log.info("epoch %d done: loss %.4f", epoch + 1, stats.get("loss", float("nan")))
+        if stopped_at is not None and position[0] < args.epochs:
             log.info("%s received: saved epoch %d batch %d to %s; run the same command to "
-                     "resume", stop_flag.signal, epoch + 1, stopped_at,
+                     "resume", stop_flag.signal, position[0] + 1, position[1],
                      os.path.join(args.output_dir, checkpoint.LATEST))
             return 0, None
-        first_batch = 0
-        save(epoch + 1, 0)
-        if dist_info.is_main:
-            checkpoint.keep_epoch_checkpoint(args.output_dir, epoch, args.epochs,
-                                             args.save_ckpt_freq, args.keep_last)
-        extra = after_epoch(net, epoch) if after_epoch else {}
-        logger.epoch({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}, **extra})
-        log.info("epoch %d done: loss %.4f", epoch + 1, stats.get("loss", float("nan")))
     logger.close()
     log.info("finished %d epochs; checkpoints and logs in %s", args.epochs, args.output_dir)
     return 0, net
@@ -228,17 +221,24 @@ def fit(args, dist_info, model, optimizer, loader, sampler, dataset, step_fn, sa
 
 def run_cli(main, args, check_args):
     """Check, run, and turn what a user can fix into one `error:` line with its exit code
-    (errors.py); the traceback goes to OUTPUT_DIR/train.log only."""
-    distributed.stop_flag()  # from here on SIGTERM/SIGINT/SIGUSR1 mean "save and stop"
-    try:
+    (errors.py); every traceback, these and any other, goes to OUTPUT_DIR/train.log."""
+    try:  # stop signals mean "save and stop" from the entry point's first import on
         check_args(args)
     except ValueError as err:
         return _fail(f"error: {err}", EXIT_USAGE)
     try:
         code = main(args)
-    except (UsageError, FileNotFoundError, DataAbort, NonFiniteLossError) as err:
+    except (UsageError, FileNotFoundError, DataAbort, NonFiniteLossError, WriteError) as err:
         line = data_abort_line(err) if isinstance(err, DataAbort) else str(err)
         return _fail(f"error: {line}", getattr(err, "exit_code", EXIT_USAGE))
+    except BaseException as err:
+        log.debug("uncaught", exc_info=True)
+        if not (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)):
+            raise
+        return _fail(f"error: could not write {err.filename}: {err.strerror}; free space (or "
+                     "raise the quota) and run the same command to resume", EXIT_WRITE)
+    finally:
+        outputs.release_output_dirs()
     if code == 0:  # every rank returns 0 together; one that failed alone just exits
         distributed.close_distributed()
     return code

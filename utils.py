@@ -65,6 +65,9 @@ def add_run_args(parser):
                    help="keep only the newest N checkpoint-N.pth files (0: all)")
     g.add_argument("--auto_resume", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--resume", default=None, help="checkpoint to resume from")
+    g.add_argument("--new_data_list", action="store_true",
+                   help="resume on a list whose content changed (e.g. LIST.clean after a data "
+                        "abort): from the next epoch boundary, steps per epoch of the new list")
     g.add_argument("--print_freq", type=int, default=20)
     g.add_argument("--local_rank", "--local-rank", type=int, default=-1,
                    help="set by torch.distributed.launch; torchrun uses LOCAL_RANK instead")
@@ -84,6 +87,9 @@ def parse_with_config(parser, argv=None):
 
 
 def check_run_args(args):
+    if args.output_dir and os.path.exists(args.output_dir) and not os.path.isdir(
+            args.output_dir):
+        raise ValueError(f"--output_dir {args.output_dir} is a file, not a folder")
     if args.resume and not os.path.isfile(args.resume):
         raise ValueError(f"--resume {args.resume} does not exist")
     for name in ("batch_size", "epochs", "print_freq", "save_ckpt_freq"):

@@ -2,6 +2,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -49,22 +50,45 @@ def rng():
     return np.random.default_rng(0)
 
 
-def run_script(script, *argv, processes=1, wait=True, timeout=600, new_session=False):
-    """Run a project script as a user would (torchrun for several processes). With wait, the
-    (exit code, stdout + stderr); without, the running Popen. new_session: in a process group
-    of its own, to be signalled as a whole (as SLURM does)."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
+def run_script(script, *argv, processes=1, wait=True, timeout=600, new_session=False,
+               launcher=None, file_size_limit=None):
+    """Run a project script as a user would (torchrun for several processes, or the given
+    `launcher` command). With wait, the (exit code, stdout + stderr); without, the running
+    Popen. new_session: in a process group of its own, to be signalled as a whole.
+    file_size_limit: bytes no file written may exceed (RLIMIT_FSIZE: a disk that fills up)."""
+    if launcher is None:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    if processes > 1:  # each rank reports at exit its process group and gloo threads
+    if len(launcher) > 1:  # each rank reports at exit its process group and gloo threads
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [EXIT_PROBE, env.get("PYTHONPATH")]))
+
+    def limit_files():
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
     proc = subprocess.Popen([*launcher, script, *argv], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=new_session)
+                            start_new_session=new_session,
+                            preexec_fn=limit_files if file_size_limit else None)
     if not wait:
         return proc
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
+
+
+def signal_every_process(proc, sig, times=1, interval=0.2):
+    """`sig` to a process and all its descendants (launcher, ranks, DataLoader workers), as
+    SLURM does to a job step, `times` times in a row."""
+    import psutil
+    for _ in range(times):
+        root = psutil.Process(proc.pid)
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(interval)
 
 
 def assert_process_groups_closed(log, processes=2):

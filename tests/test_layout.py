@@ -12,7 +12,8 @@ from conftest import ROOT
 LOCAL = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*.py"))}
 # what each top-level file may import from the project (anything not listed: nothing)
 # errors.py (the exception types and exit codes) may be imported by anything
-PLUMBING = {"utils", "distributed", "checkpoint", "training", "errors"}
+PLUMBING = {"utils", "distributed", "checkpoint", "training", "errors", "outputs",
+            "stop_signals"}
 ALLOWED = {
     "datasets": {"motion_infusion", "masking_generator", "video_io", "video_transforms", "utils",
                  "errors", "lists", "bad_files"},
@@ -23,7 +24,11 @@ ALLOWED = {
     "teachers": {"utils"},
     "bad_files": {"distributed", "errors"},
     "checkpoint": {"errors"},
-    "training": {"utils", "distributed", "checkpoint", "bad_files", "errors"},
+    "outputs": {"checkpoint", "distributed", "utils", "errors"},
+    "distributed": {"stop_signals"},
+    "stop_signals": set(),
+    "training": {"distributed", "checkpoint", "outputs", "stop_signals", "bad_files", "errors",
+                 "utils"},
     "engine_for_pretraining": {"utils", "training"},
     "engine_for_finetuning": {"utils", "training"},
     "run_smile_pretraining": {"datasets", "modeling_pretrain", "engine_for_pretraining",
@@ -37,7 +42,7 @@ BUDGET = {"run_smile_pretraining": 300, "run_class_finetuning": 350, "datasets":
           "modeling_pretrain": 400, "engine_for_pretraining": 250, "engine_for_finetuning": 300,
           "utils": 250, "distributed": 250, "checkpoint": 250, "training": 250,
           "bad_files": 200, "errors": 60, "lists": 100, "video_io": 250, "teachers": 250,
-          "video_transforms": 150}
+          "video_transforms": 150, "outputs": 250, "stop_signals": 100, "launch": 100}
 
 
 def local_imports(module):

@@ -12,6 +12,7 @@ import engine_for_pretraining as engine
 import errors
 import masking_generator
 import modeling_pretrain
+import stop_signals
 import teachers
 import utils
 
@@ -308,7 +309,7 @@ def test_training_steps_wait_on_the_host_only_to_print(tmp_path):
     ledger = BadFileLedger([], 0.05, str(tmp_path), dist_info)
     with counter:
         stats, _ = training.train_one_epoch(step, student, optimizer, loader, lambda s: 1e-3, 0,
-                                            0, run, logger, distributed.StopFlag(), ledger)
+                                            0, run, logger, stop_signals.stop_flag(), ledger)
     assert stats["steps"] == 6
     reads = ["aten._local_scalar_dense"] * 2  # the printed loss and gradient norm
     assert counter.syncs == {2: reads, 5: reads + reads}, counter.syncs  # 5: + epoch means
@@ -508,21 +509,3 @@ def test_repeated_sampling_epochs_share_out_one_order():
     plain = distributed.ResumableSampler(20, 2, 0, 1, seed=3)
     plain.set_epoch(0)
     assert seen[0] + seen[1] == list(plain)  # same order as without repeats, split in two
-
-
-def test_resume_checks_the_run_and_its_position(caplog):
-    saved = {"args": {"stage": 1, "model": "m", "num_frames": 4, "epochs": 10, "batch_size": 8,
-                      "total_batch_size": 16, "num_workers": 2}}
-    args = argparse.Namespace(stage=1, model="m", num_frames=4, epochs=20, batch_size=8,
-                              total_batch_size=16, num_workers=4)
-    with caplog.at_level("INFO", logger="smile"):
-        checkpoint.check_same_run("out/checkpoint-latest.pth", saved, args, ("stage", "model"))
-    assert "changed settings: epochs 10 -> 20, num_workers 2 -> 4" in caplog.text
-    assert checkpoint.resume_position(saved, args, 3, 5) == (3, 5)  # same batches: same place
-    args.batch_size, args.total_batch_size = 4, 8  # mid-epoch with another batch size
-    assert checkpoint.resume_position(saved, args, 3, 5) == (4, 0)
-    assert checkpoint.resume_position(saved, args, 3, 0) == (3, 0)  # at a boundary: fine
-    args.stage = 2
-    with pytest.raises(checkpoint.CheckpointError, match="out holds a stage-1 run and this is "
-                                                         "stage 2"):
-        checkpoint.check_same_run("out/checkpoint-latest.pth", saved, args, ("stage", "model"))

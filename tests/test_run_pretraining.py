@@ -237,6 +237,7 @@ def test_non_finite_loss_stops_cleanly(tmp_path):
     ([], "--teacher_weights is required"),
     (["--background", "video"], "--background video needs --data_path"),
     (["--resume", "/nope.pth"], "--resume /nope.pth does not exist"),
+    (["--output_dir", __file__], "test_run_pretraining.py is a file, not a folder"),
     (["--batch_size", "0"], "--batch_size must be >= 1"),
     (["--precision", "bf16"], "--precision bf16 needs --device cuda"),
     (["--warmup_epochs", "5", "--epochs", "5"], "--warmup_epochs must be in [0, --epochs 5)"),
@@ -311,7 +312,8 @@ class RecordingNamespace(argparse.Namespace):
 # read only in another mode of the same CLI, or before the arguments exist
 OTHER_MODES = {"config": "parse_with_config, before parsing",
                "background_path": "--background image", "object_list": "--objects_path",
-               "num_synthetic_clips": "--background black or noise"}
+               "num_synthetic_clips": "--background black or noise",
+               "new_data_list": "a resume on a list whose content changed"}
 
 
 def test_help_lists_only_flags_pretraining_reads(video_dir, tmp_path):

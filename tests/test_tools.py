@@ -136,3 +136,12 @@ def test_prepare_videos_converts_names_failures_and_resumes_after_a_kill(video_d
             assert [i for i, p in enumerate(packets) if p.is_keyframe] == [0, 8, 16, 24, 32]
     code, log = run_script(*argv)  # a third run has nothing left to do
     assert "(4 done before this run" in log
+
+
+def test_check_videos_eta_leaves_out_the_pools_start_up():
+    """The first result comes after every worker imported its decoders (seconds); the rate
+    counts from there, and only once enough files were done after it."""
+    from tools.check_videos import rate_and_eta
+    first = (1, 10.0)  # 1 file done at t = 10 s, after a 10 s start-up
+    assert rate_and_eta(5, 1000, first, 10.5, min_files=8) == "eta: measuring"
+    assert rate_and_eta(21, 1001, first, 12.0, min_files=8) == "10.0 files/s  eta 0:01:38"

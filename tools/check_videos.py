@@ -43,19 +43,37 @@ def check(job):
         return lineno, f"{type(err).__name__}: {' '.join(str(err).split())}"
 
 
-def progress(done, total, bad, start, final=False):
-    rate = done / max(time.time() - start, 1e-9)
-    sys.stderr.write(f"\r{done}/{total} files  {rate:.1f} files/s  eta "
-                     f"{format_eta((total - done) / max(rate, 1e-9))}  bad {bad}  "
-                     + ("\n" if final else ""))
-    sys.stderr.flush()
+def rate_and_eta(done, total, first, now, min_files):
+    """'N files/s  eta H:MM:SS' from the files done since `first` = (files done, time) at the
+    first result: the pool's start-up (each worker imports the decoders) is not a rate. Until
+    `min_files` more are done the rate is not known yet."""
+    measured, elapsed = done - first[0], now - first[1]
+    if measured < min_files or elapsed <= 0:
+        return "eta: measuring"
+    rate = measured / elapsed
+    return f"{rate:.1f} files/s  eta {format_eta((total - done) / rate)}"
+
+
+class Progress:
+    """The progress line on stderr of a pool's results, the rate counted from the first."""
+
+    def __init__(self, total, workers):
+        self.total, self.min_files, self.first = total, 4 * max(workers, 1), None
+
+    def __call__(self, done, bad):
+        self.first = self.first or (done, time.time())
+        speed = rate_and_eta(done, self.total, self.first, time.time(), self.min_files)
+        final = done == self.total
+        sys.stderr.write(f"\r{done}/{self.total} files  {speed}  bad {bad}  "
+                         + ("\n" if final else ""))
+        sys.stderr.flush()
 
 
 def main(argv=None):
     args = get_args(argv)
     if not os.path.isfile(args.list):
         sys.exit(f"error: {args.list} is not a file")
-    with open(args.list, encoding="utf-8") as f:
+    with open(args.list, encoding="utf-8-sig") as f:
         lines = f.readlines()
     jobs = []
     for lineno, line in enumerate(lines):
@@ -68,13 +86,13 @@ def main(argv=None):
     if not jobs:
         sys.exit(f"error: {args.list} has no entries")
 
-    reasons, start = {}, time.time()
+    reasons, start, progress = {}, time.time(), Progress(len(jobs), args.workers)
     with multiprocessing.get_context("spawn").Pool(max(args.workers, 1)) as pool:
         for done, (lineno, reason) in enumerate(pool.imap_unordered(check, jobs, chunksize=4), 1):
             if reason:
                 reasons[lineno] = reason
-            if done % 20 == 0 or done == len(jobs):
-                progress(done, len(jobs), len(reasons), start, final=done == len(jobs))
+            if done == 1 or done % 20 == 0 or done == len(jobs):
+                progress(done, len(reasons))
 
     clean, bad = f"{args.list}.clean", f"{args.list}.bad.tsv"
     with open(clean, "w", encoding="utf-8") as f:

@@ -25,7 +25,7 @@ from fractions import Fraction
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lists import parse_line  # noqa: E402
-from tools.check_videos import progress  # noqa: E402
+from tools.check_videos import Progress  # noqa: E402
 
 PARTIAL = ".partial.mp4"
 
@@ -111,7 +111,7 @@ def main(argv=None):
         sys.exit("error: --short_side must be >= 2 and --keyint >= 1")
     root = args.data_root or os.path.dirname(os.path.abspath(args.list))
     entries = []
-    with open(args.list, encoding="utf-8") as f:
+    with open(args.list, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             try:
                 entry = parse_line(line, require_label=False)
@@ -129,12 +129,12 @@ def main(argv=None):
     jobs = [(p, os.path.join(out_dir, relative[p]), args) for p in dict.fromkeys(relative)]
     done_before = sum(os.path.isfile(target) for _, target, _ in jobs)
 
-    failed, start = {}, time.time()
+    failed, start, progress = {}, time.time(), Progress(len(jobs), args.workers)
     with multiprocessing.get_context("spawn").Pool(max(args.workers, 1)) as pool:
         for done, (source, reason) in enumerate(pool.imap_unordered(convert, jobs), 1):
             if reason:
                 failed[source] = reason
-            progress(done, len(jobs), len(failed), start, final=done == len(jobs))
+            progress(done, len(failed))
 
     name = os.path.basename(args.list)
     new_list, failed_tsv = os.path.join(out_dir, name), os.path.join(out_dir, name + ".failed.tsv")

@@ -10,7 +10,9 @@ OUTPUT_DIR=runs/probe_ucf101
 GPUS=${GPUS:-8}
 
 cd "$(dirname "$0")/../.."
-torchrun --standalone --nproc_per_node "$GPUS" run_class_finetuning.py --linear_probe \
+# launch.py = torchrun that lets the ranks save at a stop signal and exits with their code
+# (README: "Stopping and resuming"); under SLURM, sbatch the .slurm script instead
+python launch.py --standalone --nproc_per_node "$GPUS" run_class_finetuning.py --linear_probe \
     --data_path "$DATA_PATH" --data_set "$DATA_SET" \
     --finetune "$MODEL_PATH" --model vit_base_patch16_224 \
     --num_frames 16 --sampling_rate 4 --input_size 224 --short_side_size 224 \

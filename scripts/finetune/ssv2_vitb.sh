@@ -9,7 +9,9 @@ OUTPUT_DIR=runs/ssv2_vitb_finetune
 GPUS=${GPUS:-8}
 
 cd "$(dirname "$0")/../.."
-torchrun --standalone --nproc_per_node "$GPUS" run_class_finetuning.py \
+# launch.py = torchrun that lets the ranks save at a stop signal and exits with their code
+# (README: "Stopping and resuming"); under SLURM, sbatch the .slurm script instead
+python launch.py --standalone --nproc_per_node "$GPUS" run_class_finetuning.py \
     --data_path "$DATA_PATH" --data_set SSV2 \
     --finetune "$MODEL_PATH" --model vit_base_patch16_224 \
     --num_frames 16 --input_size 224 --short_side_size 224 \

@@ -11,7 +11,9 @@ GPUS=${GPUS:-8}
 EPOCHS=${EPOCHS:-300}                        # 300 + 300 = the released "600 epochs"
 
 cd "$(dirname "$0")/../.."
-torchrun --standalone --nproc_per_node "$GPUS" run_smile_pretraining.py \
+# launch.py = torchrun that lets the ranks save at a stop signal and exits with their code
+# (README: "Stopping and resuming"); under SLURM, sbatch the .slurm script instead
+python launch.py --standalone --nproc_per_node "$GPUS" run_smile_pretraining.py \
     --training_mode progressive \
     --data_path "$DATA_PATH" \
     --objects_path "$OBJECTS_PATH" --num_objects 2 \

@@ -13,7 +13,9 @@ EPOCHS=${EPOCHS:-300}
 NUM_MASKS_PER_CLIP=${NUM_MASKS_PER_CLIP:-2}
 
 cd "$(dirname "$0")/../.."
-torchrun --standalone --nproc_per_node "$GPUS" run_smile_pretraining.py \
+# launch.py = torchrun that lets the ranks save at a stop signal and exits with their code
+# (README: "Stopping and resuming"); under SLURM, sbatch the .slurm script instead
+python launch.py --standalone --nproc_per_node "$GPUS" run_smile_pretraining.py \
     --training_mode progressive --first_stage_path "$FIRST_STAGE_CKPT" \
     --data_path "$DATA_PATH" \
     --mask_type tube --mask_ratio 0.8 --num_masks_per_clip "$NUM_MASKS_PER_CLIP" \

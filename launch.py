@@ -1,0 +1,63 @@
+"""torchrun for this project's runs: stop signals that let the ranks save, and their exit codes.
+
+    python launch.py [torchrun options] run_smile_pretraining.py [its options]
+
+The options are torchrun's own (--nproc_per_node, --nnodes, --rdzv_endpoint, ...). Two things
+differ from plain torchrun, which on SIGTERM or Ctrl-C sends the signal on to the ranks, kills
+them 30 s later (a checkpoint may still be writing) and exits 1 with a traceback even when every
+rank saved; and which reports a rank's exit code 2 (usage) or 3 (data abort) as 1 under a page
+of ChildFailedError:
+- SIGTERM, SIGINT and SIGUSR1 (SLURM's early warning) are passed on to the ranks, every time,
+  and the launcher waits for them: they save at their next print step and exit 0, and so does
+  the launcher (the ranks ignore repeated signals, so a job that signals every process at once
+  gets the same result).
+- A failed rank's own exit code is the launcher's, with one line naming the rank.
+"""
+import signal
+import sys
+
+import psutil
+from torch.distributed import run as torchrun
+from torch.distributed.elastic.multiprocessing import api as elastic_api
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def pass_on(signum, frame):
+    """To each rank (the launcher's children); the launcher itself carries on waiting."""
+    for child in psutil.Process().children():
+        try:
+            child.send_signal(signum)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def exit_code(failures):
+    """The code of the rank that failed by itself (the agent then stops the others with
+    SIGTERM), the first of them; a rank killed by a signal as a shell reports it."""
+    rank, failure = min(failures.items(), key=lambda item: (item[1].exitcode <= 0,
+                                                              item[1].timestamp, item[0]))
+    code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
+    what = (f"exit code {failure.exitcode}" if failure.exitcode > 0 else
+            f"signal {signal.Signals(-failure.exitcode).name}")
+    print(f"launch.py: rank {rank} ended with {what} (its own lines above say why); "
+          f"{len(failures)} of the ranks failed", file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv=None):
+    # torchrun's agent installs its handler (raise, then kill the ranks) when it starts them:
+    # it finds ours under that name instead
+    elastic_api._terminate_process_handler = pass_on
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, pass_on)
+    try:
+        torchrun.run(torchrun.parse_args(argv))
+    except ChildFailedError as err:
+        return exit_code(err.failures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""What a cluster does to a run, through the real CLI: every process signalled again and again
+(torchrun, two torchrun nodes), a disk that fills up, two runs in one folder, a resume with
+changed arguments, a stop at an epoch's last step."""
+import json
+import os
+import signal
+import socket
+import sys
+
+import pytest
+
+import checkpoint
+import outputs
+import run_smile_pretraining as run
+import stop_signals
+import training
+from conftest import signal_every_process, write_list
+from test_run_pretraining import TINY, assert_same_weights, cli, final_weights, wait_for
+
+pytestmark = pytest.mark.slow  # every test here runs the CLI
+TWO_RANKS = [*TINY, "--num_synthetic_clips", "48", "--batch_size", "4", "--epochs", "2"]
+
+
+@pytest.fixture(scope="module")
+def two_rank_reference(tmp_path_factory):
+    """An uninterrupted 2-rank run: 48 clips, 2 x 4 per step -> 6 steps per epoch."""
+    out = str(tmp_path_factory.mktemp("two_ranks"))
+    code, log = cli(*TWO_RANKS, "--output_dir", out, processes=2)
+    assert code == 0, log
+    return out
+
+
+def test_repeated_sigterm_to_every_process_of_a_torchrun_job(two_rank_reference, tmp_path):
+    """SLURM's scancel signals launcher, ranks and workers; torchrun adds its own copy. Three
+    rounds of that, mid-epoch: every rank saves, and the same command resumes to the weights
+    of the uninterrupted run."""
+    args = [*TWO_RANKS, "--num_workers", "2", "--output_dir", str(tmp_path)]
+    proc = cli(*args, processes=2, wait=False)
+    wait_for(str(tmp_path / "train.log"), "epoch 1/2 step 2/6", proc)
+    signal_every_process(proc, signal.SIGTERM, times=3)
+    out, _ = proc.communicate(timeout=300)
+    assert "SIGTERM received: saved epoch 1 batch" in out, out
+    assert "killed by signal" not in out and "exited unexpectedly" not in out
+    # plain torchrun ends with its own SignalException after the ranks saved (README)
+    assert proc.returncode == 1 and "SignalException" in out
+    state = checkpoint.load_checkpoint(str(tmp_path / checkpoint.LATEST))
+    assert state["epoch"] == 0 and 0 < state["next_batch"] < 6
+    code, out = cli(*args, processes=2)
+    assert code == 0, out
+    assert f"epoch 1, batch {state['next_batch']} (step {state['next_batch']})" in out
+    assert_same_weights(final_weights(str(tmp_path), 2), final_weights(two_rank_reference, 2))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_torchrun_nodes_stopped_and_resumed(two_rank_reference, tmp_path):
+    """Two launch.py agents (--nnodes 2, c10d rendezvous on localhost), one rank each: every
+    process of both signalled twice, both exit 0 after the save, and resume to the
+    uninterrupted run's weights."""
+    args = [*TWO_RANKS, "--num_workers", "2", "--output_dir", str(tmp_path)]
+
+    def nodes():
+        port = _free_port()
+        launcher = [sys.executable, "launch.py", "--nnodes", "2", "--nproc_per_node", "1",
+                    "--rdzv_backend", "c10d", "--rdzv_endpoint", f"localhost:{port}",
+                    "--rdzv_id", "two-nodes"]
+        return [cli(*args, wait=False, launcher=launcher) for _ in range(2)]
+
+    first = nodes()
+    wait_for(str(tmp_path / "train.log"), "epoch 1/2 step 2/6", first[0])
+    for _ in range(2):
+        for proc in first:
+            signal_every_process(proc, signal.SIGTERM, interval=0.1)
+    logs = [proc.communicate(timeout=300)[0] for proc in first]
+    assert [proc.returncode for proc in first] == [0, 0], logs
+    assert any("SIGTERM received: saved epoch 1 batch" in log for log in logs), logs
+    state = checkpoint.load_checkpoint(str(tmp_path / checkpoint.LATEST))
+    assert state["epoch"] == 0 and 0 < state["next_batch"] < 6
+    second = nodes()
+    logs = [proc.communicate(timeout=300)[0] for proc in second]
+    assert [proc.returncode for proc in second] == [0, 0], logs
+    assert_same_weights(final_weights(str(tmp_path), 2), final_weights(two_rank_reference, 2))
+
+
+def test_launcher_passes_on_a_rank_exit_code(tmp_path):
+    code, out = cli(*TINY, "--num_frames", "15", "--output_dir", str(tmp_path),
+                    launcher=[sys.executable, "launch.py", "--standalone", "--nproc_per_node",
+                              "2"])
+    assert code == 2, out
+    assert "error: --num_frames 15 is not divisible" in out
+    assert out.strip().splitlines()[-1].startswith("launch.py: rank 0 ended with exit code 2")
+    assert "Traceback" not in out and "ChildFailedError" not in out
+
+
+def test_a_full_disk_costs_only_the_failed_save(tmp_path):
+    """Epoch 2's save meets a file size limit (as a full disk or quota would stop it): one
+    line, exit 4, no temporary file, epoch 1's checkpoint intact; with room again the same
+    command resumes from it."""
+    args = [*TINY, "--num_synthetic_clips", "8", "--batch_size", "4", "--warmup_epochs", "0",
+            "--output_dir", str(tmp_path)]
+    code, out = cli(*args, "--epochs", "1")
+    assert code == 0, out
+    size = os.path.getsize(tmp_path / checkpoint.LATEST)
+    code, out = cli(*args, "--epochs", "2", file_size_limit=size // 2)
+    assert code == 4, out
+    line = out.strip().splitlines()[-1]
+    assert line.startswith(f"error: could not write {tmp_path / checkpoint.LATEST}: File too "
+                           "large") and f"it needs {checkpoint.gib(size)}" in line, line
+    assert "The last checkpoint there is intact" in line and "Traceback" not in out
+    assert not [name for name in os.listdir(tmp_path) if ".tmp." in name]
+    assert checkpoint.load_checkpoint(str(tmp_path / checkpoint.LATEST))["epoch"] == 1
+    assert "WriteError" in open(tmp_path / "train.log").read()  # the traceback, for who asks
+    code, out = cli(*args, "--epochs", "2")
+    assert code == 0 and "epoch 2, batch 0 (step 2)" in out, out
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
+    args = [*TINY, "--num_synthetic_clips", "400", "--batch_size", "4", "--epochs", "2",
+            "--output_dir", str(tmp_path)]  # 200 steps: long enough to meet the second run
+    first = cli(*args, wait=False)
+    wait_for(str(tmp_path / "train.log"), "epoch 1/2 step 1/100", first)
+    code, out = cli(*args)
+    assert code == 2, out
+    line = out.strip().splitlines()[-1]
+    assert f"is in use by another run (host {socket.gethostname()}, PID {first.pid}, started" in (
+        line) and "give this run another --output_dir" in line, line
+    log, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, log
+    assert [json.loads(x)["epoch"] for x in open(tmp_path / "log.txt")] == [0, 1]
+    assert open(tmp_path / "train.log").read().count("steps/epoch") == 1
+
+
+def test_a_resume_keeps_what_the_run_learns_from(video_dir, tmp_path):
+    """The three kinds of argument (README): what the run learns from is refused, the list by
+    content; the schedule warns and is kept in the history; the machinery passes. A changed
+    list goes on on purpose with --new_data_list, from the next epoch."""
+    clips = [(video_dir[f"clip{i}"], 0) for i in range(4)]
+    listing = write_list(tmp_path / "train.csv", clips)
+    out = tmp_path / "out"
+    args = [*TINY, "--background", "video", "--data_path", listing, "--batch_size", "2",
+            "--warmup_epochs", "0", "--output_dir", str(out)]
+    code, log = cli(*args, "--epochs", "1")
+    assert code == 0, log
+
+    code, log = cli(*args, "--epochs", "2", "--mask_ratio", "0.5")
+    assert code == 2 and "--mask_ratio 0.8 (now 0.5)" in log.strip().splitlines()[-1], log
+    write_list(tmp_path / "train.csv", clips[::-1])  # same files, another order
+    code, log = cli(*args, "--epochs", "2")
+    assert code == 2 and "is not the list this run trained on (4 entries now, 4 then" in log, log
+
+    write_list(tmp_path / "train.csv", clips)
+    code, log = cli(*args, "--epochs", "2", "--lr", "2e-2", "--num_workers", "1")
+    assert code == 0, log
+    assert "WARNING: resuming with --epochs 2 (the run had 1)" in log
+    assert "WARNING: resuming with --lr 0.02 (the run had 0.01)" in log
+    assert "num_workers" not in log
+    assert json.load(open(out / "args.json"))["lr"] == 1e-2  # what the run started with
+    history = [json.loads(x) for x in open(out / outputs.HISTORY)]
+    assert [h["event"] for h in history] == ["start", "resume"]
+    assert history[1]["schedule"] == {"epochs": [1, 2], "lr": [0.01, 0.02]}
+
+    write_list(tmp_path / "train.csv", clips[:2] + clips[:2])  # cleaned and refilled
+    code, log = cli(*args, "--epochs", "3", "--lr", "2e-2", "--new_data_list")
+    assert code == 0, log
+    assert "--new_data_list: 4 videos now (4 before), 2 steps per epoch; training goes on at " \
+           "epoch 3, step 4 of 6" in log
+    assert checkpoint.load_checkpoint(str(out / "checkpoint-2.pth"))["history"][-1][
+        "data_list"][1]["entries"] == 4
+
+
+def test_a_stop_at_an_epochs_last_step_saves_the_epoch(tmp_path, monkeypatch):
+    """The signal comes during the last step of epoch 1: the epoch is saved whole (and logged
+    once); the resumed run starts at epoch 2 and its epoch 2 has a loss."""
+    flag, real_step = stop_signals.stop_flag(), run.train_step
+
+    def step(*a, **k):
+        step.calls += 1
+        if step.calls == 4:  # 16 clips, batch 4: the last step of epoch 1
+            flag.signal = "SIGTERM"
+        return real_step(*a, **k)
+
+    step.calls = 0
+    monkeypatch.setattr(run, "train_step", step)
+    argv = [*TINY, "--num_synthetic_clips", "16", "--batch_size", "4", "--epochs", "2",
+            "--output_dir", str(tmp_path)]
+    try:
+        assert run.main(run.parse_args(argv)) == 0
+    finally:
+        flag.signal = None
+        outputs.release_output_dirs()  # as the process's exit would
+    state = checkpoint.load_checkpoint(str(tmp_path / checkpoint.LATEST))
+    assert (state["epoch"], state["next_batch"]) == (1, 0)
+    code, log = cli(*argv)
+    assert code == 0 and "epoch 2, batch 0 (step 4)" in log and "loss nan" not in log, log
+    assert [json.loads(x)["epoch"] for x in open(tmp_path / "log.txt")] == [0, 1]
+
+
+def test_every_uncaught_error_reaches_train_log(tmp_path):
+    args = run.parse_args([*TINY, "--output_dir", str(tmp_path)])
+
+    def main(args):
+        outputs.open_output_dir(args, training.distributed.Dist())
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(ZeroDivisionError):
+        training.run_cli(main, args, lambda a: None)
+    assert "ZeroDivisionError: a bug" in open(tmp_path / "train.log").read()
+
