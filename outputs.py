@@ -128,22 +128,29 @@ def start_or_resume(args, dist_info, pieces, dataset, steps_per_epoch, ledger, i
             initialize(model)
     if dist_info.is_main:
         append_history(args.output_dir, record)
-        check_free_space(args.output_dir, checkpoint_bytes, sum(
-            1 for e in range(start[0], args.epochs)
-            if (e + 1) % args.save_ckpt_freq == 0 or e + 1 == args.epochs))
+        numbered = sum(1 for e in range(start[0], args.epochs)
+                       if (e + 1) % args.save_ckpt_freq == 0 or e + 1 == args.epochs)
+        check_free_space(args.output_dir, checkpoint_bytes,
+                         min(numbered, args.keep_last) if args.keep_last else numbered)
     return start, history, data_list
 
 
 def check_free_space(folder, checkpoint_bytes, numbered_left):
     """Before the first step: say what the run's checkpoints will take, and warn when fewer
-    than two fit (a save writes the new file beside the old one before it replaces it)."""
-    free = shutil.disk_usage(folder).free
-    log.info("a checkpoint of this run takes %s; %s has %s free (%d numbered copies to come)",
-             checkpoint.gib(checkpoint_bytes), folder, checkpoint.gib(free), numbered_left)
+    than two fit (a save writes the new file beside the last one) or when the numbered copies
+    still to come will not."""
+    free, gib = shutil.disk_usage(folder).free, checkpoint.gib
+    total = (2 + numbered_left) * checkpoint_bytes
+    log.info("a checkpoint of this run takes %s; with the %d numbered copies to come the run "
+             "needs %s more, %s has %s free", gib(checkpoint_bytes), numbered_left, gib(total),
+             folder, gib(free))
     if free < 2 * checkpoint_bytes:
-        log.warning("WARNING: %s has room for fewer than two checkpoints of %s (%s free): the "
-                    "next save will fail; free space or point --output_dir elsewhere", folder,
-                    checkpoint.gib(checkpoint_bytes), checkpoint.gib(free))
+        log.warning("WARNING: %s has room for fewer than two checkpoints of %s (%s free), and a "
+                    "save writes the new file beside the last one: free space or point "
+                    "--output_dir elsewhere", folder, gib(checkpoint_bytes), gib(free))
+    elif free < total:
+        log.warning("WARNING: %s has %s free, the numbered checkpoints to come need %s: free "
+                    "space, or keep fewer with --keep_last", folder, gib(free), gib(total))
 
 
 # ---------------------------------------------------------------- a resume is the same run

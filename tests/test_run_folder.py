@@ -125,11 +125,17 @@ def test_free_space_is_checked_against_the_measured_checkpoint(tmp_path, monkeyp
     model(torch.ones(1, 100)).sum().backward()
     optimizer.step()  # now the moments exist and are counted as they are
     assert checkpoint.training_state_bytes(model, optimizer) == 3 * 1010 * 4 + 2 * 4  # steps
-    usage = type("Usage", (), {"free": 5 * 1010 * 4})
-    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda folder: usage)
+    mib = 2**20
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda folder: type(
+        "Usage", (), {"free": 300 * mib}))
     with caplog.at_level("INFO", logger="smile"):
-        outputs.check_free_space(str(tmp_path), 3 * 1010 * 4, 2)
-    assert "fewer than two checkpoints" in caplog.text
+        outputs.check_free_space(str(tmp_path), 100 * mib, 2)
+    assert "fewer than two checkpoints" not in caplog.text  # but not 2 + 2 numbered ones:
+    assert "has 0.29 GiB free, the numbered checkpoints to come need 0.39 GiB" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="smile"):
+        outputs.check_free_space(str(tmp_path), 160 * mib, 0)
+    assert "room for fewer than two checkpoints of 160.0 MiB (0.29 GiB free)" in caplog.text
 
 
 # ---------------------------------------------------------------- a resume is the same run

@@ -87,6 +87,12 @@ def test_check_videos_writes_an_exact_clean_list(video_dir, tmp_path):
     assert code == 0 and "2 of 2 files are usable" in out, out
     assert (tmp_path / "clean.csv.clean").read_text().splitlines()[1:] == ["clip0.mp4,0",
                                                                           "clip2.mp4,0"]
+    # without --data_root relative paths start at the list's folder, as in training, and a
+    # byte-order mark (a list saved by Excel) is not part of the first path
+    shutil.copy(video_dir["clip0"], tmp_path / "clip0.mp4")
+    (tmp_path / "bom.csv").write_bytes("\ufeffclip0.mp4 0\n".encode())
+    code, out = run_script("tools/check_videos.py", str(tmp_path / "bom.csv"))
+    assert code == 0 and "1 of 1 files are usable" in out, out
 
 
 def test_prepare_videos_converts_names_failures_and_resumes_after_a_kill(video_dir, tmp_path):

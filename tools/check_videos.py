@@ -24,7 +24,9 @@ def get_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("list", help="annotation list to check")
-    parser.add_argument("--data_root", default="", help="prefix for relative paths, as in training")
+    parser.add_argument("--data_root", default="",
+                        help="prefix for relative paths (default: the list's folder, as in "
+                             "training)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
                         help="processes that open files at once (default: all cores)")
     parser.add_argument("--video_backend", default="decord", choices=tuple(DECODERS))
@@ -75,14 +77,14 @@ def main(argv=None):
         sys.exit(f"error: {args.list} is not a file")
     with open(args.list, encoding="utf-8-sig") as f:
         lines = f.readlines()
-    jobs = []
+    jobs, root = [], args.data_root or os.path.dirname(os.path.abspath(args.list))
     for lineno, line in enumerate(lines):
         try:
             entry = parse_line(line, require_label=False)
         except ValueError as err:
             sys.exit(f"error: {args.list}:{lineno + 1}: {err}")
         if entry:
-            jobs.append((lineno, os.path.join(args.data_root, entry[0]), args.video_backend))
+            jobs.append((lineno, os.path.join(root, entry[0]), args.video_backend))
     if not jobs:
         sys.exit(f"error: {args.list} has no entries")
 
