@@ -1,13 +1,10 @@
-"""Video datasets for SMILE pretraining and fine-tuning.
+"""Video datasets for SMILE pretraining and fine-tuning, and the batches they make.
 
-Pretraining sample: decode -> multi-scale crop -> (background) -> motion infusion -> mask,
-returning `(clip uint8 [3, T, H, W], mask bool [N] (or [K, N] with K masks per clip),
-object_tokens bool [N])`; mask True =
-masked, object_tokens True = token covered by an infused object. The clip stays uint8 so the
-workers and the host-to-device copy move a quarter of the bytes: ImageNet normalisation
-(`utils.normalize_video`) runs once on the training device.
-Fine-tuning sample: decode -> crop/flip (train) or resize + crop views (eval) -> normalised
-float clip [3, T, H, W].
+Pretraining sample: decode -> multi-scale crop -> (background) -> motion infusion -> mask ->
+(clip uint8 [3, T, H, W], mask bool [N] or [K, N], True = masked, object_tokens bool [N]); the
+clip stays uint8 to the training device (a quarter of the bytes), where
+`utils.normalize_video` runs once. Fine-tuning sample: decode -> crop/flip (train) or resize +
+crop views (eval) -> normalised float clip [3, T, H, W]. Batches of them: batches.py.
 """
 import logging
 import os
@@ -15,7 +12,7 @@ import random
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
 import masking_generator
 import motion_infusion
@@ -199,24 +196,6 @@ class _RetryingDataset(Dataset):
                         f"them known bad from earlier); last: {'; '.join(failed) or 'none'}")
 
 
-def collate(samples, repeats=1):
-    """default_collate of the sample fields (a sample's `repeats` clips become rows of the
-    batch); the files the samples tried come as a flat list in the last place, for the
-    training process's BadFileLedger."""
-    batch = default_collate([sample[:-1] for sample in samples])
-    if repeats > 1:
-        batch = [field.flatten(0, 1) for field in batch]
-    return (*batch, [attempt for sample in samples for attempt in sample[-1]])
-
-
-def collate_pretraining(samples, repeats=1):
-    """-> (video, mask, object_tokens, visible, masked, attempts): the masks' token indices
-    (masking_generator.mask_indices) are made here, in the loader's workers."""
-    video, mask, object_tokens, attempts = collate(samples, repeats)
-    visible, masked = (torch.from_numpy(i) for i in masking_generator.mask_indices(mask.numpy()))
-    return video, mask, object_tokens, visible, masked, attempts
-
-
 class PretrainingDataset(_RetryingDataset):
     """Clips for SMILE pretraining from a video list or a synthetic background."""
 
@@ -303,21 +282,22 @@ class VideoClsDataset(_RetryingDataset):
     """Labelled clips for fine-tuning and evaluation.
 
     train: random clip, random resized crop, flip unless `flip` is False -> (clip, label).
-    validation: one centre view; test: test_num_segment x test_num_crop views per video.
+    validation: one centre view; test: `views` = (segments, crops) per video (default
+    --test_num_segment x --test_num_crop).
     Training samples also carry the files they tried (see _RetryingDataset). Evaluation never
     substitutes another video for a bad one: it returns (clip, label, video_index, view_index,
     ok) with ok False and a zero clip instead, and notes the file in `eval_failures`.
     """
 
-    def __init__(self, args, entries, mode, segment_sampling, flip):
+    def __init__(self, args, entries, mode, segment_sampling, flip, views=None):
         super().__init__(args.seed, args.max_retries)
         self.eval_failures = {}  # path -> reason
         self.file_paths = [p for p, _ in entries]
         self.list_digest = getattr(entries, "digest", None)  # what a resume compares
         self.args, self.entries, self.mode = args, entries, mode
         self.segment_sampling, self.flip = segment_sampling, flip
-        self.num_segments = args.test_num_segment if mode == "test" else 1
-        self.num_crops = args.test_num_crop if mode == "test" else 1
+        self.num_segments, self.num_crops = (1, 1) if mode != "test" else views or (
+            args.test_num_segment, args.test_num_crop)
         self.rand_augment = self.random_erasing = None
         if mode == "train" and getattr(args, "aa", None):
             from timm.data.auto_augment import rand_augment_transform

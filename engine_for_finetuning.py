@@ -12,26 +12,17 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training import optimizer_step, set_lr
 from utils import autocast
 
 
-def train_step(model, criterion, batch, optimizer, lr, update, run, mixup_fn=None,
-               model_ema=None, scaler=None):
-    """One batch of supervised training; the optimiser updates every `run.update_freq`
-    batches (`update` says this is such a batch). Returns {'loss'}. `run`: device, precision,
-    clip_grad, update_freq."""
-    clip = batch[0].to(run.device, non_blocking=True)
-    label = batch[1].to(run.device, non_blocking=True)
+def train_loss(model, batch, criterion, device, precision, mixup_fn=None):
+    """(loss, {}) of one batch of supervised training; training.train_step does the update."""
+    video = batch.video.to(device, non_blocking=True)
+    label = batch.label.to(device, non_blocking=True)
     if mixup_fn is not None:
-        clip, label = mixup_fn(clip, label)
-    set_lr(optimizer, lr)
-    with autocast(run.device, run.precision):
-        loss = criterion(model(clip), label)
-    norm = optimizer_step(model, optimizer, loss, scaler, run.clip_grad, run.update_freq, update)
-    if norm is not None and model_ema is not None:
-        model_ema.update(model.module if hasattr(model, "module") else model)
-    return {"loss": loss.detach()}  # a device tensor, read at the print step
+        video, label = mixup_fn(video, label)
+    with autocast(device, precision):
+        return criterion(model(video), label), {}
 
 
 @torch.no_grad()

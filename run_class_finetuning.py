@@ -10,6 +10,7 @@ num_failed, ...).
 import stop_signals  # noqa: F401  first: a stop signal that comes during the imports is kept
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
 import checkpoint
+import batches
 import datasets
 import distributed
 import engine_for_finetuning as engine
@@ -177,9 +179,7 @@ def linear_probe(args, dist_info, nb_classes):
             features[split] = torch.load(cache, weights_only=False)["views"]
             log.info("probe: cached %s features from %s", split, cache)
             continue
-        view_args = argparse.Namespace(**{**vars(args), "test_num_segment": segments,
-                                          "test_num_crop": crops})
-        dataset = datasets.VideoClsDataset(view_args, entries[split], "test",
+        dataset = datasets.VideoClsDataset(args, entries[split], "test", views=(segments, crops),
                                            segment_sampling=args.data_set == "SSV2", flip=False)
         features[split] = engine.extract_features(encoder, eval_loader(args, dataset, dist_info),
                                                   dist_info, sharded, args.precision)
@@ -250,7 +250,7 @@ def main(args):
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True,
                         num_workers=args.num_workers, worker_init_fn=distributed.seed_worker,
                         pin_memory=args.pin_mem and dist_info.device.type == "cuda",
-                        collate_fn=datasets.collate)
+                        collate_fn=batches.collate_classification)
     if len(loader) < args.update_freq:
         raise UsageError(f"{len(train_set)} videos make fewer batches than --update_freq")
     optimizer = create_optimizer_v2(model, opt="adamw", lr=args.scaled_lr,
@@ -266,13 +266,8 @@ def main(args):
     criterion = (SoftTargetCrossEntropy() if mixup_fn else LabelSmoothingCrossEntropy(
         args.smoothing) if args.smoothing > 0 else torch.nn.CrossEntropyLoss())
     model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
-    run = argparse.Namespace(device=dist_info.device, precision=args.precision,
-                             clip_grad=args.clip_grad, update_freq=args.update_freq)
-
-    def step(model, optimizer, batch, lr, i):
-        return engine.train_step(model, criterion, batch, optimizer, lr,
-                                 (i + 1) % args.update_freq == 0, run, mixup_fn, model_ema,
-                                 scaler)
+    loss_fn = functools.partial(engine.train_loss, criterion=criterion, device=dist_info.device,
+                                precision=args.precision, mixup_fn=mixup_fn)
 
     def validate(net, epoch):
         val = engine.evaluate(net, eval_loader(args, val_set, dist_info), dist_info,
@@ -280,11 +275,12 @@ def main(args):
         log.info("epoch %d: val top-1 %.2f%%", epoch + 1, val["top1"])
         return {f"val_{k}": v for k, v in val.items()}
 
-    code, net = training.fit(args, dist_info, model, optimizer, loader, sampler, train_set, step,
-                             scaler=scaler, model_ema=model_ema,
-                             accumulation=args.update_freq, after_epoch=validate)
-    if code or net is None:  # failed, or stopped by a signal (saved, to be resumed)
-        return code
+    net = training.fit(args, dist_info, training.Job(
+        model, optimizer, loss_fn, loader, sampler, train_set, scaler=scaler,
+        model_ema=model_ema, accumulation=args.update_freq, clip_grad=args.clip_grad,
+        after_epoch=validate))
+    if net is None:  # stopped by a signal, saved: run the same command to resume
+        return 0
     final = model_ema.module if model_ema is not None else net
     test(final, args, dist_info, nb_classes, "finetune")
     return 0

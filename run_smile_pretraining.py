@@ -17,6 +17,7 @@ from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader
 
 import checkpoint
+import batches
 import datasets
 import distributed
 import masking_generator
@@ -26,7 +27,7 @@ import outputs
 import teachers
 import training
 import utils
-from engine_for_pretraining import train_step
+from engine_for_pretraining import train_loss
 from errors import UsageError
 
 log = logging.getLogger("smile")
@@ -101,7 +102,7 @@ def build_loader(args, dataset, dist_info):
                         num_workers=args.num_workers, drop_last=True,
                         pin_memory=args.pin_mem and dist_info.device.type == "cuda",
                         worker_init_fn=distributed.seed_worker,
-                        collate_fn=functools.partial(datasets.collate_pretraining,
+                        collate_fn=functools.partial(batches.collate_pretraining,
                                                      repeats=repeats))
     return loader, sampler
 
@@ -160,15 +161,15 @@ def main(args):
         log.info("stage 2: whole student from %s, fresh optimiser and schedule",
                  args.first_stage_path)
 
-    def step(model, optimizer, batch, lr, i):
-        return train_step(model, teacher, batch, optimizer, lr, args.precision,
-                          dist_info.device, args.target_norm, args.clip_grad, scaler,
-                          motion_target, args.motion_loss_weight)
-
-    code, _ = training.fit(args, dist_info, model, optimizer, loader, sampler, dataset, step,
-                           scaler=scaler, model_kwargs=model_kwargs,
-                           initialize=load_first_stage if args.first_stage_path else None)
-    return code
+    loss_fn = functools.partial(train_loss, teacher=teacher, device=dist_info.device,
+                                precision=args.precision, target_norm=args.target_norm,
+                                motion_target=motion_target,
+                                motion_weight=args.motion_loss_weight)
+    training.fit(args, dist_info, training.Job(
+        model, optimizer, loss_fn, loader, sampler, dataset, scaler=scaler,
+        clip_grad=args.clip_grad, model_kwargs=model_kwargs,
+        initialize=load_first_stage if args.first_stage_path else None))
+    return 0  # finished, or stopped by a signal after saving
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 """The training skeleton both entry points run, and the one optimiser step both engines take.
 
-    fit: resume -> wrap -> schedule -> epochs of steps (bad files judged, progress with ETA,
-         stop signals) -> save -> numbered copy -> per-epoch hook (validation) -> exit code
+    fit(args, dist_info, Job): resume -> wrap -> schedule -> epochs of steps (bad files
+         judged, progress with ETA, stop signals) -> save -> numbered copy -> validation
+    train_step: set the LR -> the engine's loss -> backward, optimiser step -> EMA
     run_cli: a user's mistake or a data abort as one `error:` line and its exit code
 """
+import dataclasses
 import errno
 import logging
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Callable, Optional
 
 import torch
 
@@ -80,25 +84,58 @@ def optimizer_step(model, optimizer, loss, scaler=None, clip_grad=None, accumula
 
 
 # ---------------------------------------------------------------- the epoch
-def train_one_epoch(step_fn, model, optimizer, loader, lr_at, epoch, first_batch, run, logger,
-                    stop_flag, ledger):
+@dataclass
+class Job:
+    """What fit trains, as an entry point builds it. `loss_fn(model, batch)` is the engine's
+    step: (loss, {name: device tensor}), no optimiser and no LR inside; `after_epoch(model,
+    epoch)` -> metrics (validation); `initialize(model)`: start weights when nothing resumes."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    loader: torch.utils.data.DataLoader
+    sampler: distributed.ResumableSampler
+    dataset: torch.utils.data.Dataset
+    scaler: Optional[torch.amp.GradScaler] = None
+    model_ema: Optional[torch.nn.Module] = None
+    accumulation: int = 1
+    clip_grad: Optional[float] = None
+    model_kwargs: Optional[dict] = None
+    after_epoch: Optional[Callable] = None
+    initialize: Optional[Callable] = None
+
+
+def train_step(job, batch, lr, update):
+    """Set the LR -> the engine's loss -> backward, and at an accumulation boundary (`update`)
+    the optimiser step -> EMA. Returns the metrics as device tensors (read at print steps)."""
+    set_lr(job.optimizer, lr)
+    loss, metrics = job.loss_fn(job.model, batch)
+    norm = optimizer_step(job.model, job.optimizer, loss, job.scaler, job.clip_grad,
+                          job.accumulation, update)
+    if norm is not None and job.model_ema is not None:
+        job.model_ema.update(getattr(job.model, "module", job.model))
+    grad = {} if norm is None else {"grad_norm": norm.detach()}
+    return {"loss": loss.detach(), **grad, **{k: v.detach() for k, v in metrics.items()}}
+
+
+def train_one_epoch(job, lr_at, epoch, first_batch, run, logger, stop_flag, ledger):
     """One epoch from batch `first_batch` -> (mean metrics, the batch after a stop or None).
-    step_fn(model, optimizer, batch, lr, i) returns device tensors, read at print steps only;
     `run`: steps_per_epoch, epochs, print_freq, clips_per_step and dist."""
-    model.train()
-    totals, count, data_time, start = {}, 0, 0.0, time.time()
+    job.model.train()
+    totals, counts, data_time, start = {}, {}, 0.0, time.time()
     window_start, window_data, window_steps = start, 0.0, 0
-    batches = distributed.start_workers(loader)
+    batches = distributed.start_workers(job.loader)
     try:
         wait_start, bad_step = time.time(), None
-        for i, (*batch, attempts) in enumerate(batches, start=first_batch):
+        for i, batch in enumerate(batches, start=first_batch):
             waited = time.time() - wait_start
             data_time, window_data = data_time + waited, window_data + waited
-            ledger.record(attempts, epoch)
+            ledger.record(batch.attempts, epoch)
             step = epoch * run.steps_per_epoch + i
-            metrics = step_fn(model, optimizer, batch, lr := lr_at(step), i)  # device tensors
-            totals = {key: totals.get(key, 0.0) + value for key, value in metrics.items()}
-            count, window_steps = count + 1, window_steps + 1
+            metrics = train_step(job, batch, lr := lr_at(step),
+                                 update=(i + 1) % job.accumulation == 0)
+            for key, value in metrics.items():
+                totals[key], counts[key] = totals.get(key, 0.0) + value, counts.get(key, 0) + 1
+            window_steps += 1
             # the first step whose loss was not finite (its update was skipped), on the device
             bad = ~torch.isfinite(metrics["loss"])
             bad_step = torch.where(bad, step, -1) if bad_step is None else torch.where(
@@ -115,12 +152,12 @@ def train_one_epoch(step_fn, model, optimizer, loader, lr_at, epoch, first_batch
             # ranks agree on stopping where they meet anyway (an all-reduce is a host sync)
             if (printing or run.dist.world_size == 1) and distributed.stop_requested(
                     stop_flag, run.dist):
-                return _means(totals, count, run, data_time, start), i + 1
+                return _means(totals, counts, run, data_time, start), i + 1
             wait_start = time.time()
     finally:
         distributed.stop_workers(batches)
     ledger.check(epoch_end=True)
-    return _means(totals, count, run, data_time, start), None
+    return _means(totals, counts, run, data_time, start), None
 
 
 def stop_if_not_finite(bad_step, metrics, dist_info):
@@ -148,24 +185,26 @@ def _log_progress(run, epoch, i, lr, metrics, step_time, clips_per_s, data_fract
              format_eta(left_epoch), format_eta(left_total))
 
 
-def _means(totals, count, run, data_time, start):
-    out = {k: distributed.all_reduce_mean(v / max(count, 1), run.dist) for k, v in totals.items()}
-    return dict(out, data_wait_fraction=data_time / max(time.time() - start, 1e-9), steps=count)
+def _means(totals, counts, run, data_time, start):
+    out = {k: distributed.all_reduce_mean(v / counts[k], run.dist) for k, v in totals.items()}
+    return dict(out, data_wait_fraction=data_time / max(time.time() - start, 1e-9),
+                steps=counts.get("loss", 0))
 
 
 # ---------------------------------------------------------------- the run
-def fit(args, dist_info, model, optimizer, loader, sampler, dataset, step_fn, scaler=None,
-        model_ema=None, accumulation=1, model_kwargs=None, after_epoch=None, initialize=None):
-    """Train for args.epochs from where the output folder says the run is -> (exit code, the
-    bare module, or None when a signal stopped it after saving). `initialize(model)`: start
-    weights, loaded only when nothing resumes (outputs.start_or_resume)."""
-    steps_per_epoch = len(loader)
-    ledger = BadFileLedger(dataset.file_paths, args.max_bad_fraction, args.output_dir, dist_info)
+def fit(args, dist_info, job):
+    """Train `job` for args.epochs from where the output folder says the run is. Returns the
+    trained bare module, or None when a stop signal ended the run after it saved (run the same
+    command to resume). `job.initialize`: start weights, loaded only when nothing resumes."""
+    steps_per_epoch, accumulation = len(job.loader), job.accumulation
+    ledger = BadFileLedger(job.dataset.file_paths, args.max_bad_fraction, args.output_dir,
+                           dist_info)
     (start_epoch, first_batch), history, data_list = outputs.start_or_resume(
-        args, dist_info, (model, optimizer, scaler, model_ema), dataset, steps_per_epoch, ledger,
-        initialize)
-    model, optimizer, net = distributed.wrap_for_training(model, optimizer, args, dist_info,
-                                                          accumulation)
+        args, dist_info, (job.model, job.optimizer, job.scaler, job.model_ema), job.dataset,
+        steps_per_epoch, ledger, job.initialize)
+    model, optimizer, net = distributed.wrap_for_training(job.model, job.optimizer, args,
+                                                          dist_info, accumulation)
+    job = dataclasses.replace(job, model=model, optimizer=optimizer)
     updates_per_epoch = steps_per_epoch // accumulation
 
     def lr_at(step):  # the schedule counts optimiser updates
@@ -180,9 +219,9 @@ def fit(args, dist_info, model, optimizer, loader, sampler, dataset, step_fn, sc
             try:
                 checkpoint.save_checkpoint(
                     os.path.join(args.output_dir, checkpoint.LATEST), checkpoint.training_state(
-                        net, optimizer, epoch, next_batch, steps_per_epoch, args, scaler,
-                        model_ema, model_kwargs=model_kwargs, bad_files=ledger.state_dict(),
-                        data_list=data_list, history=history))
+                        net, optimizer, epoch, next_batch, steps_per_epoch, args, job.scaler,
+                        job.model_ema, model_kwargs=job.model_kwargs,
+                        bad_files=ledger.state_dict(), data_list=data_list, history=history))
                 if not next_batch:
                     checkpoint.keep_epoch_checkpoint(args.output_dir, epoch - 1, args.epochs,
                                                      args.save_ckpt_freq, args.keep_last)
@@ -197,26 +236,26 @@ def fit(args, dist_info, model, optimizer, loader, sampler, dataset, step_fn, sc
     logger = MetricLogger(args.output_dir, args.log_dir, dist_info.is_main)
     stop_flag = stop_signals.stop_flag()  # installed at import by the entry points
     for epoch in range(start_epoch, args.epochs):
-        dataset.set_epoch(epoch)
-        dataset.known_bad = ledger.known_bad()  # workers are forked per epoch: they see it
-        sampler.set_epoch(epoch, skip_batches=first_batch)
-        stats, stopped_at = train_one_epoch(step_fn, model, optimizer, loader, lr_at, epoch,
-                                            first_batch, run, logger, stop_flag, ledger)
+        job.dataset.set_epoch(epoch)
+        job.dataset.known_bad = ledger.known_bad()  # workers are forked per epoch: they see it
+        job.sampler.set_epoch(epoch, skip_batches=first_batch)
+        stats, stopped_at = train_one_epoch(job, lr_at, epoch, first_batch, run, logger,
+                                            stop_flag, ledger)
         first_batch, mid_epoch = 0, stopped_at is not None and stopped_at < steps_per_epoch
         position = (epoch, stopped_at) if mid_epoch else (epoch + 1, 0)
         save(*position)  # at an epoch's end also when the signal came at its last step
         if not mid_epoch:
-            extra = after_epoch(net, epoch) if after_epoch else {}
+            extra = job.after_epoch(net, epoch) if job.after_epoch else {}
             logger.epoch({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}, **extra})
             log.info("epoch %d done: loss %.4f", epoch + 1, stats.get("loss", float("nan")))
         if stopped_at is not None and position[0] < args.epochs:
             log.info("%s received: saved epoch %d batch %d to %s; run the same command to "
                      "resume", stop_flag.signal, position[0] + 1, position[1],
                      os.path.join(args.output_dir, checkpoint.LATEST))
-            return 0, None
+            return None
     logger.close()
     log.info("finished %d epochs; checkpoints and logs in %s", args.epochs, args.output_dir)
-    return 0, net
+    return net
 
 
 def run_cli(main, args, check_args):

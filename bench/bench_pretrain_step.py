@@ -12,6 +12,7 @@ did: fp32 weights, no autocast, every block under gradient checkpointing.
 MFU = counted FLOPs per second / --peak_tflops (default: H100/H200 dense bf16, 989).
 """
 import argparse
+import functools
 import os
 import sys
 import time
@@ -23,10 +24,12 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import datasets  # noqa: E402
+import batches  # noqa: E402
 import engine_for_pretraining as engine  # noqa: E402
 import modeling_pretrain  # noqa: E402
+import run_smile_pretraining  # noqa: E402
 import teachers  # noqa: E402
+import training  # noqa: E402
 from masking_generator import token_grid, tube_mask  # noqa: E402
 from utils import normalize_video  # noqa: E402
 
@@ -91,10 +94,9 @@ def main():
     device = torch.device(a.device)
     torch.manual_seed(0)
     grid = token_grid(a.num_frames, a.input_size, 16, 2)
-    targs = argparse.Namespace(target_type="feature", teacher_model=a.teacher_model,
-                               teacher_weights="random", teacher_input_norm="imagenet",
-                               patch_size=16, tubelet_size=2, teacher_frames=a.teacher_frames,
-                               motion_loss_weight=a.motion_loss_weight)
+    targs = run_smile_pretraining.parse_args([  # the run's own flags and defaults
+        "--teacher_model", a.teacher_model, "--teacher_weights", "random", "--teacher_frames",
+        a.teacher_frames, "--motion_loss_weight", str(a.motion_loss_weight)])
     teacher = teachers.build_teacher(targs, grid).to(device)
     if a.teacher_setup == "authors":
         teacher = authors_teacher(teacher)
@@ -113,26 +115,29 @@ def main():
                           dtype=torch.uint8, generator=gen)
     mask = torch.stack([torch.from_numpy(tube_mask(grid, a.mask_ratio, np.random.default_rng(i)))
                         for i in range(a.batch_size)])
-    batch = datasets.collate_pretraining([(v, m, torch.zeros_like(m), []) for v, m in
-                                          zip(video, mask)])[:-1]  # as the loader makes it
+    batch = batches.collate_pretraining([(v, m, torch.zeros_like(m), []) for v, m in
+                                         zip(video, mask)])  # as the loader makes it
     if device.type == "cuda":
-        batch = (batch[0].pin_memory(), *batch[1:])
+        batch = batch._replace(video=batch.video.pin_memory())
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def step():
-        return engine.train_step(student, teacher, batch, optimizer, 1e-4, a.precision, device,
-                                 "clip_channel", scaler=scaler, motion_target=motion_target,
-                                 motion_weight=a.motion_loss_weight)
+    loss_fn = functools.partial(engine.train_loss, teacher=teacher, device=device,
+                                precision=a.precision, target_norm="clip_channel",
+                                motion_target=motion_target, motion_weight=a.motion_loss_weight)
+    job = training.Job(student, optimizer, loss_fn, None, None, None, scaler=scaler)
+
+    def step():  # as the runs take it
+        return training.train_step(job, batch, 1e-4, update=True)
 
     x = normalize_video(video.to(device))
     teacher_flops = count_flops(lambda: teacher(x))
     step_flops = count_flops(step)  # teacher forward + student forward and backward
     if a.compile:  # after counting: the counter sees the eager modules' real operations
-        student = torch.compile(student)
-        teacher = torch.compile(teacher)
+        student.compile()  # in place, as the runs: the step's job keeps these modules
+        teacher.compile()
     for _ in range(a.warmup):
         step()
     sync()

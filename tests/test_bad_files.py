@@ -8,6 +8,7 @@ import torch
 from scipy.stats import binom
 
 import bad_files
+import batches
 import datasets
 import distributed
 import errors
@@ -145,8 +146,8 @@ def test_restart_never_decodes_a_known_bad_file(video_dir, tmp_path):
         ledger = bad_files.BadFileLedger(dataset.file_paths, 0.2, str(out), ONE)
         sampler = distributed.ResumableSampler(len(dataset), 4, 0, 1, seed=0)
         loader = torch.utils.data.DataLoader(dataset, batch_size=4, sampler=sampler,
-                                             num_workers=2, collate_fn=datasets.collate,
-                                             worker_init_fn=distributed.seed_worker)
+                                             num_workers=2, worker_init_fn=distributed.seed_worker,
+                                             collate_fn=batches.collate_pretraining)
         for epoch in epochs:
             dataset.set_epoch(epoch)
             dataset.known_bad = ledger.known_bad()

@@ -175,16 +175,16 @@ def test_a_resume_keeps_what_the_run_learns_from(video_dir, tmp_path):
 def test_a_stop_at_an_epochs_last_step_saves_the_epoch(tmp_path, monkeypatch):
     """The signal comes during the last step of epoch 1: the epoch is saved whole (and logged
     once); the resumed run starts at epoch 2 and its epoch 2 has a loss."""
-    flag, real_step = stop_signals.stop_flag(), run.train_step
+    flag, real_loss = stop_signals.stop_flag(), run.train_loss
 
-    def step(*a, **k):
-        step.calls += 1
-        if step.calls == 4:  # 16 clips, batch 4: the last step of epoch 1
+    def loss(*a, **k):
+        loss.calls += 1
+        if loss.calls == 4:  # 16 clips, batch 4: the last step of epoch 1
             flag.signal = "SIGTERM"
-        return real_step(*a, **k)
+        return real_loss(*a, **k)
 
-    step.calls = 0
-    monkeypatch.setattr(run, "train_step", step)
+    loss.calls = 0
+    monkeypatch.setattr(run, "train_loss", loss)
     argv = [*TINY, "--num_synthetic_clips", "16", "--batch_size", "4", "--epochs", "2",
             "--output_dir", str(tmp_path)]
     try:

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+import batches
 import datasets
 import errors
 import video_io
@@ -144,8 +145,9 @@ def test_repeated_sampling_cuts_clips_from_one_decode(video_dir, tmp_path, monke
             assert not torch.equal(object_tokens[a], object_tokens[b])
     if stage == 1:  # each trajectory mask covers its own clip's objects
         assert ((masks & object_tokens).sum(1) > 0.8 * object_tokens.sum(1)).all()
-    batch = datasets.collate_pretraining([dataset[0], dataset[1]], repeats=3)
-    video, mask, _, visible, masked, attempts = batch
+    batch = batches.collate_pretraining([dataset[0], dataset[1]], repeats=3)
+    video, visible, masked, attempts = batch
+    mask = torch.cat([dataset[0][1], dataset[1][1]])
     assert video.shape == (6, 3, 8, 64, 64) and len(attempts) == 2
     assert torch.equal(video[3:], dataset[1][0])  # a video's clips sit together, in order
     assert visible.shape == (6, 64 - 48) and masked.shape == (6, 48)
@@ -266,13 +268,12 @@ def test_dataloader_workers(video_dir, tmp_path):
     dataset = datasets.build_pretraining_dataset(pretrain_args(background="video",
                                                                data_path=listing))
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2,
-                                         collate_fn=datasets.collate)
-    batches = list(loader)
-    assert len(batches) == 2
-    video, mask, object_tokens, attempts = batches[0]
-    assert attempts == [(0, "", ""), (1, "", "")]
-    assert video.shape == (2, 3, 8, 64, 64) and mask.shape == (2, 64)
-    assert torch.equal(video[0], dataset[0][0])  # workers give what the main process gives
+                                         collate_fn=batches.collate_pretraining)
+    loaded = list(loader)
+    assert len(loaded) == 2
+    assert loaded[0].attempts == [(0, "", ""), (1, "", "")]
+    assert loaded[0].video.shape == (2, 3, 8, 64, 64) and loaded[0].masked.shape[0] == 2
+    assert torch.equal(loaded[0].video[0], dataset[0][0])  # workers give what the main does
 
 
 def test_decord_rejects_valid_file_pyav_reads_it(tmp_path):

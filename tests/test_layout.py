@@ -29,20 +29,24 @@ ALLOWED = {
     "stop_signals": set(),
     "training": {"distributed", "checkpoint", "outputs", "stop_signals", "bad_files", "errors",
                  "utils"},
-    "engine_for_pretraining": {"utils", "training"},
-    "engine_for_finetuning": {"utils", "training"},
+    "engine_for_pretraining": {"utils"},
+    "engine_for_finetuning": {"utils"},
+    "batches": {"masking_generator"},
     "run_smile_pretraining": {"datasets", "modeling_pretrain", "engine_for_pretraining",
-                              "motion_infusion", "masking_generator", "teachers"} | PLUMBING,
+                              "motion_infusion", "masking_generator", "teachers",
+                              "batches"} | PLUMBING,
     "run_class_finetuning": {"datasets", "modeling_finetune", "engine_for_finetuning",
-                             "masking_generator"} | PLUMBING,
+                             "masking_generator", "batches"} | PLUMBING,
     "video_transforms": set(),
 }
+# training.py: the epoch loop and the update both engines used to make (they return a loss)
 BUDGET = {"run_smile_pretraining": 300, "run_class_finetuning": 350, "datasets": 400,
           "motion_infusion": 400, "masking_generator": 250, "modeling_finetune": 250,
           "modeling_pretrain": 400, "engine_for_pretraining": 250, "engine_for_finetuning": 300,
-          "utils": 250, "distributed": 250, "checkpoint": 250, "training": 250,
+          "utils": 250, "distributed": 250, "checkpoint": 250, "training": 300,
           "bad_files": 200, "errors": 60, "lists": 100, "video_io": 250, "teachers": 250,
-          "video_transforms": 150, "outputs": 250, "stop_signals": 100, "launch": 100}
+          "video_transforms": 150, "outputs": 250, "stop_signals": 100, "launch": 100,
+          "batches": 100}
 
 
 def local_imports(module):

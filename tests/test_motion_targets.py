@@ -10,7 +10,7 @@ import torch
 import engine_for_pretraining as engine
 import modeling_pretrain
 import teachers
-from test_pretraining import loader_batch, random_mask, teacher_args
+from test_pretraining import loader_batch, random_mask, teacher_args, train_step
 
 
 def build(teacher_model="clip_vit_tiny", frames="first", motion=0.0, frames_in=4):
@@ -41,15 +41,14 @@ def test_every_combination_trains(frames, motion, masks_per_clip):
     video = torch.randint(0, 255, (3, 3, 4, 32, 32), dtype=torch.uint8)
     batch = loader_batch(video, mask if masks_per_clip > 1 else mask[:, 0])
     motion_target = teachers.PixelTarget(16, 2, motion=True)
-    out = engine.train_step(student, teacher, batch, optimizer, 1e-3, "fp32",
-                            torch.device("cpu"), "clip_channel", motion_target=motion_target,
-                            motion_weight=motion)
+    out = train_step(student, teacher, batch, optimizer, motion_target=motion_target,
+                     motion_weight=motion)
     assert torch.isfinite(out["loss"])
     assert ("motion_loss" in out) == bool(motion)
     if motion:
         assert torch.allclose(out["loss"], out["feature_loss"] + motion * out["motion_loss"])
-    pred = student(torch.randn(3, 3, 4, 32, 32), *batch[3:5] if masks_per_clip == 1 else
-                   (batch[3][:, 0], batch[4][:, 0]))
+    pred = student(torch.randn(3, 3, 4, 32, 32), *(batch.visible, batch.masked)
+                   if masks_per_clip == 1 else (batch.visible[:, 0], batch.masked[:, 0]))
     feature_pred = pred[0] if motion else pred
     assert feature_pred.shape == (3, 6, teachers.target_dim(args))
     if motion:

@@ -7,6 +7,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import checkpoint
+import batches
+import datasets
 import distributed
 import engine_for_pretraining as engine
 import errors
@@ -14,6 +16,7 @@ import masking_generator
 import modeling_pretrain
 import stop_signals
 import teachers
+import training
 import utils
 
 
@@ -32,13 +35,21 @@ def tiny_student(target_dim, frames=4, size=32):
 
 
 def loader_batch(video, mask):
-    """(video, mask) as the loader hands them to the step (datasets.collate_pretraining)."""
+    """(video, mask) as the loader hands them to the step (batches.collate_pretraining)."""
     visible, masked = (torch.from_numpy(i) for i in masking_generator.mask_indices(mask.numpy()))
-    return video, mask, None, visible, masked
+    return batches.PretrainingBatch(video, visible, masked, [])
 
 
 def indices(mask):
-    return loader_batch(None, mask)[3:]
+    return loader_batch(None, mask)[1:3]
+
+
+def train_step(student, teacher, batch, optimizer, precision="fp32", **loss_options):
+    """One step as the runs take it: the engine's loss, then training's update (lr 1e-3)."""
+    loss_fn = functools.partial(engine.train_loss, teacher=teacher, device=torch.device("cpu"),
+                                precision=precision, target_norm="clip_channel", **loss_options)
+    job = training.Job(student, optimizer, loss_fn, loader=None, sampler=None, dataset=None)
+    return training.train_step(job, batch, 1e-3, update=True)
 
 
 def random_mask(batch, n, masked, seed=0):
@@ -187,8 +198,7 @@ def test_loss_decreases_on_fixed_batch():
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
     batch = loader_batch(torch.randint(0, 255, (4, 3, 4, 32, 32), dtype=torch.uint8),
                          random_mask(4, 8, 6))
-    losses = [engine.train_step(student, teacher, batch, optimizer, 1e-3, "fp32",
-                                torch.device("cpu"), "clip_channel")["loss"] for _ in range(40)]
+    losses = [train_step(student, teacher, batch, optimizer)["loss"] for _ in range(40)]
     assert losses[-1] < 0.5 * losses[0]
 
 
@@ -201,8 +211,7 @@ def test_multiple_masks_share_one_teacher_pass():
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
     mask = torch.stack([random_mask(3, 8, 6, seed=s) for s in (0, 1)], dim=1)  # [B, K, N]
     video = torch.randint(0, 255, (3, 3, 4, 32, 32), dtype=torch.uint8)
-    out = engine.train_step(student, teacher, loader_batch(video, mask), optimizer, 1e-3, "fp32",
-                            torch.device("cpu"), "clip_channel")
+    out = train_step(student, teacher, loader_batch(video, mask), optimizer)
     assert calls == [3] and torch.isfinite(out["loss"])
 
 
@@ -282,8 +291,6 @@ def test_training_steps_wait_on_the_host_only_to_print(tmp_path):
     progress) with --print_freq 3: the steps in between read nothing back from the device;
     each print step reads the loss and gradient norm it prints (the mean over ranks is one
     more read with several processes; the non-finite check's copy does not show on a CPU)."""
-    import datasets
-    import training
     from bad_files import BadFileLedger
     from media import pretrain_args
     from types import SimpleNamespace
@@ -291,25 +298,26 @@ def test_training_steps_wait_on_the_host_only_to_print(tmp_path):
                          num_synthetic_clips=12, mask_type="tube", infusion_prob=0.0)
     dataset = datasets.build_pretraining_dataset(args)
     loader = torch.utils.data.DataLoader(dataset, batch_size=2,
-                                         collate_fn=datasets.collate_pretraining)
+                                         collate_fn=batches.collate_pretraining)
     teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
     student = tiny_student(192)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, fused=True)  # as the runs
     counter = SyncsPerStep()
 
-    def step(model, optimizer, batch, lr, i):
-        counter.step = i
-        return engine.train_step(model, teacher, batch, optimizer, lr, "fp32",
-                                 torch.device("cpu"), "clip_channel")
+    def loss_fn(model, batch):
+        counter.step += 1
+        return engine.train_loss(model, batch, teacher, torch.device("cpu"), "fp32",
+                                 "clip_channel")
 
     dist_info = distributed.Dist(0, 1, 0, torch.device("cpu"))
     run = SimpleNamespace(steps_per_epoch=6, epochs=1, dist=dist_info, print_freq=3,
                           clips_per_step=2)
     logger = utils.MetricLogger(str(tmp_path), None, False)
     ledger = BadFileLedger([], 0.05, str(tmp_path), dist_info)
+    job = training.Job(student, optimizer, loss_fn, loader, sampler=None, dataset=dataset)
     with counter:
-        stats, _ = training.train_one_epoch(step, student, optimizer, loader, lambda s: 1e-3, 0,
-                                            0, run, logger, stop_signals.stop_flag(), ledger)
+        stats, _ = training.train_one_epoch(job, lambda s: 1e-3, 0, 0, run, logger,
+                                            stop_signals.stop_flag(), ledger)
     assert stats["steps"] == 6
     reads = ["aten._local_scalar_dense"] * 2  # the printed loss and gradient norm
     assert counter.syncs == {2: reads, 5: reads + reads}, counter.syncs  # 5: + epoch means
@@ -334,9 +342,8 @@ def test_half_precision_clip_teacher_keeps_fused_attention():
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
     video = torch.randint(0, 255, (2, 3, 2, 32, 32), dtype=torch.uint8)
     with OpsSeen() as seen:
-        out = engine.train_step(student, teacher, loader_batch(video, random_mask(2, 4, 3)),
-                                optimizer,
-                                1e-3, "bf16", torch.device("cpu"), "clip_channel")
+        out = train_step(student, teacher, loader_batch(video, random_mask(2, 4, 3)), optimizer,
+                         "bf16")
     assert "aten._native_multi_head_attention" in seen.ops
     assert torch.isfinite(out["loss"])
     teacher.backbone.float()  # the control: fp32 weights called under autocast
@@ -357,8 +364,7 @@ def test_non_finite_loss_never_reaches_the_weights(fused):
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, fused=fused)
     batch = loader_batch(torch.randint(0, 255, (2, 3, 4, 32, 32), dtype=torch.uint8),
                          random_mask(2, 8, 6))
-    step = functools.partial(engine.train_step, student, teacher, batch, optimizer, 1e-3, "fp32",
-                             torch.device("cpu"), "clip_channel")
+    step = functools.partial(train_step, student, teacher, batch, optimizer)
     if fused:
         assert torch.isnan(step()["loss"])
     else:
