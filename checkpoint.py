@@ -1,11 +1,13 @@
-"""Checkpoints: one atomic writer, numbered copies with a keep limit, and the resume walk.
+"""Checkpoints: one atomic writer, numbered copies with a keep limit, the resume walk, and
+one reader of weights in every layout we accept, with one reporter of what did not fit.
 
 What a training checkpoint holds (plain data: it loads with `torch.load(weights_only=True)`):
-model, optimizer, scaler, model_ema, `epoch` = the number of epochs completed (the epoch a
-resumed run starts at), `next_batch` = the batch of that epoch to start at (0 after a whole
-epoch), `step` = epoch * steps_per_epoch + next_batch, `args` (a dict), the model's constructor
-kwargs and the bad-file ledger. `checkpoint-N.pth` is the state at the end of epoch N counted
-from 0, so it stores epoch = N + 1 (VideoMAE's naming).
+`format` (FORMAT), `kind` (kind_of), model, optimizer, scaler, model_ema, `epoch` = the number
+of epochs completed (the epoch a resumed run starts at), `next_batch` = the batch of that epoch
+to start at (0 after a whole epoch), `step` = epoch * steps_per_epoch + next_batch, `args` (a
+dict), `model_kwargs` (the model's build keywords), the bad-file ledger, the list's digest and
+the run's history. `checkpoint-N.pth` is the state at the end of epoch N counted from 0, so it
+stores epoch = N + 1 (VideoMAE's naming).
 """
 import contextlib
 import errno
@@ -21,6 +23,8 @@ from errors import UsageError, WriteError
 
 log = logging.getLogger("smile")
 LATEST = "checkpoint-latest.pth"
+FORMAT = 2  # what training_state writes; 1: files without `kind` and `format` (still read)
+WEIGHT_KEYS = ("model", "module", "state_dict")
 
 
 class CheckpointError(UsageError):
@@ -186,32 +190,55 @@ def resume_checkpoint(args):
     return find_resume_checkpoint(args.output_dir) if args.auto_resume else None
 
 
-def describe(state):
-    """What a checkpoint is, from its stored arguments, for error messages."""
+def kind_of(state):
+    """'stage-1 pretraining', 'stage-2 pretraining' or 'fine-tuning': stored since format 2,
+    else what the stored arguments suggest; None for a file of someone else's."""
     saved = state.get("args") or {} if isinstance(state, dict) else {}
-    grid = f"{saved.get('num_frames')} frames, {saved.get('input_size')} px"
-    if "stage" in saved:
-        return f"a stage-{saved['stage']} pretraining checkpoint of {saved.get('model')} ({grid})"
-    if "linear_probe" in saved:
-        return f"a fine-tuning checkpoint of {saved.get('model')} ({grid})"
-    return "a checkpoint without this framework's run arguments"
+    guess = (f"stage-{saved['stage']} pretraining" if "stage" in saved else
+             "fine-tuning" if "linear_probe" in saved else None)
+    return state.get("kind", guess) if isinstance(state, dict) else None
+
+
+def describe(state):
+    """What a checkpoint is, for error messages."""
+    if (kind := kind_of(state)) is None:
+        return "a checkpoint without this framework's run arguments"
+    saved = state.get("args") or {}
+    return (f"a {kind} checkpoint of {saved.get('model')} ({saved.get('num_frames')} frames, "
+            f"{saved.get('input_size')} px)")
+
+
+def model_weights(state, keys=WEIGHT_KEYS):
+    """The weights in any checkpoint layout we read: ours and the authors' ('model'),
+    DeepSpeed's ('module'), VideoMAE's ('model' or 'module'), timm's and others'
+    ('state_dict'), or bare tensors; a DataParallel 'module.' prefix is dropped."""
+    for key in keys:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def misfit(own, weights, strict=True):
+    """One line saying what of `weights` does not fit a model's state dict `own` (keys
+    missing, unexpected, of another shape), or '' when all fits; strict=False names only the
+    weights of another shape (a partial load is fine, a wrong size or grid is not)."""
+    missing = [k for k in own if k not in weights] if strict else []
+    unexpected = [k for k in weights if k not in own] if strict else []
+    reshaped = [k for k in own if k in weights and weights[k].shape != own[k].shape]
+    parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in (
+        (missing, "keys missing"), (unexpected, "unexpected keys"),
+        (reshaped, "weights have another shape")) if keys]
+    if reshaped:
+        k = reshaped[0]
+        parts[-1] += f": {tuple(weights[k].shape)} in the file, {tuple(own[k].shape)} here"
+    return "; ".join(parts)
 
 
 def load_model_weights(model, weights, path):
     """Strict load with a one-line CheckpointError instead of torch's page of key names."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    reshaped = [k for k in own if k in weights and weights[k].shape != own[k].shape]
-    if missing or unexpected or reshaped:
-        parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in (
-            (missing, "keys missing"), (unexpected, "unexpected keys"),
-            (reshaped, "of another shape")) if keys]
-        if reshaped:
-            k = reshaped[0]
-            parts[-1] += f": {tuple(weights[k].shape)} in the file, {tuple(own[k].shape)} here"
+    if problem := misfit(model.state_dict(), weights):
         raise CheckpointError(path, "its weights do not fit the model these arguments build: "
-                                    + "; ".join(parts))
+                                    + problem)
     model.load_state_dict(weights)
 
 
@@ -227,8 +254,9 @@ def restore(state, model, optimizer, scaler=None, model_ema=None, path=""):
 
 def training_state(model, optimizer, epoch, next_batch, steps_per_epoch, args, scaler=None,
                    model_ema=None, **extra):
-    """What a checkpoint holds: plain data that loads with torch.load(weights_only=True)."""
-    return dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+    """What a checkpoint holds: plain data that loads with torch.load(weights_only=True);
+    `extra` names its `kind` and holds the model's build keywords (model_kwargs)."""
+    return dict(format=FORMAT, model=model.state_dict(), optimizer=optimizer.state_dict(),
                 scaler=scaler.state_dict() if scaler else None,
                 model_ema=model_ema.state_dict() if model_ema else None, epoch=epoch,
                 next_batch=next_batch, step=epoch * steps_per_epoch + next_batch,

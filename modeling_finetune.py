@@ -16,6 +16,8 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
+from checkpoint import misfit, model_weights
+
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 SIZES = {  # name: (embed_dim, depth, num_heads)
     "tiny": (192, 12, 3),
@@ -146,20 +148,16 @@ PRETRAINING_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token")
 def load_pretrained(model, path, model_key="model|module"):
     """Load a pretraining (or fine-tuned) checkpoint (a path, or its loaded contents) into
     `model` and say exactly what did not fit. `model_key` lists the keys that may hold the
-    weights ('model|module': ours and DeepSpeed's). Strips 'module.', 'encoder.' and
-    'backbone.', skips the decoder, drops a head of the wrong shape. Returns dict(missing,
-    unexpected, skipped); raises ValueError (one line) if the checkpoint matches none of the
-    model's weights or holds weights of other shapes."""
+    weights ('model|module': ours and DeepSpeed's; see checkpoint.model_weights). Strips
+    'encoder.' and 'backbone.', skips the decoder, drops a head of the wrong shape. Returns
+    dict(missing, unexpected, skipped); raises ValueError (one line) if the checkpoint matches
+    none of the model's weights or holds weights of other shapes."""
     state = torch.load(path, map_location="cpu", weights_only=True) if isinstance(
         path, str) else path
-    for key in model_key.split("|"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-            break
+    state = model_weights(state, model_key.split("|"))
     own = model.state_dict()
     weights, skipped = {}, []
     for name, value in state.items():
-        name = name.removeprefix("module.")
         if name.startswith(PRETRAINING_ONLY) or name == "pos_embed":  # our table is fixed
             skipped.append(name)
             continue
@@ -172,13 +170,9 @@ def load_pretrained(model, path, model_key="model|module"):
     if not set(weights) & set(own):
         raise ValueError(f"none of its keys (e.g. {list(state)[:3]}) match the model; "
                          f"check --model_key ({model_key})")
-    reshaped = [k for k in weights if k in own and weights[k].shape != own[k].shape]
-    if reshaped:
-        k = reshaped[0]
-        raise ValueError(f"{len(reshaped)} weights have another shape (e.g. {k}: "
-                         f"{tuple(weights[k].shape)} in the file, {tuple(own[k].shape)} here): "
-                         "it holds another model size or grid than --model/--num_frames/"
-                         "--input_size build")
+    if reshaped := misfit(own, weights, strict=False):
+        raise ValueError(f"{reshaped}: it holds another model size or grid than --model/"
+                         "--num_frames/--input_size build")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     return dict(missing=sorted(missing), unexpected=sorted(unexpected), skipped=sorted(skipped))
 

@@ -101,14 +101,20 @@ def check_args(args):
         raise ValueError("--update_freq and --probe_repeats must be >= 1")
 
 
-def build_model(args, nb_classes, probe=False):
+def model_kwargs(args, nb_classes, probe=False):
+    """modeling_finetune.build_encoder's keywords (also stored in every checkpoint)."""
     size = {"vit_tiny_patch16_224": "tiny", "vit_small_patch16_224": "small"}.get(args.model,
                                                                                   "base")
-    return modeling_finetune.build_encoder(
-        size, img_size=args.input_size, patch_size=args.patch_size, num_frames=args.num_frames,
-        tubelet_size=args.tubelet_size, num_classes=0 if probe else nb_classes,
-        use_mean_pooling=args.use_mean_pooling and not probe, drop_path_rate=0.0 if probe
-        else args.drop_path, fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale)
+    return dict(size=size, img_size=args.input_size, patch_size=args.patch_size,
+                num_frames=args.num_frames, tubelet_size=args.tubelet_size,
+                num_classes=0 if probe else nb_classes,
+                use_mean_pooling=args.use_mean_pooling and not probe,
+                drop_path_rate=0.0 if probe else args.drop_path, fc_drop_rate=args.fc_drop_rate,
+                init_scale=args.init_scale)
+
+
+def build_model(args, nb_classes, probe=False):
+    return modeling_finetune.build_encoder(**model_kwargs(args, nb_classes, probe))
 
 
 def load_weights(model, args):
@@ -175,8 +181,10 @@ def linear_probe(args, dist_info, nb_classes):
         key = dict(checkpoint=os.path.abspath(args.finetune), segments=segments, crops=crops,
                    mtime=os.path.getmtime(args.finetune) if os.path.isfile(args.finetune) else 0,
                    frames=args.num_frames, size=args.input_size)
-        if os.path.isfile(cache) and torch.load(cache, weights_only=False)["key"] == key:
-            features[split] = torch.load(cache, weights_only=False)["views"]
+        saved = torch.load(cache, weights_only=True) if os.path.isfile(cache) else {}
+        if saved.get("key") == key:  # tensors on disk (plain data), arrays in memory
+            features[split] = {k: v.numpy() if torch.is_tensor(v) else v
+                               for k, v in saved["views"].items()}
             log.info("probe: cached %s features from %s", split, cache)
             continue
         dataset = datasets.VideoClsDataset(args, entries[split], "test", views=(segments, crops),
@@ -185,7 +193,8 @@ def linear_probe(args, dist_info, nb_classes):
                                                   dist_info, sharded, args.precision)
         features[split]["num_videos"] = len(dataset.entries)
         if dist_info.is_main:
-            torch.save(dict(key=key, views=features[split]), cache)
+            torch.save(dict(key=key, views={k: torch.from_numpy(v) if isinstance(
+                v, np.ndarray) else v for k, v in features[split].items()}), cache)
     train, test = features["train"], dict(features["test"])
     failed = {split: name_failures(args, engine.failed_videos(views, views["num_videos"]),
                                    entries[split], split)
@@ -276,9 +285,9 @@ def main(args):
         return {f"val_{k}": v for k, v in val.items()}
 
     net = training.fit(args, dist_info, training.Job(
-        model, optimizer, loss_fn, loader, sampler, train_set, scaler=scaler,
+        "fine-tuning", model, optimizer, loss_fn, loader, sampler, train_set, scaler=scaler,
         model_ema=model_ema, accumulation=args.update_freq, clip_grad=args.clip_grad,
-        after_epoch=validate))
+        model_kwargs=model_kwargs(args, nb_classes), after_epoch=validate))
     if net is None:  # stopped by a signal, saved: run the same command to resume
         return 0
     final = model_ema.module if model_ema is not None else net

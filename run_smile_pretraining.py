@@ -150,13 +150,12 @@ def main(args):
 
     def load_first_stage(model):  # stage 2 starts here, unless fit finds this run to resume
         state = checkpoint.load_checkpoint(args.first_stage_path)
-        saved = state.get("args") or {}
-        if saved.get("stage", 1) != 1 or "linear_probe" in saved:
+        if checkpoint.kind_of(state) not in ("stage-1 pretraining", None):  # None: the authors'
             raise checkpoint.CheckpointError(
                 args.first_stage_path, f"it is {checkpoint.describe(state)}; stage 2 needs a "
                 "stage-1 pretraining checkpoint (checkpoint-N.pth of a run without "
                 "--first_stage_path)")
-        checkpoint.load_model_weights(model, state.get("model") or state.get("module") or {},
+        checkpoint.load_model_weights(model, checkpoint.model_weights(state),
                                       args.first_stage_path)
         log.info("stage 2: whole student from %s, fresh optimiser and schedule",
                  args.first_stage_path)
@@ -166,8 +165,8 @@ def main(args):
                                 motion_target=motion_target,
                                 motion_weight=args.motion_loss_weight)
     training.fit(args, dist_info, training.Job(
-        model, optimizer, loss_fn, loader, sampler, dataset, scaler=scaler,
-        clip_grad=args.clip_grad, model_kwargs=model_kwargs,
+        f"stage-{args.stage} pretraining", model, optimizer, loss_fn, loader, sampler, dataset,
+        scaler=scaler, clip_grad=args.clip_grad, model_kwargs=model_kwargs,
         initialize=load_first_stage if args.first_stage_path else None))
     return 0  # finished, or stopped by a signal after saving
 

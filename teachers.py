@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from checkpoint import model_weights
 from utils import HALF_DTYPES, IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -78,16 +79,13 @@ def check_args(args):
 
 
 def read_state_dict(path):
-    """Tensors from a checkpoint file, unwrapped from 'state_dict'/'model'/'module' keys and a
-    'module.' prefix. OpenAI's original CLIP files are TorchScript archives."""
+    """Tensors from a checkpoint file in any layout (checkpoint.model_weights). OpenAI's
+    original CLIP files are TorchScript archives."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except RuntimeError:
         state = torch.jit.load(path, map_location="cpu").state_dict()
-    for key in ("state_dict", "model", "module"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return model_weights(state, ("state_dict", "model", "module"))
 
 
 class FrameTeacher(nn.Module):

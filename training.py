@@ -88,7 +88,9 @@ def optimizer_step(model, optimizer, loss, scaler=None, clip_grad=None, accumula
 class Job:
     """What fit trains, as an entry point builds it. `loss_fn(model, batch)` is the engine's
     step: (loss, {name: device tensor}), no optimiser and no LR inside; `after_epoch(model,
-    epoch)` -> metrics (validation); `initialize(model)`: start weights when nothing resumes."""
+    epoch)` -> metrics (validation); `initialize(model)`: start weights when nothing resumes;
+    `kind` and `model_kwargs` (the model's build keywords) go into every checkpoint."""
+    kind: str
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     loss_fn: Callable
@@ -220,7 +222,7 @@ def fit(args, dist_info, job):
                 checkpoint.save_checkpoint(
                     os.path.join(args.output_dir, checkpoint.LATEST), checkpoint.training_state(
                         net, optimizer, epoch, next_batch, steps_per_epoch, args, job.scaler,
-                        job.model_ema, model_kwargs=job.model_kwargs,
+                        job.model_ema, kind=job.kind, model_kwargs=job.model_kwargs,
                         bad_files=ledger.state_dict(), data_list=data_list, history=history))
                 if not next_batch:
                     checkpoint.keep_epoch_checkpoint(args.output_dir, epoch - 1, args.epochs,

@@ -127,7 +127,7 @@ def main():
     loss_fn = functools.partial(engine.train_loss, teacher=teacher, device=device,
                                 precision=a.precision, target_norm="clip_channel",
                                 motion_target=motion_target, motion_weight=a.motion_loss_weight)
-    job = training.Job(student, optimizer, loss_fn, None, None, None, scaler=scaler)
+    job = training.Job("stage-1 pretraining", student, optimizer, loss_fn, None, None, None, scaler=scaler)
 
     def step():  # as the runs take it
         return training.train_step(job, batch, 1e-4, update=True)

@@ -258,7 +258,10 @@ def test_finetune_deepspeed_two_processes(colour_set, tmp_path):
     assert code == 0, log
     assert_process_groups_closed(log)
     assert json.load(open(tmp_path / "results.json"))["mode"] == "finetune"
-    assert "model" in torch.load(tmp_path / "checkpoint-0.pth", weights_only=True)
+    state = torch.load(tmp_path / "checkpoint-0.pth", weights_only=True)
+    assert state["kind"] == "fine-tuning" and state["model_kwargs"]["size"] == "tiny"
+    assert modeling_finetune.build_encoder(**state["model_kwargs"]).load_state_dict(
+        state["model"]) is not None  # the stored keywords rebuild the model it holds
 
 
 def test_builders_take_videomae_keywords():

@@ -21,7 +21,8 @@ ALLOWED = {
     "motion_infusion": {"errors"},
     "video_io": {"errors"},
     "modeling_pretrain": {"modeling_finetune"},
-    "teachers": {"utils"},
+    "modeling_finetune": {"checkpoint"},
+    "teachers": {"utils", "checkpoint"},
     "bad_files": {"distributed", "errors"},
     "checkpoint": {"errors"},
     "outputs": {"checkpoint", "distributed", "utils", "errors"},
@@ -39,11 +40,12 @@ ALLOWED = {
                              "masking_generator", "batches"} | PLUMBING,
     "video_transforms": set(),
 }
-# training.py: the epoch loop and the update both engines used to make (they return a loss)
+# training.py: the epoch loop and the update both engines used to make (they return a loss);
+# checkpoint.py: the one reader and reporter of weights that four files used to write each
 BUDGET = {"run_smile_pretraining": 300, "run_class_finetuning": 350, "datasets": 400,
           "motion_infusion": 400, "masking_generator": 250, "modeling_finetune": 250,
           "modeling_pretrain": 400, "engine_for_pretraining": 250, "engine_for_finetuning": 300,
-          "utils": 250, "distributed": 250, "checkpoint": 250, "training": 300,
+          "utils": 250, "distributed": 250, "checkpoint": 300, "training": 300,
           "bad_files": 200, "errors": 60, "lists": 100, "video_io": 250, "teachers": 250,
           "video_transforms": 150, "outputs": 250, "stop_signals": 100, "launch": 100,
           "batches": 100}

@@ -48,7 +48,7 @@ def train_step(student, teacher, batch, optimizer, precision="fp32", **loss_opti
     """One step as the runs take it: the engine's loss, then training's update (lr 1e-3)."""
     loss_fn = functools.partial(engine.train_loss, teacher=teacher, device=torch.device("cpu"),
                                 precision=precision, target_norm="clip_channel", **loss_options)
-    job = training.Job(student, optimizer, loss_fn, loader=None, sampler=None, dataset=None)
+    job = training.Job("stage-1 pretraining", student, optimizer, loss_fn, loader=None, sampler=None, dataset=None)
     return training.train_step(job, batch, 1e-3, update=True)
 
 
@@ -314,7 +314,7 @@ def test_training_steps_wait_on_the_host_only_to_print(tmp_path):
                           clips_per_step=2)
     logger = utils.MetricLogger(str(tmp_path), None, False)
     ledger = BadFileLedger([], 0.05, str(tmp_path), dist_info)
-    job = training.Job(student, optimizer, loss_fn, loader, sampler=None, dataset=dataset)
+    job = training.Job("stage-1 pretraining", student, optimizer, loss_fn, loader, sampler=None, dataset=dataset)
     with counter:
         stats, _ = training.train_one_epoch(job, lambda s: 1e-3, 0, 0, run, logger,
                                             stop_signals.stop_flag(), ledger)
@@ -515,3 +515,19 @@ def test_repeated_sampling_epochs_share_out_one_order():
     plain = distributed.ResumableSampler(20, 2, 0, 1, seed=3)
     plain.set_epoch(0)
     assert seen[0] + seen[1] == list(plain)  # same order as without repeats, split in two
+
+
+def test_one_reader_for_every_checkpoint_layout():
+    """Ours ('model'), DeepSpeed's ('module'), timm's ('state_dict'), bare tensors, a DDP
+    'module.' prefix; and a checkpoint says what it is, older ones (format 1) by their args."""
+    w = {"a": torch.zeros(1)}
+    for state in ({"model": w}, {"module": w}, {"state_dict": w}, w,
+                  {"model": {"module.a": torch.zeros(1)}}):
+        assert checkpoint.model_weights(state).keys() == {"a"}
+    old = {"model": w, "args": {"stage": 1, "model": "m", "num_frames": 4, "input_size": 32}}
+    assert checkpoint.describe(old) == "a stage-1 pretraining checkpoint of m (4 frames, 32 px)"
+    assert checkpoint.kind_of({**old, "kind": "fine-tuning", "format": 2}) == "fine-tuning"
+    assert checkpoint.kind_of({"model": w}) is None  # someone else's file
+    assert checkpoint.misfit({"a": torch.zeros(2), "b": torch.zeros(1)}, {"a": torch.zeros(1)}) \
+        == "1 keys missing (e.g. b); 1 weights have another shape (e.g. a): (1,) in the file, " \
+           "(2,) here"

@@ -66,6 +66,7 @@ def test_stage1_outputs(reference):
     assert [e["epoch"] for e in epochs] == [0, 1]
     state = checkpoint.load_checkpoint(os.path.join(out, "checkpoint-1.pth"))
     assert state["epoch"] == 2 and state["step"] == 24 and state["next_batch"] == 0
+    assert state["kind"] == "stage-1 pretraining" and state["format"] == checkpoint.FORMAT
     assert state["args"]["mask_type"] == "trajectory" and state["model_kwargs"]["target_dim"] == 192
     assert {"encoder_to_decoder.weight", "mask_token"} <= set(state["model"])
 

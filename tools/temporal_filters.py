@@ -40,12 +40,9 @@ def difference_share(weight, per_filter=False):
 
 def patch_embedding(path):
     """The [D, 3, tubelet, p, p] patch-embedding weight in a checkpoint file."""
-    state = checkpoint.load_checkpoint(path)
-    for key in ("model", "module", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+    state = checkpoint.model_weights(checkpoint.load_checkpoint(path))
     found = {k: v for k, v in state.items() if k.endswith("patch_embed.proj.weight")
-             and not k.removeprefix("module.").startswith("decoder")}
+             and not k.startswith("decoder")}
     if len(found) != 1 or next(iter(found.values())).dim() != 5:
         shapes = {k: tuple(v.shape) for k, v in found.items()}
         raise checkpoint.CheckpointError(path, "expected one video patch embedding "
