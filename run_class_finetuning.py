@@ -29,6 +29,7 @@ import batches
 import datasets
 import distributed
 import engine_for_finetuning as engine
+import hf_videomae
 import modeling_finetune
 import outputs
 import training
@@ -51,14 +52,14 @@ def get_args_parser():
     g = parser.add_argument_group("model")
     g.add_argument("--model", default="vit_base_patch16_224", choices=MODELS)
     g.add_argument("--finetune", default=None,
-                   help="checkpoint to start from (or to test); 'random': no weights (baseline)")
+                   help="checkpoint to start from (or to test): ours, the authors', VideoMAE's, "
+                        "or a transformers VideoMAE folder; 'random': no weights (baseline)")
     g.add_argument("--model_key", default="model|module", help="keys that hold the weights")
     g.add_argument("--use_mean_pooling", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--init_scale", type=float, default=0.001, help="head initialisation scale")
     g.add_argument("--fc_drop_rate", type=float, default=0.0)
     g = parser.add_argument_group("recipe")
     g.add_argument("--layer_decay", type=float, default=0.75, help="0.75 K400, 0.7 SSv2")
-    g.add_argument("--update_freq", type=int, default=1, help="gradient accumulation steps")
     g.add_argument("--smoothing", type=float, default=0.1)
     g.add_argument("--mixup", type=float, default=0.8)
     g.add_argument("--cutmix", type=float, default=1.0)
@@ -95,10 +96,12 @@ def check_args(args):
             raise ValueError(f"--data_path {args.data_path} has no {name}")
     if (args.eval or args.linear_probe) and not args.finetune:
         raise ValueError("--eval and --linear_probe need --finetune CHECKPOINT")
-    if args.finetune and args.finetune != "random" and not os.path.isfile(args.finetune):
-        raise ValueError(f"--finetune {args.finetune} does not exist")
-    if args.update_freq < 1 or args.probe_repeats < 1:
-        raise ValueError("--update_freq and --probe_repeats must be >= 1")
+    if args.finetune and args.finetune != "random" and not (
+            os.path.isfile(args.finetune) or hf_videomae.is_folder(args.finetune)):
+        raise ValueError(f"--finetune {args.finetune} does not exist (a checkpoint file, or a "
+                         "transformers VideoMAE folder with model.safetensors)")
+    if args.probe_repeats < 1:
+        raise ValueError("--probe_repeats must be >= 1")
 
 
 def model_kwargs(args, nb_classes, probe=False):
@@ -121,7 +124,8 @@ def load_weights(model, args):
     if args.finetune == "random":
         log.warning("--finetune random: the encoder keeps its random initialisation (a baseline)")
         return None
-    state = checkpoint.load_checkpoint(args.finetune)
+    state = (hf_videomae.read(args.finetune) if hf_videomae.is_folder(args.finetune)
+             else checkpoint.load_checkpoint(args.finetune))
     try:
         report = modeling_finetune.load_pretrained(model, state, args.model_key)
     except ValueError as err:
@@ -236,7 +240,7 @@ def test(model, args, dist_info, nb_classes, mode):
 def main(args):
     dist_info = distributed.init_distributed(args.device, args.local_rank, args.enable_deepspeed)
     outputs.open_output_dir(args, dist_info)
-    utils.finalize_run_args(args, dist_info.world_size, args.update_freq)
+    utils.finalize_run_args(args, dist_info.world_size)
     log.info("%s", utils.run_header(args, dist_info))
     distributed.seed_everything(args.seed)
     nb_classes = args.nb_classes or datasets.DATASET_CLASSES[args.data_set]

@@ -116,9 +116,10 @@ def main(args):
 
     dataset = datasets.build_pretraining_dataset(args)
     loader, sampler = build_loader(args, dataset, dist_info)
-    if len(loader) == 0:
-        raise UsageError(f"{len(dataset)} videos make no full batch of {args.batch_size} clips x "
-                         f"{dist_info.world_size} processes (an epoch runs {len(dataset)} clips, "
+    if len(loader) < args.update_freq:
+        raise UsageError(f"{len(dataset)} videos make {len(loader)} batches of {args.batch_size} "
+                         f"clips x {dist_info.world_size} processes, fewer than one update of "
+                         f"--update_freq {args.update_freq} (an epoch runs {len(dataset)} clips, "
                          f"{args.repeated_sampling} from each video it decodes)")
     teacher = teachers.build_teacher(args, tuple(args.grid)).to(dist_info.device)
     teacher = teachers.set_precision(teacher, args.precision)
@@ -143,10 +144,12 @@ def main(args):
     if args.motion_loss_weight:
         target += f", motion loss x{args.motion_loss_weight:g}"
     log.info("%s videos, %d steps/epoch x %d epochs, batch %d clips (%d per video) x %d "
-             "processes x %d masks; lr %.3e (base %.3e per 256), stage %d: mask %s, infusion "
-             "p=%.2f, teacher %s", len(dataset), len(loader), args.epochs, args.batch_size,
-             args.repeated_sampling, dist_info.world_size, args.num_masks_per_clip,
-             args.scaled_lr, args.lr, args.stage, args.mask_type, args.infusion_prob, target)
+             "processes x %d masks, %d clips per update (--update_freq %d); lr %.3e (base %.3e "
+             "per 256), stage %d: mask %s, infusion p=%.2f, teacher %s", len(dataset),
+             len(loader), args.epochs, args.batch_size, args.repeated_sampling,
+             dist_info.world_size, args.num_masks_per_clip, args.total_batch_size,
+             args.update_freq, args.scaled_lr, args.lr, args.stage, args.mask_type,
+             args.infusion_prob, target)
 
     def load_first_stage(model):  # stage 2 starts here, unless fit finds this run to resume
         state = checkpoint.load_checkpoint(args.first_stage_path)
@@ -166,7 +169,8 @@ def main(args):
                                 motion_weight=args.motion_loss_weight)
     training.fit(args, dist_info, training.Job(
         f"stage-{args.stage} pretraining", model, optimizer, loss_fn, loader, sampler, dataset,
-        scaler=scaler, clip_grad=args.clip_grad, model_kwargs=model_kwargs,
+        scaler=scaler, accumulation=args.update_freq, clip_grad=args.clip_grad,
+        model_kwargs=model_kwargs,
         initialize=load_first_stage if args.first_stage_path else None))
     return 0  # finished, or stopped by a signal after saving
 

@@ -55,6 +55,7 @@ def optimizer_step(model, optimizer, loss, scaler=None, clip_grad=None, accumula
     for fp16); the training loop reports it at the next print."""
     if hasattr(model, "backward"):  # DeepSpeed engine
         check_finite(loss)
+        model.set_gradient_accumulation_boundary(update)  # ours, not its own count
         model.backward(loss)
         norm = None
         if model.is_gradient_accumulation_boundary():
@@ -127,14 +128,16 @@ def train_one_epoch(job, lr_at, epoch, first_batch, run, logger, stop_flag, ledg
     window_start, window_data, window_steps = start, 0.0, 0
     batches = distributed.start_workers(job.loader)
     try:
-        wait_start, bad_step = time.time(), None
+        wait_start, bad_step, stopping = time.time(), None, False
         for i, batch in enumerate(batches, start=first_batch):
             waited = time.time() - wait_start
             data_time, window_data = data_time + waited, window_data + waited
             ledger.record(batch.attempts, epoch)
             step = epoch * run.steps_per_epoch + i
-            metrics = train_step(job, batch, lr := lr_at(step),
-                                 update=(i + 1) % job.accumulation == 0)
+            # an update every `accumulation` batches, and at the epoch's end (no gradient of
+            # one epoch leaks into the next)
+            boundary = (i + 1) % job.accumulation == 0 or i + 1 == run.steps_per_epoch
+            metrics = train_step(job, batch, lr := lr_at(step), update=boundary)
             for key, value in metrics.items():
                 totals[key], counts[key] = totals.get(key, 0.0) + value, counts.get(key, 0) + 1
             window_steps += 1
@@ -151,9 +154,11 @@ def train_one_epoch(job, lr_at, epoch, first_batch, run, logger, stop_flag, ledg
                               run.clips_per_step * window_steps / elapsed,
                               window_data / elapsed, logger)
                 window_start, window_data, window_steps = time.time(), 0.0, 0
-            # ranks agree on stopping where they meet anyway (an all-reduce is a host sync)
-            if (printing or run.dist.world_size == 1) and distributed.stop_requested(
-                    stop_flag, run.dist):
+            # ranks agree on stopping where they meet anyway (an all-reduce is a host sync),
+            # then stop together at the next update: a resume never starts mid-accumulation
+            stopping = stopping or (printing or run.dist.world_size == 1) and (
+                distributed.stop_requested(stop_flag, run.dist))
+            if stopping and boundary:
                 return _means(totals, counts, run, data_time, start), i + 1
             wait_start = time.time()
     finally:

@@ -44,6 +44,9 @@ def add_run_args(parser):
     g = parser.add_argument_group("run")
     g.add_argument("--drop_path", type=float, default=0.0, help="stochastic depth rate")
     g.add_argument("--batch_size", type=int, default=None, help="clips per GPU (process)")
+    g.add_argument("--update_freq", type=int, default=1,
+                   help="gradient accumulation: batches per optimiser update (the paper's batch "
+                        "on fewer GPUs; the LR and the schedule follow the effective batch)")
     g.add_argument("--epochs", type=int, default=None)
     g.add_argument("--lr", type=float, default=None, help="per 256 clips (scaled linearly)")
     g.add_argument("--min_lr", type=float, default=None, help="per 256 clips")
@@ -92,7 +95,7 @@ def check_run_args(args):
         raise ValueError(f"--output_dir {args.output_dir} is a file, not a folder")
     if args.resume and not os.path.isfile(args.resume):
         raise ValueError(f"--resume {args.resume} does not exist")
-    for name in ("batch_size", "epochs", "print_freq", "save_ckpt_freq"):
+    for name in ("batch_size", "epochs", "print_freq", "save_ckpt_freq", "update_freq"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1")
     if not 0 <= args.warmup_epochs < args.epochs:
@@ -104,9 +107,10 @@ def check_run_args(args):
         raise ValueError(f"--precision {args.precision} needs --device cuda")
 
 
-def finalize_run_args(args, world_size, batch_multiplier=1):
-    """Derived once: total batch, LRs scaled per 256 clips, the concrete precision."""
-    args.total_batch_size = args.batch_size * world_size * batch_multiplier
+def finalize_run_args(args, world_size):
+    """Derived once: the effective batch (batch x processes x --update_freq), LRs scaled per
+    256 clips of it, the concrete precision."""
+    args.total_batch_size = args.batch_size * world_size * args.update_freq
     scale = args.total_batch_size / 256
     args.scaled_lr, args.scaled_min_lr = args.lr * scale, args.min_lr * scale
     args.scaled_warmup_lr = args.warmup_lr * scale

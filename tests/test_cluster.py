@@ -3,6 +3,7 @@
 changed arguments, a stop at an epoch's last step."""
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -92,7 +93,9 @@ def test_launcher_passes_on_a_rank_exit_code(tmp_path):
                               "2"])
     assert code == 2, out
     assert "error: --num_frames 15 is not divisible" in out
-    assert out.strip().splitlines()[-1].startswith("launch.py: rank 0 ended with exit code 2")
+    # both ranks fail by themselves: the launcher names the first to end
+    assert re.match(r"launch.py: rank [01] ended with exit code 2 \(its own lines above say "
+                    r"why\); 2 of the ranks failed$", out.strip().splitlines()[-1]), out
     assert "Traceback" not in out and "ChildFailedError" not in out
 
 
@@ -210,3 +213,34 @@ def test_every_uncaught_error_reaches_train_log(tmp_path):
         training.run_cli(main, args, lambda a: None)
     assert "ZeroDivisionError: a bug" in open(tmp_path / "train.log").read()
 
+
+
+def test_a_stop_mid_accumulation_saves_at_the_next_update(tmp_path, monkeypatch):
+    """--update_freq 2: a signal during the first batch of an update is honoured after the
+    second, so the checkpoint never holds half an accumulated gradient; the resumed run ends
+    with the weights of an uninterrupted one."""
+    flag, real_loss = stop_signals.stop_flag(), run.train_loss
+
+    def loss(*a, **k):
+        loss.calls += 1
+        if loss.calls == 3:  # batch 3 of 8: the first half of the second update
+            flag.signal = "SIGTERM"
+        return real_loss(*a, **k)
+
+    loss.calls = 0
+    monkeypatch.setattr(run, "train_loss", loss)
+    argv = [*TINY, "--num_synthetic_clips", "32", "--batch_size", "4", "--update_freq", "2",
+            "--epochs", "2", "--output_dir", str(tmp_path / "stopped")]
+    try:
+        assert run.main(run.parse_args(argv)) == 0
+    finally:
+        flag.signal = None
+        outputs.release_output_dirs()
+    state = checkpoint.load_checkpoint(str(tmp_path / "stopped" / checkpoint.LATEST))
+    assert (state["epoch"], state["next_batch"]) == (0, 4)
+    code, log = cli(*argv)
+    assert code == 0, log
+    code, log = cli(*argv[:-1], str(tmp_path / "whole"))
+    assert code == 0, log
+    assert_same_weights(final_weights(str(tmp_path / "stopped"), 2),
+                        final_weights(str(tmp_path / "whole"), 2))

@@ -37,7 +37,8 @@ ALLOWED = {
                               "motion_infusion", "masking_generator", "teachers",
                               "batches"} | PLUMBING,
     "run_class_finetuning": {"datasets", "modeling_finetune", "engine_for_finetuning",
-                             "masking_generator", "batches"} | PLUMBING,
+                             "masking_generator", "batches", "hf_videomae"} | PLUMBING,
+    "hf_videomae": {"modeling_finetune"},
     "video_transforms": set(),
 }
 # training.py: the epoch loop and the update both engines used to make (they return a loss);
@@ -48,7 +49,7 @@ BUDGET = {"run_smile_pretraining": 300, "run_class_finetuning": 350, "datasets":
           "utils": 250, "distributed": 250, "checkpoint": 300, "training": 300,
           "bad_files": 200, "errors": 60, "lists": 100, "video_io": 250, "teachers": 250,
           "video_transforms": 150, "outputs": 250, "stop_signals": 100, "launch": 100,
-          "batches": 100}
+          "batches": 100, "hf_videomae": 150}
 
 
 def local_imports(module):

@@ -178,19 +178,27 @@ def test_sigkill_then_resume_matches(reference, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
+    """2 processes x batch 4 = 1 process x batch 8 = 1 process x batch 4 x --update_freq 2
+    (the paper's batch on fewer GPUs): the same losses and weights."""
     common = [*TINY, "--num_synthetic_clips", "32", "--epochs", "2"]
     code, log = cli(*common, "--batch_size", "8", "--output_dir", str(tmp_path / "one"))
     assert code == 0, log
+    code, log = cli(*common, "--batch_size", "4", "--update_freq", "2", "--output_dir",
+                    str(tmp_path / "accumulated"))
+    assert code == 0, log
+    assert "x 1 masks, 8 clips per update (--update_freq 2); lr 3.125e-04" in log
     code, log = cli(*common, "--batch_size", "4", "--output_dir", str(tmp_path / "two"),
                     processes=2)
     assert code == 0, log
     assert_process_groups_closed(log)
     assert "x 2 |" in open(tmp_path / "two" / "train.log").read()  # world size in the header
-    one = [json.loads(x)["train_loss"] for x in open(tmp_path / "one" / "log.txt")]
-    two = [json.loads(x)["train_loss"] for x in open(tmp_path / "two" / "log.txt")]
-    assert one == pytest.approx(two, rel=1e-4)
-    assert_same_weights(final_weights(str(tmp_path / "one"), 2),
-                        final_weights(str(tmp_path / "two"), 2))
+    one, two, accumulated = ([json.loads(x)["train_loss"] for x in open(tmp_path / name /
+                                                                         "log.txt")]
+                             for name in ("one", "two", "accumulated"))
+    assert one == pytest.approx(two, rel=1e-4) and accumulated == pytest.approx(two, rel=1e-4)
+    for name in ("two", "accumulated"):
+        assert_same_weights(final_weights(str(tmp_path / "one"), 2),
+                            final_weights(str(tmp_path / name), 2))
 
 
 @pytest.mark.slow
