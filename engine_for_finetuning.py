@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+import pictures
 from utils import autocast
 
 
@@ -68,15 +69,16 @@ def merge_views(views, num_videos, num_classes):
 
 
 def classification_metrics(probs, labels):
-    """top-1, top-5 and class-mean top-1 in percent."""
+    """top-1, top-5, class-mean top-1 and each class's top-1 (classes present), in percent."""
     if len(labels) == 0:
-        return dict(top1=0.0, top5=0.0, class_mean_top1=0.0)
+        return dict(top1=0.0, top5=0.0, class_mean_top1=0.0, per_class_top1={})
     order = np.argsort(-probs, axis=1)
     top1 = order[:, 0] == labels
     top5 = (order[:, :5] == labels[:, None]).any(axis=1)
-    per_class = [top1[labels == c].mean() for c in np.unique(labels)]
+    per_class = {int(c): 100 * float(top1[labels == c].mean()) for c in np.unique(labels)}
     return dict(top1=100 * top1.mean(), top5=100 * top5.mean(),
-                class_mean_top1=100 * float(np.mean(per_class)))
+                class_mean_top1=float(np.mean(list(per_class.values()))),
+                per_class_top1=per_class)
 
 
 def evaluate(model, loader, dist_info, sharded, num_videos, num_classes, precision):
@@ -86,7 +88,8 @@ def evaluate(model, loader, dist_info, sharded, num_videos, num_classes, precisi
     probs, labels, failed = merge_views(views, num_videos, num_classes)
     metrics = classification_metrics(probs, labels)
     return dict(metrics, num_videos=num_videos, num_failed=failed,
-                num_views=int(len(views["video"])), failed_videos=failed_videos(views, num_videos))
+                num_views=int(len(views["video"])), failed_videos=failed_videos(views, num_videos),
+                confusion=pictures.confusion_matrix(probs, labels, num_classes))
 
 
 def failed_videos(views, num_videos):
@@ -97,16 +100,20 @@ def failed_videos(views, num_videos):
 
 # ---------------------------------------------------------------- linear probe
 @torch.no_grad()
-def extract_features(encoder, loader, dist_info, sharded, precision):
-    """Frozen features of every view: mean over tokens of the encoder's normalised output."""
+def extract_features(encoder, loader, dist_info, sharded, precision, tokens=False):
+    """Frozen features of every view: mean over tokens of the encoder's normalised output
+    ('features'), and with `tokens` the tokens themselves in fp16 ('tokens' [views, N, D])."""
     encoder.eval()
-    out = {k: [] for k in ("video", "view", "ok", "label", "features")}
+    out = {k: [] for k in ("video", "view", "ok", "label", "features", "tokens")}
     for clip, label, video, view, ok in loader:
         with autocast(dist_info.device, precision):
-            feats = encoder.forward_features(clip.to(dist_info.device)).mean(dim=1)
-        for key, value in zip(out, (video, view, ok, label, feats.float().cpu())):
-            out[key].append(torch.as_tensor(value))
-    return gather_views({k: torch.cat(v).numpy() for k, v in out.items()}, dist_info, sharded)
+            feats = encoder.forward_features(clip.to(dist_info.device))
+        for key, value in zip(out, (video, view, ok, label, feats.mean(dim=1).float().cpu(),
+                                    feats.half().cpu() if tokens else None)):
+            if value is not None:
+                out[key].append(torch.as_tensor(value))
+    return gather_views({k: torch.cat(v).numpy() for k, v in out.items() if v}, dist_info,
+                        sharded)
 
 
 def train_probe(features, labels, num_classes, epochs, lr, weight_decay, batch_size, seed):

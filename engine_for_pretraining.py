@@ -62,3 +62,17 @@ def train_loss(model, batch, teacher, device, precision, target_norm, motion_tar
         return loss, {}
     parts = {"feature_loss": loss, "motion_loss": feature_loss(motion_pred, motion, masked)}
     return loss + motion_weight * parts["motion_loss"], parts
+
+
+@torch.no_grad()
+def target_and_prediction(model, teacher, clip, visible, masked, device, precision, target_norm):
+    """One clip (uint8 [3, T, H, W]) under one mask (token indices), as the loss sees it, for
+    pictures: (target [N, D], prediction [N_masked, D]) as float32 numpy arrays. Leaves the
+    model in eval mode (the next epoch sets train again)."""
+    video = normalize_video(clip[None].to(device))
+    target = normalize_target(teacher(video), target_norm, getattr(teacher, "frames_per_token", 1))
+    model.eval()
+    with autocast(device, precision):
+        pred = model(video, visible[None].to(device), masked[None].to(device))
+    pred = pred[0] if isinstance(pred, tuple) else pred  # the feature head
+    return target[0].float().cpu().numpy(), pred[0].float().cpu().numpy()

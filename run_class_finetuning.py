@@ -32,6 +32,7 @@ import engine_for_finetuning as engine
 import hf_videomae
 import modeling_finetune
 import outputs
+import pictures
 import training
 import utils
 from errors import DataAbort, UsageError
@@ -96,10 +97,7 @@ def check_args(args):
             raise ValueError(f"--data_path {args.data_path} has no {name}")
     if (args.eval or args.linear_probe) and not args.finetune:
         raise ValueError("--eval and --linear_probe need --finetune CHECKPOINT")
-    if args.finetune and args.finetune != "random" and not (
-            os.path.isfile(args.finetune) or hf_videomae.is_folder(args.finetune)):
-        raise ValueError(f"--finetune {args.finetune} does not exist (a checkpoint file, or a "
-                         "transformers VideoMAE folder with model.safetensors)")
+    check_finetune_path(args)
     if args.probe_repeats < 1:
         raise ValueError("--probe_repeats must be >= 1")
 
@@ -114,6 +112,13 @@ def model_kwargs(args, nb_classes, probe=False):
                 use_mean_pooling=args.use_mean_pooling and not probe,
                 drop_path_rate=0.0 if probe else args.drop_path, fc_drop_rate=args.fc_drop_rate,
                 init_scale=args.init_scale)
+
+
+def check_finetune_path(args):
+    if args.finetune and args.finetune != "random" and not (
+            os.path.isfile(args.finetune) or hf_videomae.is_folder(args.finetune)):
+        raise ValueError(f"--finetune {args.finetune} does not exist (a checkpoint file, or a "
+                         "transformers VideoMAE folder with model.safetensors)")
 
 
 def build_model(args, nb_classes, probe=False):
@@ -212,7 +217,9 @@ def linear_probe(args, dist_info, nb_classes):
             test["logits"] = probe(torch.from_numpy(test["features"]).float()).numpy()
         probs, labels, _ = engine.merge_views(test, test["num_videos"], nb_classes)
         runs.append(engine.classification_metrics(probs, labels))
-    results = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+    results = {k: float(np.mean([r[k] for r in runs])) for k in runs[0] if k != "per_class_top1"}
+    results["per_class_top1"] = {c: float(np.mean([r["per_class_top1"][c] for r in runs]))
+                                 for c in runs[0]["per_class_top1"]}
     results.update(top1_per_seed=[r["top1"] for r in runs], num_videos=test["num_videos"],
                    num_failed=len(failed["test"]), failed_videos=failed["test"],
                    failed_train_videos=failed["train"],
@@ -233,6 +240,11 @@ def test(model, args, dist_info, nb_classes, mode):
                                              "test")
     results.update(mode=mode, checkpoint=args.finetune,
                    views=f"{args.test_num_segment}x{args.test_num_crop}")
+    if args.vis_freq != 0:  # the test's confusion matrix in TensorBoard; the counts stay out
+        logger = utils.MetricLogger(args.output_dir, args.log_dir, dist_info.is_main)
+        logger.image("test/confusion", pictures.confusion_picture(results["confusion"]), 0)
+        logger.close()
+    results.pop("confusion")
     write_results(args, dist_info, results)
     return results
 
@@ -282,11 +294,14 @@ def main(args):
     loss_fn = functools.partial(engine.train_loss, criterion=criterion, device=dist_info.device,
                                 precision=args.precision, mixup_fn=mixup_fn)
 
-    def validate(net, epoch):
+    def validate(net, epoch, logger):
         val = engine.evaluate(net, eval_loader(args, val_set, dist_info), dist_info,
                               args.dist_eval, len(val_set.entries), nb_classes, args.precision)
         log.info("epoch %d: val top-1 %.2f%%", epoch + 1, val["top1"])
-        return {f"val_{k}": v for k, v in val.items()}
+        if utils.picture_due(epoch, args.epochs, args.vis_freq):
+            logger.image("val/confusion", pictures.confusion_picture(val["confusion"]),
+                         epoch + 1)
+        return {f"val_{k}": v for k, v in val.items() if k not in ("confusion", "per_class_top1")}
 
     net = training.fit(args, dist_info, training.Job(
         "fine-tuning", model, optimizer, loss_fn, loader, sampler, train_set, scaler=scaler,

@@ -16,19 +16,21 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader
 
-import checkpoint
 import batches
+import checkpoint
 import datasets
 import distributed
 import masking_generator
 import modeling_pretrain
 import motion_infusion
 import outputs
+import pictures
 import teachers
 import training
 import utils
-from engine_for_pretraining import train_loss
+from engine_for_pretraining import target_and_prediction, train_loss
 from errors import UsageError
+from video_transforms import to_tensor
 
 log = logging.getLogger("smile")
 
@@ -163,6 +165,27 @@ def main(args):
         log.info("stage 2: whole student from %s, fresh optimiser and schedule",
                  args.first_stage_path)
 
+    # a held-aside clip for the pictures (rank 0): the same one every time
+    picture_clip = dataset.retrying(0, dataset.stages)[0] if dist_info.is_main and (
+        args.vis_freq != 0) else None
+
+    def show(net, epoch, logger):  # TensorBoard pictures at an epoch's end, off the step
+        if picture_clip is None or not utils.picture_due(epoch, args.epochs, args.vis_freq):
+            return {}
+        clip = picture_clip
+        mask = clip["mask"] if clip["mask"].ndim == 1 else clip["mask"][0]
+        logger.image("pretrain/sample", pictures.sample_picture(
+            clip["infused"], mask, clip["object_tokens"], args.grid, args.patch_size,
+            args.tubelet_size), epoch + 1)
+        visible, masked = (torch.from_numpy(i[0]) for i in masking_generator.mask_indices(
+            mask[None]))
+        target, prediction = target_and_prediction(
+            net, teacher, to_tensor(clip["infused"]), visible, masked, dist_info.device,
+            args.precision, args.target_norm)
+        logger.image("pretrain/prediction", pictures.prediction_picture(
+            target, prediction, masked.numpy(), args.grid, args.patch_size), epoch + 1)
+        return {}
+
     loss_fn = functools.partial(train_loss, teacher=teacher, device=dist_info.device,
                                 precision=args.precision, target_norm=args.target_norm,
                                 motion_target=motion_target,
@@ -170,7 +193,7 @@ def main(args):
     training.fit(args, dist_info, training.Job(
         f"stage-{args.stage} pretraining", model, optimizer, loss_fn, loader, sampler, dataset,
         scaler=scaler, accumulation=args.update_freq, clip_grad=args.clip_grad,
-        model_kwargs=model_kwargs,
+        model_kwargs=model_kwargs, after_epoch=show,
         initialize=load_first_stage if args.first_stage_path else None))
     return 0  # finished, or stopped by a signal after saving
 

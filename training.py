@@ -89,7 +89,8 @@ def optimizer_step(model, optimizer, loss, scaler=None, clip_grad=None, accumula
 class Job:
     """What fit trains, as an entry point builds it. `loss_fn(model, batch)` is the engine's
     step: (loss, {name: device tensor}), no optimiser and no LR inside; `after_epoch(model,
-    epoch)` -> metrics (validation); `initialize(model)`: start weights when nothing resumes;
+    epoch, logger)` -> metrics (validation, pictures); `initialize(model)`: start weights when
+    nothing resumes;
     `kind` and `model_kwargs` (the model's build keywords) go into every checkpoint."""
     kind: str
     model: torch.nn.Module
@@ -252,7 +253,7 @@ def fit(args, dist_info, job):
         position = (epoch, stopped_at) if mid_epoch else (epoch + 1, 0)
         save(*position)  # at an epoch's end also when the signal came at its last step
         if not mid_epoch:
-            extra = job.after_epoch(net, epoch) if job.after_epoch else {}
+            extra = job.after_epoch(net, epoch, logger) if job.after_epoch else {}
             logger.epoch({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}, **extra})
             log.info("epoch %d done: loss %.4f", epoch + 1, stats.get("loss", float("nan")))
         if stopped_at is not None and position[0] < args.epochs:

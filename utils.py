@@ -72,6 +72,9 @@ def add_run_args(parser):
                    help="resume on a list whose content changed (e.g. LIST.clean after a data "
                         "abort): from the next epoch boundary, steps per epoch of the new list")
     g.add_argument("--print_freq", type=int, default=20)
+    g.add_argument("--vis_freq", type=int, default=None,
+                   help="epochs between pictures in TensorBoard (default: about 4 per run and "
+                        "the last epoch; 0: none)")
     g.add_argument("--local_rank", "--local-rank", type=int, default=-1,
                    help="set by torch.distributed.launch; torchrun uses LOCAL_RANK instead")
     g.add_argument("--enable_deepspeed", action="store_true",
@@ -176,6 +179,11 @@ class MetricLogger:
             for key, value in values.items():
                 self.writer.add_scalar(f"{prefix}/{key}", value, step)
 
+    def image(self, tag, picture, step):
+        """A uint8 [H, W, 3] picture (pictures.py)."""
+        if self.writer:
+            self.writer.add_image(tag, picture, step, dataformats="HWC")
+
     def epoch(self, record):
         if self.enabled:
             with open(os.path.join(self.output_dir, "log.txt"), "a") as f:
@@ -186,6 +194,13 @@ class MetricLogger:
     def close(self):
         if self.writer:
             self.writer.close()
+
+
+def picture_due(epoch, epochs, vis_freq):
+    """Whether epoch (from 0) ends with pictures: every --vis_freq epochs (default: about 4 per
+    run) and at the last one; never with --vis_freq 0."""
+    every = max(epochs // 4, 1) if vis_freq is None else vis_freq
+    return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == epochs)
 
 
 def format_eta(seconds):

@@ -108,3 +108,13 @@ def save_random_student(path, seed=0):
                                               192)
     torch.save({"model": student.state_dict()}, path)
     return str(path)
+
+
+def tensorboard_images(log_dir):
+    """{tag: [(step, height, width)]} of the pictures in a run's TensorBoard folder, read with
+    TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0})
+    events.Reload()
+    return {tag: [(i.step, i.height, i.width) for i in events.Images(tag)]
+            for tag in events.Tags()["images"]}

@@ -11,7 +11,7 @@ import engine_for_finetuning as engine
 import modeling_finetune
 import modeling_pretrain
 from conftest import (assert_process_groups_closed, run_script, save_random_student,
-                      write_list)
+                      tensorboard_images, write_list)
 from media import write_video
 from video_transforms import same_ops_per_frame
 
@@ -111,7 +111,8 @@ def test_merge_views_hand_made():
     soft = torch.softmax(torch.tensor(logits[:2]), 1).mean(0).numpy()
     assert np.allclose(probs[0], soft) and failed == 1 and list(labels) == [1, 0]
     metrics = engine.classification_metrics(probs, labels)
-    assert metrics == dict(top1=50.0, top5=100.0, class_mean_top1=50.0)
+    assert metrics == dict(top1=50.0, top5=100.0, class_mean_top1=50.0,
+                           per_class_top1={0: 0.0, 1: 100.0})
 
 
 def test_class_mean_top1():
@@ -119,6 +120,9 @@ def test_class_mean_top1():
     labels = np.array([0, 0, 0, 0, 2])  # class 0: 3 of 4 right, class 2: 1 of 1
     m = engine.classification_metrics(probs, labels)
     assert m["top1"] == pytest.approx(80.0) and m["class_mean_top1"] == pytest.approx(87.5)
+    assert m["per_class_top1"] == {0: 75.0, 2: 100.0}
+    assert engine.pictures.confusion_matrix(probs, labels, 3).tolist() == [[3, 1, 0], [0, 0, 0],
+                                                                           [0, 0, 1]]
 
 
 def test_rand_augment_same_ops_every_frame():
@@ -196,7 +200,11 @@ def test_finetune_cli(finetuned):
     assert [os.path.basename(p) for p in results["failed_videos"]] == ["missing.mp4"]
     assert "test video could not be read, left out of the score" in log
     assert {"top1", "top5", "class_mean_top1"} <= set(results)
+    assert set(results["per_class_top1"]) == {"0", "1", "2"}
     assert os.path.isfile(out / "checkpoint-1.pth")
+    # 3 classes of 85 px: after each validation, and the test's
+    assert tensorboard_images(out / "tb") == {"val/confusion": [(1, 255, 255), (2, 255, 255)],
+                                              "test/confusion": [(0, 255, 255)]}
 
 
 @pytest.mark.slow

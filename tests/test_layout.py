@@ -31,13 +31,15 @@ ALLOWED = {
     "training": {"distributed", "checkpoint", "outputs", "stop_signals", "bad_files", "errors",
                  "utils"},
     "engine_for_pretraining": {"utils"},
-    "engine_for_finetuning": {"utils"},
+    "engine_for_finetuning": {"utils", "pictures"},
+    "pictures": set(),
     "batches": {"masking_generator"},
     "run_smile_pretraining": {"datasets", "modeling_pretrain", "engine_for_pretraining",
                               "motion_infusion", "masking_generator", "teachers",
-                              "batches"} | PLUMBING,
+                              "batches", "pictures", "video_transforms"} | PLUMBING,
     "run_class_finetuning": {"datasets", "modeling_finetune", "engine_for_finetuning",
-                             "masking_generator", "batches", "hf_videomae"} | PLUMBING,
+                             "masking_generator", "batches", "hf_videomae",
+                             "pictures"} | PLUMBING,
     "hf_videomae": {"modeling_finetune"},
     "video_transforms": set(),
 }
@@ -49,7 +51,7 @@ BUDGET = {"run_smile_pretraining": 300, "run_class_finetuning": 350, "datasets":
           "utils": 250, "distributed": 250, "checkpoint": 300, "training": 300,
           "bad_files": 200, "errors": 60, "lists": 100, "video_io": 250, "teachers": 250,
           "video_transforms": 150, "outputs": 250, "stop_signals": 100, "launch": 100,
-          "batches": 100, "hf_videomae": 150}
+          "batches": 100, "hf_videomae": 150, "pictures": 150}
 
 
 def local_imports(module):

@@ -2,6 +2,7 @@ import argparse
 import functools
 import os
 
+import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -531,3 +532,15 @@ def test_one_reader_for_every_checkpoint_layout():
     assert checkpoint.misfit({"a": torch.zeros(2), "b": torch.zeros(1)}, {"a": torch.zeros(1)}) \
         == "1 keys missing (e.g. b); 1 weights have another shape (e.g. a): (1,) in the file, " \
            "(2,) here"
+
+
+def test_prediction_picture_shows_target_prediction_and_similarity():
+    import pictures
+    target = np.random.default_rng(0).normal(size=(8, 5))  # grid 2x2x2, 5 channels
+    masked = np.array([0, 3, 5])
+    picture = pictures.prediction_picture(target, target[masked], masked, (2, 2, 2), 16)
+    assert picture.shape == (2 * 32 + 2, 3 * 32 + 2 * 2, 3) and picture.dtype == np.uint8
+    cosine = 2 * (32 + pictures.SEPARATOR)  # where the third panel starts
+    assert (picture[0, cosine] == 255).all()  # token 0: masked, predicted exactly
+    assert (picture[0, cosine + 16] == pictures.GREY).all()  # token 1: visible
+    assert (picture[0, 34] == picture[0, 0]).all()  # a perfect prediction, the target's colour

@@ -12,7 +12,8 @@ import torch
 import checkpoint
 import run_smile_pretraining as run
 import utils
-from conftest import ROOT, assert_process_groups_closed, run_script, write_list
+from conftest import (ROOT, assert_process_groups_closed, run_script, tensorboard_images,
+                      write_list)
 
 TINY = ["--model", "pretrain_videomae_tiny_patch16_224", "--teacher_model", "clip_vit_tiny",
         "--teacher_weights", "random", "--num_frames", "4", "--input_size", "32",
@@ -69,6 +70,12 @@ def test_stage1_outputs(reference):
     assert state["kind"] == "stage-1 pretraining" and state["format"] == checkpoint.FORMAT
     assert state["args"]["mask_type"] == "trajectory" and state["model_kwargs"]["target_dim"] == 192
     assert {"encoder_to_decoder.weight", "mask_token"} <= set(state["model"])
+    # pictures after each of the 2 epochs (--vis_freq default: about 4 per run): the sample,
+    # 2 rows of 4 frames of 32 px; per token slice (2) target | prediction | cosine, 2x2 cells
+    # of 16 px, 2-px lines between
+    assert tensorboard_images(os.path.join(out, "tb")) == {
+        "pretrain/sample": [(1, 64, 128), (2, 64, 128)],
+        "pretrain/prediction": [(1, 66, 100), (2, 66, 100)]}
 
 
 @pytest.mark.slow

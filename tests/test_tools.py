@@ -151,3 +151,46 @@ def test_check_videos_eta_leaves_out_the_pools_start_up():
     first = (1, 10.0)  # 1 file done at t = 10 s, after a 10 s start-up
     assert rate_and_eta(5, 1000, first, 10.5, min_files=8) == "eta: measuring"
     assert rate_and_eta(21, 1001, first, 12.0, min_files=8) == "10.0 files/s  eta 0:01:38"
+
+
+def test_extract_features_names_broken_files_and_resumes(video_dir, tmp_path, monkeypatch):
+    """Features of every video of a list with a broken file in it; a run stopped after its
+    first part goes on from there and ends with what an uninterrupted run writes."""
+    import numpy as np
+
+    from tools import extract_features
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{video_dir['clip0']} 0\n{video_dir['truncated']} 1\n"
+                       f"{video_dir['clip1']}\n")
+    checkpoint = save_random_student(tmp_path / "pretrained.pth")
+    flags = ["--model", "vit_tiny_patch16_224", "--num_frames", "4", "--input_size", "32",
+             "--test_num_segment", "2", "--test_num_crop", "1", "--device", "cpu",
+             "--num_workers", "0", "--chunk", "2"]
+    whole = str(tmp_path / "whole.npz")
+    assert extract_features.main([str(listing), checkpoint, whole, "--tokens", *flags]) == 0
+    with np.load(whole) as out:
+        assert out["features"].shape == (3, 192) and out["tokens"].shape == (3, 8, 192)
+        assert out["ok"].tolist() == [True, False, True] and out["labels"].tolist() == [0, 1, -1]
+        assert np.isnan(out["features"][1]).all() and np.isfinite(out["features"][[0, 2]]).all()
+        assert out["paths"][1] == video_dir["truncated"]
+        whole_features = out["features"]
+    assert video_dir["truncated"] in (tmp_path / "whole.npz.failed.tsv").read_text()
+
+    real, calls = extract_features.engine.extract_features, []
+
+    def stopped_after_one_part(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(extract_features.engine, "extract_features", stopped_after_one_part)
+    resumed = str(tmp_path / "resumed.npz")
+    with pytest.raises(KeyboardInterrupt):
+        extract_features.main([str(listing), checkpoint, resumed, *flags])
+    assert os.path.isfile(resumed + ".part00000.npz") and not os.path.isfile(resumed)
+    assert extract_features.main([str(listing), checkpoint, resumed, *flags]) == 0
+    assert len(calls) == 3  # the second run computed the second part only
+    with np.load(resumed) as out:
+        assert np.array_equal(out["features"], whole_features, equal_nan=True)
+    assert not [p for p in os.listdir(tmp_path) if ".part" in p]

@@ -10,7 +10,6 @@ import argparse
 import os
 import sys
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -18,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import datasets  # noqa: E402
 import masking_generator  # noqa: E402
 import motion_infusion  # noqa: E402
+from pictures import mask_overlay  # noqa: E402
 
 
 def get_args(argv=None):
@@ -30,24 +30,6 @@ def get_args(argv=None):
     parser.add_argument("--index", type=int, default=0, help="which sample of the dataset")
     parser.add_argument("--num_samples", type=int, default=1)
     return parser.parse_args(argv)
-
-
-def mask_overlay(frames, mask, object_tokens, grid, patch_size, tubelet_size):
-    """Frames with masked tokens dimmed and object-token cell borders drawn in red."""
-    t_grid, h_grid, w_grid = grid
-    mask = mask.reshape(grid)
-    objects = object_tokens.reshape(grid)
-    out = frames.astype(np.float32).copy()
-    for t in range(len(frames)):
-        cells = np.kron(mask[t // tubelet_size], np.ones((patch_size, patch_size)))
-        out[t] *= np.where(cells[..., None] > 0, 0.3, 1.0)
-    out = out.astype(np.uint8)
-    for t in range(len(frames)):
-        for r, c in zip(*np.nonzero(objects[t // tubelet_size])):
-            cv2.rectangle(out[t], (int(c * patch_size), int(r * patch_size)),
-                          (int((c + 1) * patch_size - 1), int((r + 1) * patch_size - 1)),
-                          (255, 40, 40), 1)
-    return out
 
 
 def render(dataset, index, output_dir, args):
