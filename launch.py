@@ -16,21 +16,27 @@ of ChildFailedError:
 import signal
 import sys
 
-import psutil
-from torch.distributed import run as torchrun
-from torch.distributed.elastic.multiprocessing import api as elastic_api
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+RECEIVED = []
 
 
 def pass_on(signum, frame):
     """To each rank (the launcher's children); the launcher itself carries on waiting."""
+    import psutil
+    RECEIVED.append(signum)
     for child in psutil.Process().children():
         try:
             child.send_signal(signum)
         except psutil.NoSuchProcess:
             pass
+
+
+for _sig in STOP_SIGNALS:  # before the imports below (seconds): a stop then is kept
+    signal.signal(_sig, pass_on)
+
+from torch.distributed import run as torchrun  # noqa: E402
+from torch.distributed.elastic.multiprocessing import api as elastic_api  # noqa: E402
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # noqa: E402
 
 
 def exit_code(failures):
@@ -50,8 +56,10 @@ def main(argv=None):
     # torchrun's agent installs its handler (raise, then kill the ranks) when it starts them:
     # it finds ours under that name instead
     elastic_api._terminate_process_handler = pass_on
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, pass_on)
+    if RECEIVED:  # nothing has run, nothing to save: as a run stopped and saved, exit 0
+        print(f"launch.py: {signal.Signals(RECEIVED[0]).name} before any rank started; run the "
+              "same command to start", file=sys.stderr, flush=True)
+        return 0
     try:
         torchrun.run(torchrun.parse_args(argv))
     except ChildFailedError as err:
