@@ -33,46 +33,41 @@ def feature_loss(pred, target, masked):
     return F.mse_loss(pred.float(), torch.take_along_dim(target, masked[..., None], 1).float())
 
 
-def train_loss(model, batch, teacher, device, precision, target_norm, motion_target=None,
-               motion_weight=0.0):
-    """The loss of one batch and its parts: (loss, {'feature_loss', 'motion_loss'} with a
-    motion term, else {}), device tensors. training.train_step takes it from there (LR,
-    backward, optimiser); nothing here reads the device back: the step never waits on the host.
+def train_loss(model, batch, targets, device, precision):
+    """The loss of one batch and its parts: (loss, {'<target>_loss'} with several targets,
+    else {}), device tensors. training.train_step takes it from there (LR, backward,
+    optimiser); nothing here reads the device back: the step never waits on the host.
 
     batch: batches.PretrainingBatch, masks as token indices [B, N_visible] / [B, N_masked],
-    or [B, K, ...] with K masks per clip: the teacher runs once per clip, the student once per
-    (clip, mask) pair. motion_target (teachers.PixelTarget(motion=True)) and motion_weight:
-    the extra term on the model's second head.
+    or [B, K, ...] with K masks per clip: the targets are made once per clip, the student
+    runs once per (clip, mask) pair. targets: teachers.Target list; the loss is the sum of
+    their weighted MSEs over the masked tokens, each on its own head of the student.
     """
     video = normalize_video(batch.video.to(device, non_blocking=True))
     masks_per_clip = batch.visible.shape[1] if batch.visible.dim() == 3 else 0
     visible, masked = (idx.to(device, non_blocking=True).flatten(0, -2)  # (clip, mask) pairs
                        for idx in (batch.visible, batch.masked))
-    target = normalize_target(teacher(video), target_norm,  # outside autocast: teachers.py
-                              getattr(teacher, "frames_per_token", 1))
-    motion = motion_target(video) if motion_weight else None
+    wanted = {t.name: normalize_target(t.module(video), t.norm, t.frames_per_token)
+              for t in targets}  # outside autocast: teachers.py
     if masks_per_clip:
-        video, target, motion = (None if t is None else t.repeat_interleave(masks_per_clip, 0)
-                                 for t in (video, target, motion))
+        video = video.repeat_interleave(masks_per_clip, 0)
+        wanted = {name: t.repeat_interleave(masks_per_clip, 0) for name, t in wanted.items()}
     with autocast(device, precision):
-        pred = model(video, visible, masked)
-    pred, motion_pred = pred if motion is not None else (pred, None)
-    loss = feature_loss(pred, target, masked)
-    if motion is None:
-        return loss, {}
-    parts = {"feature_loss": loss, "motion_loss": feature_loss(motion_pred, motion, masked)}
-    return loss + motion_weight * parts["motion_loss"], parts
+        predicted = model(video, visible, masked)
+    parts = {f"{t.name}_loss": feature_loss(predicted[t.name], wanted[t.name], masked)
+             for t in targets}
+    loss = sum(t.weight * parts[f"{t.name}_loss"] for t in targets)
+    return loss, (parts if len(targets) > 1 else {})
 
 
 @torch.no_grad()
-def target_and_prediction(model, teacher, clip, visible, masked, device, precision, target_norm):
-    """One clip (uint8 [3, T, H, W]) under one mask (token indices), as the loss sees it, for
-    pictures: (target [N, D], prediction [N_masked, D]) as float32 numpy arrays. Leaves the
-    model in eval mode (the next epoch sets train again)."""
+def target_and_prediction(model, target, clip, visible, masked, device, precision):
+    """One clip (uint8 [3, T, H, W]) under one mask (token indices) as the loss sees it, for
+    pictures: (target [N, D], prediction [N_masked, D]) of one teachers.Target, float32 numpy.
+    Leaves the model in eval mode (the next epoch sets train again)."""
     video = normalize_video(clip[None].to(device))
-    target = normalize_target(teacher(video), target_norm, getattr(teacher, "frames_per_token", 1))
+    wanted = normalize_target(target.module(video), target.norm, target.frames_per_token)
     model.eval()
     with autocast(device, precision):
-        pred = model(video, visible[None].to(device), masked[None].to(device))
-    pred = pred[0] if isinstance(pred, tuple) else pred  # the feature head
-    return target[0].float().cpu().numpy(), pred[0].float().cpu().numpy()
+        predicted = model(video, visible[None].to(device), masked[None].to(device))[target.name]
+    return wanted[0].float().cpu().numpy(), predicted[0].float().cpu().numpy()

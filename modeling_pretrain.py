@@ -12,35 +12,39 @@ DECODER_SIZES = {"tiny": (96, 3), "small": (192, 3), "base": (384, 6)}  # (dim, 
 DECODER_DEPTH = 4
 
 
-class Decoder(nn.Module):
-    """Blocks -> norm -> head (the targets), and with motion_dim > 0 a second linear head
-    (the --motion_loss_weight term's pixel differences) on the same features."""
+def head_name(target):
+    """The decoder attribute of a target's head: 'head' for the main one (the authors' key,
+    decoder.head.*), '<name>_head' for the others (decoder.motion_head.*)."""
+    return "head" if target == "feature" else f"{target}_head"
 
-    def __init__(self, embed_dim, depth, num_heads, target_dim, mlp_ratio=4.0, motion_dim=0):
+
+class Decoder(nn.Module):
+    """Blocks -> norm -> one linear head per target (teachers.Target), on the same features."""
+
+    def __init__(self, embed_dim, depth, num_heads, heads, mlp_ratio=4.0):
         super().__init__()
         self.blocks = nn.ModuleList(make_block(embed_dim, num_heads, mlp_ratio, 0.0)
                                     for _ in range(depth))
         self.norm = LayerNorm(embed_dim)
-        self.head = nn.Linear(embed_dim, target_dim)
-        self.motion_head = nn.Linear(embed_dim, motion_dim) if motion_dim else None
+        self.targets = tuple(heads)
+        for target, dim in heads.items():
+            setattr(self, head_name(target), nn.Linear(embed_dim, dim))
 
     def forward(self, x, num_predicted):
         for block in self.blocks:
             x = block(x)
         # only the trailing mask-token positions are predicted
         x = self.norm(x[:, -num_predicted:])
-        if self.motion_head is None:
-            return self.head(x)
-        return self.head(x), self.motion_head(x)
+        return {target: getattr(self, head_name(target))(x) for target in self.targets}
 
 
 class PretrainVisionTransformer(nn.Module):
     """forward(video [B, 3, T, H, W] float, visible and masked token indices)
-    -> predictions [B, N_masked, target_dim] for the masked tokens, in token order (with
-    motion_dim > 0: and the motion head's [B, N_masked, motion_dim])."""
+    -> {target: predictions [B, N_masked, dim]} for the masked tokens, in token order, one per
+    entry of `heads` ({target name: width})."""
 
-    def __init__(self, size, img_size, patch_size, num_frames, tubelet_size, target_dim,
-                 drop_path_rate=0.0, use_checkpoint=False, motion_dim=0):
+    def __init__(self, size, img_size, patch_size, num_frames, tubelet_size, heads,
+                 drop_path_rate=0.0, use_checkpoint=False):
         super().__init__()
         self.encoder = VisionTransformer(
             img_size=img_size, patch_size=patch_size, num_frames=num_frames,
@@ -52,8 +56,7 @@ class PretrainVisionTransformer(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.register_buffer("pos_embed", sinusoid_table(self.encoder.num_patches, decoder_dim),
                              persistent=False)
-        self.decoder = Decoder(decoder_dim, DECODER_DEPTH, decoder_heads, target_dim,
-                               motion_dim=motion_dim)
+        self.decoder = Decoder(decoder_dim, DECODER_DEPTH, decoder_heads, heads)
         self.decoder.apply(VisionTransformer._init_weights)
         nn.init.xavier_uniform_(self.encoder_to_decoder.weight)
         trunc_normal_(self.mask_token, std=0.02)
@@ -63,8 +66,7 @@ class PretrainVisionTransformer(nn.Module):
 
     def forward(self, video, visible, masked):
         """video [B, 3, T, H, W]; visible / masked long [B, N_visible] / [B, N_masked]: token
-        indices in token order (masking_generator.mask_indices) -> [B, N_masked, D]
-        (and [B, N_masked, motion_dim] with a motion head)."""
+        indices in token order (masking_generator.mask_indices) -> {target: [B, N_masked, D]}."""
         tokens = self.encoder_to_decoder(self.encoder.forward_features(video, visible))
         pos = self.pos_embed.to(tokens.dtype)  # [1, N, D]
         pos_visible = torch.take_along_dim(pos, visible[..., None], dim=1)
@@ -76,12 +78,14 @@ class PretrainVisionTransformer(nn.Module):
 MODELS = {f"pretrain_videomae_{size}_patch16_224": size for size in SIZES}
 
 
-def build_student(name, img_size, patch_size, num_frames, tubelet_size, target_dim,
-                  drop_path_rate=0.0, use_checkpoint=False, motion_dim=0):
-    """VideoMAE's model names pick the width; the geometry comes from the arguments."""
+def build_student(name, img_size, patch_size, num_frames, tubelet_size, heads,
+                  drop_path_rate=0.0, use_checkpoint=False):
+    """VideoMAE's model names pick the width; the geometry comes from the arguments; `heads`
+    {target: width} (teachers.Target), or one width for the main target alone."""
     if name not in MODELS:
         raise ValueError(f"unknown --model {name!r}; choose from {sorted(MODELS)}")
     return PretrainVisionTransformer(MODELS[name], img_size=img_size, patch_size=patch_size,
                                      num_frames=num_frames, tubelet_size=tubelet_size,
-                                     target_dim=target_dim, drop_path_rate=drop_path_rate,
-                                     use_checkpoint=use_checkpoint, motion_dim=motion_dim)
+                                     heads=heads if isinstance(heads, dict) else {
+                                         "feature": heads},
+                                     drop_path_rate=drop_path_rate, use_checkpoint=use_checkpoint)

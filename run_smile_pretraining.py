@@ -123,18 +123,19 @@ def main(args):
                          f"clips x {dist_info.world_size} processes, fewer than one update of "
                          f"--update_freq {args.update_freq} (an epoch runs {len(dataset)} clips, "
                          f"{args.repeated_sampling} from each video it decodes)")
-    teacher = teachers.build_teacher(args, tuple(args.grid)).to(dist_info.device)
-    teacher = teachers.set_precision(teacher, args.precision)
+    targets = teachers.build_targets(args, tuple(args.grid))  # what the student regresses
+    for target in targets:
+        target.module = teachers.set_precision(target.module.to(dist_info.device),
+                                               args.precision)
     model_kwargs = dict(name=args.model, img_size=args.input_size, patch_size=args.patch_size,
                         num_frames=args.num_frames, tubelet_size=args.tubelet_size,
-                        target_dim=teachers.target_dim(args), drop_path_rate=args.drop_path,
-                        use_checkpoint=args.use_checkpoint, motion_dim=teachers.motion_dim(args))
-    motion_target = teachers.PixelTarget(args.patch_size, args.tubelet_size, motion=True).to(
-        dist_info.device) if args.motion_loss_weight else None
+                        heads={t.name: t.dim for t in targets}, drop_path_rate=args.drop_path,
+                        use_checkpoint=args.use_checkpoint)
     model = modeling_pretrain.build_student(**model_kwargs).to(dist_info.device)
     if args.compile:  # in place: the state dict keeps its keys
         model.compile()
-        teacher.compile()
+        for target in targets:
+            target.module.compile()
     distributed.seed_everything(args.seed + dist_info.rank)  # from here on (drop path) per rank
     optimizer = create_optimizer_v2(model, opt="adamw", lr=args.scaled_lr,
                                     weight_decay=args.weight_decay, betas=tuple(args.opt_betas),
@@ -180,16 +181,14 @@ def main(args):
         visible, masked = (torch.from_numpy(i[0]) for i in masking_generator.mask_indices(
             mask[None]))
         target, prediction = target_and_prediction(
-            net, teacher, to_tensor(clip["infused"]), visible, masked, dist_info.device,
-            args.precision, args.target_norm)
+            net, targets[0], to_tensor(clip["infused"]), visible, masked, dist_info.device,
+            args.precision)
         logger.image("pretrain/prediction", pictures.prediction_picture(
             target, prediction, masked.numpy(), args.grid, args.patch_size), epoch + 1)
         return {}
 
-    loss_fn = functools.partial(train_loss, teacher=teacher, device=dist_info.device,
-                                precision=args.precision, target_norm=args.target_norm,
-                                motion_target=motion_target,
-                                motion_weight=args.motion_loss_weight)
+    loss_fn = functools.partial(train_loss, targets=targets, device=dist_info.device,
+                                precision=args.precision)
     training.fit(args, dist_info, training.Job(
         f"stage-{args.stage} pretraining", model, optimizer, loss_fn, loader, sampler, dataset,
         scaler=scaler, accumulation=args.update_freq, clip_grad=args.clip_grad,

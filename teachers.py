@@ -9,6 +9,7 @@ change and they always stay in eval mode. PixelTarget(motion=True) is the
 """
 import logging
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -199,16 +200,33 @@ def set_precision(teacher, precision):
     return teacher
 
 
-def target_dim(args):
-    if args.target_type == "pixel":
-        return args.tubelet_size * args.patch_size ** 2 * 3
-    frames = args.tubelet_size if args.teacher_frames == "all" else 1
-    return frames * TEACHERS[args.teacher_model][3]
+@dataclass
+class Target:
+    """One thing the student regresses, with its own decoder head: `module(video [B, 3, T, H,
+    W], normalised) -> [B, N, dim]` (frozen), its loss `weight`, how its values are normalised
+    per clip (`norm`, engine_for_pretraining.normalize_target; `frames_per_token` features
+    side by side count as that many tokens). A new target is one more entry."""
+    name: str
+    module: nn.Module
+    dim: int
+    weight: float = 1.0
+    norm: str = "none"
+    frames_per_token: int = 1
 
 
-def motion_dim(args):
-    """Width of the motion head's target: 0 when --motion_loss_weight is off."""
-    return (args.tubelet_size - 1) * args.patch_size ** 2 * 3 if args.motion_loss_weight else 0
+def build_targets(args, grid):
+    """'feature' (the teacher, or VideoMAE's pixels with --target_type pixel), and with
+    --motion_loss_weight 'motion' (the differences between a tubelet's frames)."""
+    teacher = build_teacher(args, grid)
+    frames = getattr(teacher, "frames_per_token", 1)
+    pixels = args.tubelet_size * args.patch_size ** 2 * 3
+    width = pixels if args.target_type == "pixel" else frames * TEACHERS[args.teacher_model][3]
+    targets = [Target("feature", teacher, width, 1.0, args.target_norm, frames)]
+    if args.motion_loss_weight:
+        motion = PixelTarget(args.patch_size, args.tubelet_size, motion=True)
+        targets.append(Target("motion", motion, pixels - pixels // args.tubelet_size,
+                              args.motion_loss_weight))
+    return targets
 
 
 class PixelTarget(nn.Module):

@@ -96,17 +96,19 @@ def main():
     grid = token_grid(a.num_frames, a.input_size, 16, 2)
     targs = run_smile_pretraining.parse_args([  # the run's own flags and defaults
         "--teacher_model", a.teacher_model, "--teacher_weights", "random", "--teacher_frames",
-        a.teacher_frames, "--motion_loss_weight", str(a.motion_loss_weight)])
-    teacher = teachers.build_teacher(targs, grid).to(device)
-    if a.teacher_setup == "authors":
-        teacher = authors_teacher(teacher)
-    else:
-        teacher = teachers.set_precision(teacher, a.precision)
+        a.teacher_frames, "--motion_loss_weight", str(a.motion_loss_weight), "--target_norm",
+        "clip_channel"])
+    targets = teachers.build_targets(targs, grid)
+    for target in targets:
+        target.module = target.module.to(device)
+        if target.name == "feature" and a.teacher_setup == "authors":
+            target.module = authors_teacher(target.module)
+        else:
+            target.module = teachers.set_precision(target.module, a.precision)
+    teacher = targets[0].module
     student = modeling_pretrain.build_student(a.model, a.input_size, 16, a.num_frames, 2,
-                                              teachers.target_dim(targs),
-                                              use_checkpoint=a.use_checkpoint,
-                                              motion_dim=teachers.motion_dim(targs)).to(device)
-    motion_target = teachers.PixelTarget(16, 2, motion=True).to(device)
+                                              {t.name: t.dim for t in targets},
+                                              use_checkpoint=a.use_checkpoint).to(device)
     optimizer = create_optimizer_v2(student, opt="adamw", lr=1e-4, weight_decay=0.05,
                                     betas=(0.9, 0.95), fused=True)  # as training
     scaler = torch.amp.GradScaler("cuda") if a.precision == "fp16" else None
@@ -124,10 +126,10 @@ def main():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    loss_fn = functools.partial(engine.train_loss, teacher=teacher, device=device,
-                                precision=a.precision, target_norm="clip_channel",
-                                motion_target=motion_target, motion_weight=a.motion_loss_weight)
-    job = training.Job("stage-1 pretraining", student, optimizer, loss_fn, None, None, None, scaler=scaler)
+    loss_fn = functools.partial(engine.train_loss, targets=targets, device=device,
+                                precision=a.precision)
+    job = training.Job("stage-1 pretraining", student, optimizer, loss_fn, None, None, None,
+                       scaler=scaler)
 
     def step():  # as the runs take it
         return training.train_step(job, batch, 1e-4, update=True)

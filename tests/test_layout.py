@@ -44,12 +44,13 @@ ALLOWED = {
     "video_transforms": set(),
 }
 # training.py: the epoch loop and the update both engines used to make (they return a loss);
-# checkpoint.py: the one reader and reporter of weights that four files used to write each
+# checkpoint.py: the one reader and reporter of weights that four files used to write each;
+# teachers.py: the table of targets the student regresses
 BUDGET = {"run_smile_pretraining": 300, "run_class_finetuning": 350, "datasets": 400,
           "motion_infusion": 400, "masking_generator": 250, "modeling_finetune": 250,
           "modeling_pretrain": 400, "engine_for_pretraining": 250, "engine_for_finetuning": 300,
           "utils": 250, "distributed": 250, "checkpoint": 300, "training": 300,
-          "bad_files": 200, "errors": 60, "lists": 100, "video_io": 250, "teachers": 250,
+          "bad_files": 200, "errors": 60, "lists": 100, "video_io": 250, "teachers": 300,
           "video_transforms": 150, "outputs": 250, "stop_signals": 100, "launch": 100,
           "batches": 100, "hf_videomae": 150, "pictures": 150}
 

@@ -14,20 +14,21 @@ from test_pretraining import loader_batch, random_mask, teacher_args, train_step
 
 
 def build(teacher_model="clip_vit_tiny", frames="first", motion=0.0, frames_in=4):
+    """-> (targets, the teacher, a student with a head per target)."""
     args = teacher_args(teacher_model=teacher_model, teacher_frames=frames,
-                        motion_loss_weight=motion)
-    teacher = teachers.build_teacher(args, (frames_in // 2, 2, 2))
+                        motion_loss_weight=motion, target_norm="clip_channel")
+    targets = teachers.build_targets(args, (frames_in // 2, 2, 2))
     student = modeling_pretrain.build_student(
         "pretrain_videomae_tiny_patch16_224", img_size=32, patch_size=16, num_frames=frames_in,
-        tubelet_size=2, target_dim=teachers.target_dim(args), motion_dim=teachers.motion_dim(args))
-    return args, teacher, student
+        tubelet_size=2, heads={t.name: t.dim for t in targets})
+    return targets, targets[0].module, student
 
 
 @pytest.mark.parametrize("teacher_model", ["clip_vit_tiny", "dino_vit_s16", "dinov2_vit_s14"])
 def test_all_frames_target_shape(teacher_model):
-    args, teacher, _ = build(teacher_model, "all")
+    targets, teacher, _ = build(teacher_model, "all")
     width = teachers.TEACHERS[teacher_model][3]
-    assert teachers.target_dim(args) == 2 * width
+    assert targets[0].dim == 2 * width
     assert teacher(torch.randn(2, 3, 4, 32, 32)).shape == (2, 8, 2 * width)
 
 
@@ -35,24 +36,22 @@ def test_all_frames_target_shape(teacher_model):
                          list(itertools.product(["first", "all"], [0.0, 0.5], [1, 2])))
 def test_every_combination_trains(frames, motion, masks_per_clip):
     torch.manual_seed(0)
-    args, teacher, student = build(frames=frames, motion=motion)
+    targets, teacher, student = build(frames=frames, motion=motion)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, fused=True)
     mask = torch.stack([random_mask(3, 8, 6, seed=s) for s in range(masks_per_clip)], 1)
     video = torch.randint(0, 255, (3, 3, 4, 32, 32), dtype=torch.uint8)
     batch = loader_batch(video, mask if masks_per_clip > 1 else mask[:, 0])
-    motion_target = teachers.PixelTarget(16, 2, motion=True)
-    out = train_step(student, teacher, batch, optimizer, motion_target=motion_target,
-                     motion_weight=motion)
+    out = train_step(student, targets, batch, optimizer)
     assert torch.isfinite(out["loss"])
     assert ("motion_loss" in out) == bool(motion)
     if motion:
         assert torch.allclose(out["loss"], out["feature_loss"] + motion * out["motion_loss"])
     pred = student(torch.randn(3, 3, 4, 32, 32), *(batch.visible, batch.masked)
                    if masks_per_clip == 1 else (batch.visible[:, 0], batch.masked[:, 0]))
-    feature_pred = pred[0] if motion else pred
-    assert feature_pred.shape == (3, 6, teachers.target_dim(args))
+    assert pred["feature"].shape == (3, 6, targets[0].dim)
+    assert set(pred) == {t.name for t in targets}
     if motion:
-        assert pred[1].shape == (3, 6, 16 * 16 * 3)
+        assert pred["motion"].shape == (3, 6, 16 * 16 * 3)
 
 
 def test_all_frames_target_is_the_teacher_on_each_frame():

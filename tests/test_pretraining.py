@@ -29,10 +29,11 @@ def teacher_args(**overrides):
     return args
 
 
-def tiny_student(target_dim, frames=4, size=32):
+def tiny_student(heads, frames=4, size=32):
+    """heads: {target: width}, or the feature target's width alone."""
     return modeling_pretrain.build_student("pretrain_videomae_tiny_patch16_224", img_size=size,
                                            patch_size=16, num_frames=frames, tubelet_size=2,
-                                           target_dim=target_dim)
+                                           heads=heads)
 
 
 def loader_batch(video, mask):
@@ -45,11 +46,16 @@ def indices(mask):
     return loader_batch(None, mask)[1:3]
 
 
-def train_step(student, teacher, batch, optimizer, precision="fp32", **loss_options):
-    """One step as the runs take it: the engine's loss, then training's update (lr 1e-3)."""
-    loss_fn = functools.partial(engine.train_loss, teacher=teacher, device=torch.device("cpu"),
-                                precision=precision, target_norm="clip_channel", **loss_options)
-    job = training.Job("stage-1 pretraining", student, optimizer, loss_fn, loader=None, sampler=None, dataset=None)
+def train_step(student, targets, batch, optimizer, precision="fp32"):
+    """One step as the runs take it: the engine's loss, then training's update (lr 1e-3).
+    targets: teachers.Target list, or a teacher alone (the feature target, clip_channel)."""
+    if isinstance(targets, torch.nn.Module):
+        targets = [teachers.Target("feature", targets, 0, 1.0, "clip_channel",
+                                   getattr(targets, "frames_per_token", 1))]
+    loss_fn = functools.partial(engine.train_loss, targets=targets, device=torch.device("cpu"),
+                                precision=precision)
+    job = training.Job("stage-1 pretraining", student, optimizer, loss_fn, loader=None,
+                       sampler=None, dataset=None)
     return training.train_step(job, batch, 1e-3, update=True)
 
 
@@ -68,14 +74,14 @@ def test_forward_backward_shapes(target):
     args = teacher_args(teacher_model=target if target != "pixel" else "clip_vit_tiny",
                         target_type="pixel" if target == "pixel" else "feature")
     grid = (2, 2, 2)
-    teacher = teachers.build_teacher(args, grid)
-    dim = teachers.target_dim(args)
+    [target] = teachers.build_targets(args, grid)
+    teacher, dim = target.module, target.dim
     video = torch.randn(2, 3, 4, 32, 32)
     target_tokens = teacher(video)
     assert target_tokens.shape == (2, 8, dim) and not target_tokens.requires_grad
     student = tiny_student(dim)
     visible, masked = indices(random_mask(2, 8, 6))
-    pred = student(video, visible, masked)
+    pred = student(video, visible, masked)["feature"]
     assert pred.shape == (2, 6, dim)
     loss = engine.feature_loss(pred, engine.normalize_target(target_tokens, "clip_channel"),
                                masked)
@@ -249,7 +255,7 @@ def test_student_and_loss_never_read_the_device_back():
     video = torch.randn(2, 3, 4, 32, 32)
     visible, masked = indices(random_mask(2, 8, 6))
     with OpsSeen() as seen:
-        pred = student(video, visible, masked)
+        pred = student(video, visible, masked)["feature"]
         engine.feature_loss(pred, teacher(video), masked).backward()
     assert not seen.ops & SYNCING and "aten.index" not in seen.ops, seen.ops & SYNCING
 
@@ -262,7 +268,7 @@ def test_teacher_student_and_loss_compile_to_one_graph():
 
     def forward(video, visible, masked):
         target = engine.normalize_target(teacher(video), "clip_channel")
-        return engine.feature_loss(student(video, visible, masked), target, masked)
+        return engine.feature_loss(student(video, visible, masked)["feature"], target, masked)
 
     report = torch._dynamo.explain(forward)(torch.randn(2, 3, 4, 32, 32),
                                             *indices(random_mask(2, 8, 6)))
@@ -307,8 +313,9 @@ def test_training_steps_wait_on_the_host_only_to_print(tmp_path):
 
     def loss_fn(model, batch):
         counter.step += 1
-        return engine.train_loss(model, batch, teacher, torch.device("cpu"), "fp32",
-                                 "clip_channel")
+        return engine.train_loss(model, batch, [teachers.Target("feature", teacher, 192, 1.0,
+                                                                "clip_channel")],
+                                 torch.device("cpu"), "fp32")
 
     dist_info = distributed.Dist(0, 1, 0, torch.device("cpu"))
     run = SimpleNamespace(steps_per_epoch=6, epochs=1, dist=dist_info, print_freq=3,
@@ -407,8 +414,8 @@ def test_checkpoint_round_trip(tmp_path):
     restored.load_state_dict(state["model"])
     video, mask = torch.randn(2, 3, 4, 32, 32), random_mask(2, 8, 6)
     student.eval(), restored.eval()
-    assert torch.equal(student(video, *indices(mask)),
-                       restored(video, *indices(mask)))
+    assert torch.equal(student(video, *indices(mask))["feature"],
+                       restored(video, *indices(mask))["feature"])
     assert checkpoint.find_resume_checkpoint(str(tmp_path))[1]["epoch"] == 3
 
 
@@ -544,3 +551,29 @@ def test_prediction_picture_shows_target_prediction_and_similarity():
     assert (picture[0, cosine] == 255).all()  # token 0: masked, predicted exactly
     assert (picture[0, cosine + 16] == pictures.GREY).all()  # token 1: visible
     assert (picture[0, 34] == picture[0, 0]).all()  # a perfect prediction, the target's colour
+
+
+class Brightness(torch.nn.Module):
+    """A toy target written here alone: each token's mean intensity."""
+
+    def forward(self, video):
+        return torch.nn.functional.avg_pool3d(video.mean(1, keepdim=True), (2, 16, 16)).flatten(
+            1)[..., None]  # [B, N, 1] in token order
+
+
+def test_a_new_target_is_one_entry_in_the_table():
+    """teachers.Target: the student grows a head for it, the loss weighs it in, and it trains."""
+    torch.manual_seed(0)
+    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    targets = [teachers.Target("feature", teacher, 192, 1.0, "clip_channel"),
+               teachers.Target("brightness", Brightness(), 1, weight=0.5)]
+    student = tiny_student({t.name: t.dim for t in targets})
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, fused=True)
+    head = student.decoder.brightness_head.weight.detach().clone()
+    batch = loader_batch(torch.randint(0, 255, (2, 3, 4, 32, 32), dtype=torch.uint8),
+                         random_mask(2, 8, 6))
+    out = train_step(student, targets, batch, optimizer)
+    assert torch.allclose(out["loss"], out["feature_loss"] + 0.5 * out["brightness_loss"])
+    assert not torch.equal(head, student.decoder.brightness_head.weight)  # its head learned
+    assert "decoder.brightness_head.weight" in student.state_dict()
+    assert "decoder.head.weight" in student.state_dict()  # the main target keeps its key
