@@ -43,11 +43,12 @@ def train_loss(model, batch, targets, device, precision):
     runs once per (clip, mask) pair. targets: teachers.Target list; the loss is the sum of
     their weighted MSEs over the masked tokens, each on its own head of the student.
     """
-    video = normalize_video(batch.video.to(device, non_blocking=True))
+    raw = batch.video.to(device, non_blocking=True)  # uint8: each target normalises it itself
+    video = normalize_video(raw)  # the student's input
     masks_per_clip = batch.visible.shape[1] if batch.visible.dim() == 3 else 0
     visible, masked = (idx.to(device, non_blocking=True).flatten(0, -2)  # (clip, mask) pairs
                        for idx in (batch.visible, batch.masked))
-    wanted = {t.name: normalize_target(t.module(video), t.norm, t.frames_per_token)
+    wanted = {t.name: normalize_target(t.module(raw), t.norm, t.frames_per_token)
               for t in targets}  # outside autocast: teachers.py
     if masks_per_clip:
         video = video.repeat_interleave(masks_per_clip, 0)
@@ -65,8 +66,9 @@ def target_and_prediction(model, target, clip, visible, masked, device, precisio
     """One clip (uint8 [3, T, H, W]) under one mask (token indices) as the loss sees it, for
     pictures: (target [N, D], prediction [N_masked, D]) of one teachers.Target, float32 numpy.
     Leaves the model in eval mode (the next epoch sets train again)."""
-    video = normalize_video(clip[None].to(device))
-    wanted = normalize_target(target.module(video), target.norm, target.frames_per_token)
+    raw = clip[None].to(device)
+    video = normalize_video(raw)
+    wanted = normalize_target(target.module(raw), target.norm, target.frames_per_token)
     model.eval()
     with autocast(device, precision):
         predicted = model(video, visible[None].to(device), masked[None].to(device))[target.name]

@@ -113,7 +113,7 @@ def _flip_random(mask, candidates, count, value, rng):
 
 
 def trajectory_mask(grid, mask_ratio, object_tokens, traj_unmask_ratio, rng):
-    """SMILE trajectory masking with an exact budget (SPEC §3).
+    """SMILE trajectory masking with an exact budget (the released generator's rule, below).
 
     Start from a tube mask, mask every object token, leave a random traj_unmask_ratio of them
     visible, then rebalance to exactly T' * int(ratio * H'W') masked tokens, touching

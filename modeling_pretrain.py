@@ -1,6 +1,6 @@
 """SMILE student: VideoMAE encoder on visible tokens + light decoder predicting targets of masked
-tokens. Checkpoint keys: encoder.*, decoder.*, encoder_to_decoder.weight, mask_token (SPEC §5),
-so the authors' released pretraining checkpoints load with no missing or unexpected keys.
+tokens. Checkpoint keys: encoder.*, decoder.*, encoder_to_decoder.weight, mask_token, as the
+authors', so their released pretraining checkpoints load with no missing or unexpected keys.
 """
 import torch
 import torch.nn as nn

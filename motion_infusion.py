@@ -1,4 +1,4 @@
-"""Synthetic object motion pasted into clips (SMILE stage 1, SPEC §2).
+"""Synthetic object motion pasted into clips (SMILE stage 1, as the authors' code ran it).
 
 `MotionInfuser(bank, num_objects)(frames, rng)` takes uint8 frames [T, H, W, 3] after crop and
 resize and returns new frames with `num_objects` RGBA objects moving along smooth random paths,

@@ -1,7 +1,8 @@
 """Frozen targets for the student: CLIP / DINO / DINOv2 patch features, or VideoMAE pixels.
 
-Every target maps the ImageNet-normalised student input video [B, 3, T, H, W] to targets
-[B, N, D] in student token order (n = t * H'W' + h * W' + w). Feature teachers see the first
+Every target maps the raw video (uint8 [B, 3, T, H, W], as the loader hands it over) to
+targets [B, N, D] in student token order (n = t * H'W' + h * W' + w), normalising it as it
+needs: never by undoing the student's normalisation. Feature teachers see the first
 frame of each tubelet (the paper's), or with --teacher_frames all every frame, a token's
 target then being its frames' features side by side [B, N, tubelet * D]; their weights never
 change and they always stay in eval mode. PixelTarget(motion=True) is the
@@ -100,11 +101,10 @@ class FrameTeacher(nn.Module):
         self.tokens_fn = tokens_fn
         self.patch_size, self.grid, self.tubelet_size = patch_size, grid, tubelet_size
         self.frames_per_token = tubelet_size if all_frames else 1
-        if input_norm == "clip":  # undo ImageNet's mean/std, apply CLIP's
-            scale = [i / c for i, c in zip(IMAGENET_STD, CLIP_STD)]
-            shift = [(m - c) / s for m, c, s in zip(IMAGENET_MEAN, CLIP_MEAN, CLIP_STD)]
-        else:
-            scale, shift = [1.0] * 3, [0.0] * 3
+        # from the raw 0..255 video straight to the mean/std this teacher wants (fp32 buffers)
+        mean, std = (CLIP_MEAN, CLIP_STD) if input_norm == "clip" else (IMAGENET_MEAN,
+                                                                          IMAGENET_STD)
+        scale, shift = [1 / (255 * s) for s in std], [m / s for m, s in zip(mean, std)]
         self.register_buffer("scale", torch.tensor(scale).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
 
@@ -116,7 +116,7 @@ class FrameTeacher(nn.Module):
         frames = video if self.frames_per_token > 1 else video[:, :, ::self.tubelet_size]
         batch, channels, steps, height, width = frames.shape  # one batched pass over B * steps
         images = frames.transpose(1, 2).reshape(batch * steps, channels, height, width)
-        images = images * self.scale + self.shift
+        images = images.float() * self.scale - self.shift
         _, grid_h, grid_w = self.grid
         size = (grid_h * self.patch_size, grid_w * self.patch_size)
         if size != (height, width):  # e.g. patch-14 teachers give the student's 16-px grid
@@ -202,8 +202,8 @@ def set_precision(teacher, precision):
 
 @dataclass
 class Target:
-    """One thing the student regresses, with its own decoder head: `module(video [B, 3, T, H,
-    W], normalised) -> [B, N, dim]` (frozen), its loss `weight`, how its values are normalised
+    """One thing the student regresses, with its own decoder head: `module(video uint8 [B, 3,
+    T, H, W]) -> [B, N, dim]` (frozen), its loss `weight`, how its values are normalised
     per clip (`norm`, engine_for_pretraining.normalize_target; `frames_per_token` features
     side by side count as that many tokens). A new target is one more entry."""
     name: str
@@ -241,15 +241,11 @@ class PixelTarget(nn.Module):
     def __init__(self, patch_size, tubelet_size, motion=False):
         super().__init__()
         self.patch_size, self.tubelet_size, self.motion = patch_size, tubelet_size, motion
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1),
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1),
-                             persistent=False)
 
     @torch.no_grad()
     def forward(self, video):
         from einops import rearrange
-        pixels = video.float() * self.std + self.mean
+        pixels = video.float() / 255
         patches = rearrange(pixels, "b c (t pt) (h ph) (w pw) -> b (t h w) (pt ph pw) c",
                             pt=self.tubelet_size, ph=self.patch_size, pw=self.patch_size)
         patches = (patches - patches.mean(dim=-2, keepdim=True)) / (

@@ -1,4 +1,4 @@
-"""The house layout (STYLE.md): one-way imports between top-level files, line budgets, and every
+"""The house layout: one-way imports between top-level files, line budgets, and every
 flag that a module defines is read somewhere."""
 import ast
 import glob

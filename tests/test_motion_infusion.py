@@ -228,7 +228,7 @@ def test_every_object_checked_when_the_bank_is_built(tmp_path):
 
 
 def test_released_generator_statistics():
-    """SPEC §3, measured on the authors' generator at ratio 0.8, 224, 2 objects, box region:
+    """The statistics measured on the authors' generator at ratio 0.8, 224, 2 objects, box region:
     object region ~38 % of tokens, 9.9 % of object tokens and 27.9 % of background visible.
     Their code stretched objects to the box, so that is the configuration to compare."""
     args = pretrain_args(num_frames=16, input_size=224, background="black", object_fit="stretch",

@@ -10,6 +10,7 @@ import torch
 import engine_for_pretraining as engine
 import modeling_pretrain
 import teachers
+from utils import normalize_video
 from test_pretraining import loader_batch, random_mask, teacher_args, train_step
 
 
@@ -57,10 +58,11 @@ def test_every_combination_trains(frames, motion, masks_per_clip):
 def test_all_frames_target_is_the_teacher_on_each_frame():
     torch.manual_seed(0)
     _, teacher, _ = build(frames="all", frames_in=4)
-    video = torch.randn(2, 3, 4, 32, 32)
+    video = torch.randint(0, 256, (2, 3, 4, 32, 32), dtype=torch.uint8)  # as the loader's
     target = teacher(video)  # [2, T'=2 x 2 x 2, 2 x 192]
+    normalised = normalize_video(video)  # what the backbone sees
     for b, frame in itertools.product(range(2), range(4)):
-        tokens = teacher.backbone(video[b:b + 1, :, frame])[1][0]  # [4 patches, 192] by hand
+        tokens = teacher.backbone(normalised[b:b + 1, :, frame])[1][0]  # [4 patches, 192]
         t, k = divmod(frame, 2)
         assert torch.allclose(target[b, t * 4:(t + 1) * 4, k * 192:(k + 1) * 192], tokens,
                               atol=1e-5)
@@ -74,9 +76,8 @@ def test_all_frames_target_is_the_teacher_on_each_frame():
 
 
 def test_motion_target_by_hand():
-    from utils import normalize_video
     raw = torch.randint(0, 255, (1, 3, 4, 32, 32), dtype=torch.uint8)
-    target = teachers.PixelTarget(16, 2, motion=True)(normalize_video(raw))
+    target = teachers.PixelTarget(16, 2, motion=True)(raw)
     assert target.shape == (1, 8, 16 * 16 * 3)
     pixels = raw.double() / 255
     t, h, w = 1, 0, 1  # token 1 * 4 + 0 * 2 + 1 = 5: frames 2 and 3, rows 0-15, columns 16-31
@@ -88,15 +89,14 @@ def test_motion_target_by_hand():
 
 
 def test_motion_target_of_a_still_patch_is_small_whatever_its_noise():
-    from utils import normalize_video
     torch.manual_seed(0)
     still = torch.randint(40, 200, (1, 3, 1, 32, 32)).repeat(1, 1, 4, 1, 1)
     noisy = (still + torch.randint(-2, 3, still.shape)).to(torch.uint8)  # codec-like noise
     moving = still.clone().to(torch.uint8)
     moving[:, :, 3] = torch.roll(still[:, :, 3], 4, dims=-1)  # a 4 px shift inside tubelet 1
     motion = teachers.PixelTarget(16, 2, motion=True)
-    noise_energy = motion(normalize_video(noisy)).square().mean()
-    move_energy = motion(normalize_video(moving))[:, 4:].square().mean()
+    noise_energy = motion(noisy).square().mean()
+    move_energy = motion(moving)[:, 4:].square().mean()
     assert noise_energy < 0.05 < 1 < move_energy  # a unit-variance target would be ~1 for both
 
 

@@ -139,10 +139,10 @@ def test_clip_teacher_matches_hand_computation(tmp_path, layout):
     torch.save(state, path)
     teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny",
                                                   teacher_weights=str(path)), (2, 2, 2))
-    video = torch.randn(2, 3, 4, 32, 32)
+    video = torch.randint(0, 256, (2, 3, 4, 32, 32), dtype=torch.uint8)  # as the loader's
     out = teacher(video)
-    with torch.no_grad():
-        frames = video[:, :, ::2].transpose(1, 2).reshape(4, 3, 32, 32)  # frames 0 and 2
+    with torch.no_grad():  # the teacher normalises the raw frames 0 and 2 itself
+        frames = utils.normalize_video(video)[:, :, ::2].transpose(1, 2).reshape(4, 3, 32, 32)
         expected = hand_clip_tokens(source.eval(), frames).reshape(2, 2 * 4, -1)
     assert torch.allclose(out, expected, atol=1e-5)
 
@@ -188,11 +188,10 @@ def test_target_normalisations():
 
 
 def test_pixel_target_is_videomae():
-    video = torch.randn(1, 3, 2, 32, 32)
+    video = torch.randint(0, 256, (1, 3, 2, 32, 32), dtype=torch.uint8)  # as the loader's
     target = teachers.PixelTarget(16, 2)(video)
     assert target.shape == (1, 4, 2 * 16 * 16 * 3)
-    pixels = video * torch.tensor(utils.IMAGENET_STD).view(1, 3, 1, 1, 1) + torch.tensor(
-        utils.IMAGENET_MEAN).view(1, 3, 1, 1, 1)
+    pixels = video.float() / 255
     patch = pixels[0, :, 0:2, 16:32, 0:16].permute(1, 2, 3, 0).reshape(-1, 3)  # token 2
     manual = (patch - patch.mean(0)) / (patch.var(0, unbiased=True).sqrt() + 1e-6)
     assert torch.allclose(target[0, 2].view(-1, 3), manual, atol=1e-5)
@@ -322,7 +321,8 @@ def test_training_steps_wait_on_the_host_only_to_print(tmp_path):
                           clips_per_step=2)
     logger = utils.MetricLogger(str(tmp_path), None, False)
     ledger = BadFileLedger([], 0.05, str(tmp_path), dist_info)
-    job = training.Job("stage-1 pretraining", student, optimizer, loss_fn, loader, sampler=None, dataset=dataset)
+    job = training.Job("stage-1 pretraining", student, optimizer, loss_fn, loader, sampler=None,
+                       dataset=dataset)
     with counter:
         stats, _ = training.train_one_epoch(job, lambda s: 1e-3, 0, 0, run, logger,
                                             stop_signals.stop_flag(), ledger)
@@ -356,7 +356,7 @@ def test_half_precision_clip_teacher_keeps_fused_attention():
     assert torch.isfinite(out["loss"])
     teacher.backbone.float()  # the control: fp32 weights called under autocast
     with OpsSeen() as seen, utils.autocast(torch.device("cpu"), "bf16"):
-        teacher(utils.normalize_video(video))
+        teacher(video)
     assert "aten._native_multi_head_attention" not in seen.ops
 
 
@@ -557,8 +557,8 @@ class Brightness(torch.nn.Module):
     """A toy target written here alone: each token's mean intensity."""
 
     def forward(self, video):
-        return torch.nn.functional.avg_pool3d(video.mean(1, keepdim=True), (2, 16, 16)).flatten(
-            1)[..., None]  # [B, N, 1] in token order
+        grey = video.float().mean(1, keepdim=True) / 255  # the raw video, as every target gets
+        return torch.nn.functional.avg_pool3d(grey, (2, 16, 16)).flatten(1)[..., None]  # [B, N, 1]
 
 
 def test_a_new_target_is_one_entry_in_the_table():

@@ -68,7 +68,8 @@ def test_stage1_outputs(reference):
     state = checkpoint.load_checkpoint(os.path.join(out, "checkpoint-1.pth"))
     assert state["epoch"] == 2 and state["step"] == 24 and state["next_batch"] == 0
     assert state["kind"] == "stage-1 pretraining" and state["format"] == checkpoint.FORMAT
-    assert state["args"]["mask_type"] == "trajectory" and state["model_kwargs"]["target_dim"] == 192
+    assert state["args"]["mask_type"] == "trajectory"
+    assert state["model_kwargs"]["heads"] == {"feature": 192}
     assert {"encoder_to_decoder.weight", "mask_token"} <= set(state["model"])
     # pictures after each of the 2 epochs (--vis_freq default: about 4 per run): the sample,
     # 2 rows of 4 frames of 32 px; per token slice (2) target | prediction | cosine, 2x2 cells

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fine-tune a SMILE ViT-B on Kinetics-400, one node with 8 GPUs (VideoMAE recipe, SPEC §6),
+# Fine-tune a SMILE ViT-B on Kinetics-400, one node with 8 GPUs (VideoMAE recipe),
 # then the 7 clips x 3 crops test. Edit the paths below.
 set -euo pipefail
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SMILE stage 1 on Kinetics-400, ViT-B, one node with 8 GPUs (released recipe, SPEC §6):
+# SMILE stage 1 on Kinetics-400, ViT-B, one node with 8 GPUs (the released recipe):
 # motion-infused clips + trajectory masking, CLIP ViT-B/16 teacher. Edit the paths below.
 set -euo pipefail
 
