@@ -90,8 +90,7 @@ class Job:
     """What fit trains, as an entry point builds it. `loss_fn(model, batch)` is the engine's
     step: (loss, {name: device tensor}), no optimiser and no LR inside; `after_epoch(model,
     epoch, logger)` -> metrics (validation, pictures); `initialize(model)`: start weights when
-    nothing resumes;
-    `kind` and `model_kwargs` (the model's build keywords) go into every checkpoint."""
+    nothing resumes; `kind` and `model_kwargs` (the build keywords) go into every checkpoint."""
     kind: str
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
