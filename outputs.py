@@ -164,11 +164,11 @@ SCHEDULE = {"lr", "min_lr", "warmup_lr", "epochs", "warmup_epochs", "weight_deca
 MACHINERY = {"num_workers", "print_freq", "pin_mem", "device", "precision", "compile",
              "use_checkpoint", "enable_deepspeed", "output_dir", "log_dir", "save_ckpt_freq",
              "keep_last", "auto_resume", "resume", "local_rank", "config", "video_backend",
-             "max_bad_fraction", "max_retries", "dist_eval", "new_data_list",
+             "max_bad_fraction", "max_retries", "dist_eval", "new_data_list", "vis_freq",
+             "test_num_segment", "test_num_crop", "short_side_size",  # evaluation only
              # the list is compared by its content (data_list), not where it lies
              "data_path", "data_root",
-             # read only when a run starts, never by a resume
-             "first_stage_path", "finetune",
+             "first_stage_path", "finetune",  # read only when a run starts, not at a resume
              # follow flags compared above
              "scaled_lr", "scaled_min_lr", "scaled_warmup_lr", "grid"}
 HISTORY = "run_history.jsonl"

@@ -142,7 +142,7 @@ def test_free_space_is_checked_against_the_measured_checkpoint(tmp_path, monkeyp
 def _args(**changes):
     values = dict(stage=1, model="m", mask_ratio=0.8, lr=1.5e-4, epochs=10, batch_size=8,
                   total_batch_size=16, num_workers=2, print_freq=20, data_path="a.csv",
-                  new_data_list=False)
+                  new_data_list=False, vis_freq=None)
     return argparse.Namespace(**{**values, **changes})
 
 
@@ -163,11 +163,12 @@ def test_a_change_in_what_the_run_learns_from_is_refused(changes, refused):
 
 def test_schedule_changes_warn_and_machinery_is_silent(caplog):
     saved = {"args": vars(_args()), "data_list": LIST}
-    new = _args(lr=3e-3, epochs=20, num_workers=8, print_freq=1, data_path="/moved/a.csv")
+    new = _args(lr=3e-3, epochs=20, num_workers=8, print_freq=1, data_path="/moved/a.csv",
+                vis_freq=5)
     with caplog.at_level("INFO", logger="smile"):
         changes = outputs.check_same_run("out/checkpoint-latest.pth", saved, new, LIST)
     assert changes["schedule"] == {"epochs": [10, 20], "lr": [1.5e-4, 3e-3]}
-    assert set(changes["machinery"]) == {"data_path", "num_workers", "print_freq"}
+    assert set(changes["machinery"]) == {"data_path", "num_workers", "print_freq", "vis_freq"}
     warnings = [r.getMessage() for r in caplog.records]
     assert warnings == ["WARNING: resuming with --epochs 20 (the run had 10)",
                         "WARNING: resuming with --lr 0.003 (the run had 0.00015)"]
