@@ -111,9 +111,9 @@ def seed_worker(worker_id):
     its workers a SIGTERM handler that dies of any SIGTERM the parent did not send: SLURM
     signals every process of a job step, and a dead worker takes the run down before it can
     save). The handler of stop_signals.py is put back; it ignores them in a worker."""
-    flag = stop_signals.stop_flag()
-    for sig in stop_signals.STOP_SIGNALS:
-        signal.signal(sig, flag.handle)
+    if stop_signals.is_installed():  # the entry points; a tool's workers keep torch's
+        for sig in stop_signals.STOP_SIGNALS:
+            signal.signal(sig, stop_signals.stop_flag().handle)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals.STOP_SIGNALS)  # see start_workers
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)

@@ -7,7 +7,7 @@
 Every mode writes OUTPUT_DIR/results.json (top1, top5, class_mean_top1 in percent, num_videos,
 num_failed, ...).
 """
-import stop_signals  # noqa: F401  first: a stop signal that comes during the imports is kept
+from stop_signals import installed  # noqa: F401  first: a stop signal during the imports is kept
 
 import argparse
 import functools

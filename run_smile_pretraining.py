@@ -4,7 +4,7 @@ Stage 1 (motion-infused clips, trajectory masking) and stage 2 (original clips, 
 started from the whole stage-1 student with `--first_stage_path`) are two runs of this script.
 One process, torchrun, or SLURM srun; optional DeepSpeed.
 """
-import stop_signals  # noqa: F401  first: a stop signal that comes during the imports is kept
+from stop_signals import installed  # noqa: F401  first: a stop signal during the imports is kept
 
 import argparse
 import functools

@@ -1,11 +1,12 @@
 """Stop signals: SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 ask a run to save and stop, however many
 arrive and whichever processes of the job they reach.
 
-Imported first by the entry points (it imports nothing heavy), so that a signal that comes while
-torch is still being imported is kept too. SLURM (scancel, pre-emption, a time limit) signals
-every process of a job step, torchrun sends its own copy on to each rank, and a user may press
-Ctrl-C twice: the first signal is recorded and every later one changes nothing, except a second
-Ctrl-C at a terminal 2 s or more after the first, which stops at once.
+The entry points install it with their first line, `from stop_signals import installed` (it
+imports nothing heavy), so that a signal that comes while torch is still being imported is
+kept too; importing the module alone installs nothing. SLURM (scancel, pre-emption, a time
+limit) signals every process of a job step, torchrun sends its own copy on to each rank, and a
+user may press Ctrl-C twice: the first signal is recorded and every later one changes nothing,
+except a second Ctrl-C at a terminal 2 s or more after the first, which stops at once.
 
 In a DataLoader worker (distributed.seed_worker installs it there) the handler does nothing,
 so a worker never dies of a stop signal (torch would then raise in the main process before it
@@ -80,4 +81,13 @@ def stop_flag():
     return _FLAG[0]
 
 
-stop_flag()
+def is_installed():
+    return bool(_FLAG)
+
+
+def __getattr__(name):
+    """`from stop_signals import installed` installs the handlers: an entry point's first
+    line. A plain `import stop_signals` (the library modules, the tools) changes nothing."""
+    if name == "installed":
+        return stop_flag()
+    raise AttributeError(name)

@@ -11,8 +11,8 @@ transformers folder). Each video gets the evaluation's views (--test_num_segment
 the encoder's token-averaged output ('features' [V, D] float32), with --tokens also its tokens
 averaged over views ('tokens' [V, N, D] float16: large). OUT.npz also holds 'paths',
 'labels' (-1 without) and 'ok' (False: no view could be decoded; its row is NaN, and the video
-is listed in OUT.failed.tsv). Work is saved every --chunk videos (OUT.partNNNNN.npz): run the
-same command again after a kill and it goes on from the last chunk.
+is listed in OUT.failed.tsv). Work is saved every --chunk videos (OUT.partNNNNN.npz): after a
+kill, or a stop signal (honoured after the part in hand), the same command goes on from there.
 """
 import logging
 import os
@@ -28,6 +28,7 @@ import distributed  # noqa: E402
 import engine_for_finetuning as engine  # noqa: E402
 import lists  # noqa: E402
 import run_class_finetuning as finetuning  # noqa: E402
+import stop_signals  # noqa: E402
 import utils  # noqa: E402
 from utils import format_eta  # noqa: E402
 
@@ -83,7 +84,12 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     parts, start, done = [], time.time(), 0
+    stop = stop_signals.stop_flag()  # SIGTERM, Ctrl-C: stop after the part in hand
     for first in range(0, len(entries), args.chunk):
+        if stop:
+            log.info("%s received: stopped after %d of %d videos; run the same command to go "
+                     "on", stop.signal, first, len(entries))
+            return 0
         chunk = entries[first:first + args.chunk]
         part = f"{args.output}.part{first // args.chunk:05d}.npz"
         parts.append(part)
