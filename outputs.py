@@ -141,7 +141,7 @@ def check_free_space(folder, checkpoint_bytes, numbered_left):
     still to come will not."""
     free, gib = shutil.disk_usage(folder).free, checkpoint.gib
     total = (2 + numbered_left) * checkpoint_bytes
-    log.info("a checkpoint of this run takes %s; with the %d numbered copies to come the run "
+    log.info("a checkpoint of this run takes %s; with the numbered ones to come (%d) the run "
              "needs %s more, %s has %s free", gib(checkpoint_bytes), numbered_left, gib(total),
              folder, gib(free))
     if free < 2 * checkpoint_bytes:
