@@ -33,6 +33,12 @@ def feature_loss(pred, target, masked):
     return F.mse_loss(pred.float(), torch.take_along_dim(target, masked[..., None], 1).float())
 
 
+def make_target(target, raw):
+    """What the loss compares against for one teachers.Target: its module on the raw video,
+    normalised per clip as the target says. Called outside autocast (teachers.py)."""
+    return normalize_target(target.module(raw), target.norm, target.frames_per_token)
+
+
 def train_loss(model, batch, targets, device, precision):
     """The loss of one batch and its parts: (loss, {'<target>_loss'} with several targets,
     else {}), device tensors. training.train_step takes it from there (LR, backward,
@@ -48,8 +54,7 @@ def train_loss(model, batch, targets, device, precision):
     masks_per_clip = batch.visible.shape[1] if batch.visible.dim() == 3 else 0
     visible, masked = (idx.to(device, non_blocking=True).flatten(0, -2)  # (clip, mask) pairs
                        for idx in (batch.visible, batch.masked))
-    wanted = {t.name: normalize_target(t.module(raw), t.norm, t.frames_per_token)
-              for t in targets}  # outside autocast: teachers.py
+    wanted = {t.name: make_target(t, raw) for t in targets}
     if masks_per_clip:
         video = video.repeat_interleave(masks_per_clip, 0)
         wanted = {name: t.repeat_interleave(masks_per_clip, 0) for name, t in wanted.items()}
@@ -68,7 +73,7 @@ def target_and_prediction(model, target, clip, visible, masked, device, precisio
     Leaves the model in eval mode (the next epoch sets train again)."""
     raw = clip[None].to(device)
     video = normalize_video(raw)
-    wanted = normalize_target(target.module(raw), target.norm, target.frames_per_token)
+    wanted = make_target(target, raw)
     model.eval()
     with autocast(device, precision):
         predicted = model(video, visible[None].to(device), masked[None].to(device))[target.name]

@@ -111,5 +111,8 @@ def read(path):
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     weights = load_file(os.path.join(path, "model.safetensors") if os.path.isdir(path) else path)
     config_path = os.path.join(folder, "config.json")
-    saved = json.load(open(config_path)) if os.path.isfile(config_path) else {}
+    saved = {}
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            saved = json.load(f)
     return {"model": from_transformers(weights), "config": saved}

@@ -99,7 +99,6 @@ def start_or_resume(args, dist_info, pieces, dataset, steps_per_epoch, ledger, i
     digest = getattr(dataset, "list_digest", None)
     data_list = dict(digest=digest, entries=len(dataset)) if digest else None
     start, history = (0, 0), []
-    checkpoint_bytes = checkpoint.training_state_bytes(model, optimizer)
     resume = checkpoint.resume_checkpoint(args)
     if resume:
         path, state = resume
@@ -121,6 +120,7 @@ def start_or_resume(args, dist_info, pieces, dataset, steps_per_epoch, ledger, i
                  record["step"])
     else:
         record = dict(event="start", step=0)
+        checkpoint_bytes = checkpoint.training_state_bytes(model, optimizer)
         if dist_info.is_main:  # what the run started with; later changes go to the history
             with open(os.path.join(args.output_dir, "args.json"), "w") as f:
                 json.dump(vars(args), f, indent=1)
