@@ -6,6 +6,7 @@ clip stays uint8 to the training device (a quarter of the bytes), where
 `utils.normalize_video` runs once. Fine-tuning sample: decode -> crop/flip (train) or resize +
 crop views (eval) -> normalised float clip [3, T, H, W]. Batches of them: batches.py.
 """
+import argparse
 import logging
 import os
 import random
@@ -20,7 +21,7 @@ from bad_files import NOTE
 from errors import BadInputError, DataAbort
 from lists import (DATASET_CLASSES, labelled_list, pretraining_list,  # noqa: F401
                    read_list)  # (re-exported for the entry points and tests)
-from utils import IMAGENET_MEAN, normalize_video
+from utils import IMAGENET_MEAN, normalize_video, settled
 from video_io import (DECODERS, VideoDecodeError, check_backend, dense_indices, list_images,
                       read_clip, read_image, segment_indices)
 from video_transforms import (multi_scale_crop, random_resized_crop, resize_short_side,
@@ -89,16 +90,25 @@ def add_finetune_args(parser):
     return parser
 
 
-# what a stage implies when --mask_type / --infusion_prob are not given
-STAGE_DEFAULTS = {1: dict(mask_type="trajectory", infusion_prob=1.0),
-                  2: dict(mask_type="tube", infusion_prob=0.0)}
+def implied_by_stage(args, stage):
+    """--mask_type and --infusion_prob where they were left unset (the one place their
+    defaults live): stage 1 trajectory masks on infused clips, stage 2 tube masks on original
+    ones; --training_mode mixed infuses half of its clips."""
+    mixed = getattr(args, "training_mode", None) == "mixed"
+    implied = dict(mask_type="trajectory" if stage == 1 else "tube",
+                   infusion_prob=0.5 if mixed else float(stage == 1))
+    return {key: value for key, value in implied.items() if getattr(args, key) is None}
 
 
-def resolve_stage(args, stage):
-    """Fill the stage's masking and infusion defaults where the flags were left unset."""
-    for key, value in STAGE_DEFAULTS[stage].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+def data_settings(stage=1, **values):
+    """The pretraining data flags' defaults with `values` over them, and what `stage` implies:
+    what tools, benchmarks and tests build a PretrainingDataset from."""
+    parser = argparse.ArgumentParser()
+    for add in (add_args, add_pretraining_args, motion_infusion.add_args,
+                masking_generator.add_args):
+        add(parser)
+    args = settled(parser.parse_args([]), **values)
+    return settled(args, **implied_by_stage(args, stage))
 
 
 def check_args(args, pretraining=True):
@@ -363,10 +373,10 @@ def build_pretraining_dataset(args):
     if args.background in ("video", "frame"):
         entries = read_list(pretraining_list(args.data_path), args.data_root,
                             require_label=False)
-    infuser = motion_infusion.MotionInfuser(motion_infusion.build_object_bank(args, log.info),
-                                            args.num_objects, args.object_fit)
-    return PretrainingDataset(args, entries, infuser,
-                              masking_generator.build_mask_generator(args, grid))
+    objects = motion_infusion.build_object_bank(args.objects_path, args.object_list, log.info)
+    infuser = motion_infusion.MotionInfuser(objects, args.num_objects, args.object_fit)
+    return PretrainingDataset(args, entries, infuser, masking_generator.build_mask_generator(
+        grid, args.mask_type, args.mask_ratio, args.traj_unmask_ratio))
 
 
 def build_dataset(is_train, test_mode, args):

@@ -25,12 +25,12 @@ def add_args(parser):
                             "T' * int(mask_ratio * H'W')")
     group.add_argument("--traj_unmask_ratio", type=float, default=0.1,
                        help="fraction of object tokens left visible by trajectory masking")
-    group.add_argument("--num_masks_per_clip", type=int, default=1,
-                       help="masks drawn per clip, all trained on in the same step with one "
-                            "teacher pass (README: repeated sampling and masks per clip)")
     group.add_argument("--traj_region", default="box", choices=("box", "footprint"),
                        help="object region for trajectory masking: the unrotated box (what the "
                             "released models used) or the rotation-aware alpha footprint")
+    group.add_argument("--num_masks_per_clip", type=int, default=1,
+                       help="masks drawn per clip, all trained on in the same step with one "
+                            "teacher pass (README: repeated sampling and masks per clip)")
     return parser
 
 
@@ -181,7 +181,7 @@ def object_tokens(objects, region, grid, patch_size, tubelet_size):
     raise ValueError(f"unknown trajectory region {region!r}")
 
 
-def build_mask_generator(args, grid):
-    if MASK_TYPE_ALIASES.get(args.mask_type, args.mask_type) == "tube":
-        return TubeMaskingGenerator(grid, args.mask_ratio)
-    return TrajectoryMaskingGenerator(grid, args.mask_ratio, args.traj_unmask_ratio)
+def build_mask_generator(grid, mask_type, mask_ratio, traj_unmask_ratio):
+    if MASK_TYPE_ALIASES.get(mask_type, mask_type) == "tube":
+        return TubeMaskingGenerator(grid, mask_ratio)
+    return TrajectoryMaskingGenerator(grid, mask_ratio, traj_unmask_ratio)

@@ -40,8 +40,8 @@ def add_args(parser):
                             "(annotation_files/object_instances.txt format); default: scan")
     group.add_argument("--num_objects", type=int, default=2, help="objects pasted per clip")
     group.add_argument("--infusion_prob", type=float, default=None,
-                       help="probability that a clip is motion-infused. Default: 1 in stage 1, "
-                            "0 in stage 2, 0.5 in mixed training")
+                       help="probability that a clip is motion-infused (default: the stage's, "
+                            "datasets.implied_by_stage; the run's first lines say it)")
     group.add_argument("--object_fit", default="contain", choices=("contain", "stretch"),
                        help="contain: keep the object's aspect ratio inside its box; stretch: "
                             "distort it to the box (the authors' code)")
@@ -187,9 +187,9 @@ class ProceduralObjectBank:
         return crop_to_alpha(np.dstack([np.clip(rgb, 0, 255).astype(np.uint8), alpha]))
 
 
-def build_object_bank(args, log=print):
-    if args.objects_path:
-        return FolderObjectBank(args.objects_path, args.object_list, log)
+def build_object_bank(objects_path, object_list, log=print):
+    if objects_path:
+        return FolderObjectBank(objects_path, object_list, log)
     return ProceduralObjectBank()
 
 

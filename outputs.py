@@ -172,6 +172,7 @@ MACHINERY = {"num_workers", "print_freq", "pin_mem", "device", "precision", "com
              # follow flags compared above
              "scaled_lr", "scaled_min_lr", "scaled_warmup_lr", "grid"}
 HISTORY = "run_history.jsonl"
+RENAMED = {("teacher_input_norm", "clip"): "teacher"}  # (flag, older value): its name now
 
 
 def _plain(value):
@@ -183,7 +184,8 @@ def check_same_run(path, state, args, data_list=None):
     "machinery": {...}, "data_list": [then, now] or None}, for the run history; raises
     CheckpointError (one line) for a change in what the run learns from, including another
     list (by content) unless --new_data_list."""
-    saved = state.get("args") or {}
+    saved = {k: RENAMED.get((k, v), v) if isinstance(v, str) else v
+             for k, v in (state.get("args") or {}).items()}
     new = vars(args)
     changed = {k: (saved[k], new[k]) for k in saved.keys() & new.keys()
                if _plain(saved[k]) != _plain(new[k])}
@@ -236,15 +238,10 @@ def resume_position(state, args, steps_per_epoch, new_list=False):
         log.warning("the checkpoint stopped mid-epoch on the old list: the rest of epoch %d is "
                     "skipped, training goes on at epoch %d", epoch + 1, epoch + 2)
         return epoch + 1, 0
-    if next_batch and (saved.get("batch_size"), saved.get("total_batch_size"),
-                       saved.get("repeated_sampling", 1)) != (
-            args.batch_size, args.total_batch_size, repeats):
-        log.warning("the checkpoint stopped mid-epoch with batch %s x %s processes (repeats "
-                    "%s), this run has %s x %s (%s): the rest of epoch %d is skipped, training "
-                    "goes on at epoch %d",
-                    saved.get("batch_size"), saved.get("total_batch_size", 0) // max(
-                        saved.get("batch_size") or 1, 1), saved.get("repeated_sampling", 1),
-                    args.batch_size, args.total_batch_size // args.batch_size, repeats,
-                    epoch + 1, epoch + 2)
+    then = saved.get("batch_size"), saved.get("total_batch_size"), saved.get("repeated_sampling", 1)
+    if next_batch and then != (args.batch_size, args.total_batch_size, repeats):
+        log.warning("the checkpoint stopped mid-epoch with (batch, total batch, repeats) %s, this "
+                    "run has %s: the rest of epoch %d is skipped, training goes on at epoch %d",
+                    then, (args.batch_size, args.total_batch_size, repeats), epoch + 1, epoch + 2)
         return epoch + 1, 0
     return epoch, next_batch

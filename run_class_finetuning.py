@@ -252,7 +252,7 @@ def test(model, args, dist_info, nb_classes, mode):
 def main(args):
     dist_info = distributed.init_distributed(args.device, args.local_rank, args.enable_deepspeed)
     outputs.open_output_dir(args, dist_info)
-    utils.finalize_run_args(args, dist_info.world_size)
+    args = utils.run_settings(args, dist_info.world_size)  # read-only from here on
     log.info("%s", utils.run_header(args, dist_info))
     distributed.seed_everything(args.seed)
     nb_classes = args.nb_classes or datasets.DATASET_CLASSES[args.data_set]

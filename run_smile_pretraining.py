@@ -80,17 +80,16 @@ def check_args(args):
                          f"--repeated_sampling {args.repeated_sampling} (clips per video)")
 
 
-def finalize_args(args, world_size):
-    """Derive once: the stage, its masking/infusion defaults, the grid and the scaled LRs."""
-    args.stage = 2 if args.first_stage_path else 1
-    if args.training_mode == "mixed" and args.infusion_prob is None:
-        args.infusion_prob = 0.5
-    datasets.resolve_stage(args, args.stage)
+def settle(args, world_size=1):
+    """The run's read-only settings (utils.Settings): the flags, with what the stage implies
+    where they were left unset, the token grid and the run-wide values (utils.run_settings)."""
+    stage = 2 if args.first_stage_path else 1
+    implied = datasets.implied_by_stage(args, stage)
     if args.target_norm is None:
-        args.target_norm = "none" if args.target_type == "pixel" else "clip_channel"
-    args.grid = list(masking_generator.token_grid(args.num_frames, args.input_size,
-                                                  args.patch_size, args.tubelet_size))
-    utils.finalize_run_args(args, world_size)
+        implied["target_norm"] = "none" if args.target_type == "pixel" else "clip_channel"
+    grid = masking_generator.token_grid(args.num_frames, args.input_size, args.patch_size,
+                                        args.tubelet_size)
+    return utils.run_settings(args, world_size, stage=stage, grid=grid, **implied)
 
 
 def build_loader(args, dataset, dist_info):
@@ -112,7 +111,7 @@ def build_loader(args, dataset, dist_info):
 def main(args):
     dist_info = distributed.init_distributed(args.device, args.local_rank, args.enable_deepspeed)
     outputs.open_output_dir(args, dist_info)
-    finalize_args(args, dist_info.world_size)
+    args = settle(args, dist_info.world_size)  # read-only from here on
     log.info("%s", utils.run_header(args, dist_info))
     distributed.seed_everything(args.seed)  # same model init on every rank
 
@@ -123,7 +122,12 @@ def main(args):
                          f"clips x {dist_info.world_size} processes, fewer than one update of "
                          f"--update_freq {args.update_freq} (an epoch runs {len(dataset)} clips, "
                          f"{args.repeated_sampling} from each video it decodes)")
-    targets = teachers.build_targets(args, tuple(args.grid))  # what the student regresses
+    targets = teachers.build_targets(  # what the student regresses
+        args.grid, target_type=args.target_type, patch_size=args.patch_size,
+        tubelet_size=args.tubelet_size, target_norm=args.target_norm,
+        motion_loss_weight=args.motion_loss_weight, teacher_model=args.teacher_model,
+        teacher_weights=args.teacher_weights, teacher_input_norm=args.teacher_input_norm,
+        teacher_frames=args.teacher_frames)
     for target in targets:
         target.module = teachers.set_precision(target.module.to(dist_info.device),
                                                args.precision)

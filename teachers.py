@@ -22,10 +22,11 @@ from utils import HALF_DTYPES, IMAGENET_MEAN, IMAGENET_STD
 log = logging.getLogger(__name__)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-# name: (family, architecture, patch size, feature dim)
+# name: (the library that builds it, architecture, patch size, feature dim); the names follow
+# the libraries' (clip_ here is CLIP, the model)
 TEACHERS = {
-    "clip_vit_b16": ("clip", dict(width=768, layers=12, heads=12), 16, 768),
-    "clip_vit_tiny": ("clip", dict(width=192, layers=2, heads=3), 16, 192),  # smoke tests only
+    "clip_vit_b16": ("open_clip", dict(width=768, layers=12, heads=12), 16, 768),
+    "clip_vit_tiny": ("open_clip", dict(width=192, layers=2, heads=3), 16, 192),  # smoke tests
     "dino_vit_s16": ("timm", "vit_small_patch16_224.dino", 16, 384),
     "dino_vit_b16": ("timm", "vit_base_patch16_224.dino", 16, 768),
     "dinov2_vit_s14": ("timm", "vit_small_patch14_dinov2.lvd142m", 14, 384),
@@ -56,9 +57,11 @@ def add_args(parser):
                        help="weight of an extra loss on masked tokens: a second decoder head "
                             "regresses the difference between a tubelet's frames of VideoMAE's "
                             "per-patch normalised pixels (0 = off, the paper's)")
-    group.add_argument("--teacher_input_norm", default="imagenet", choices=("imagenet", "clip"),
-                       help="imagenet: the student's input as is (what the released models "
-                            "used); clip: re-normalised with CLIP's mean/std")
+    group.add_argument("--teacher_input_norm", default="imagenet", choices=("imagenet", "teacher"),
+                       type=lambda value: "teacher" if value == "clip" else value,
+                       help="imagenet: the student's normalisation (what the released models "
+                            "used); teacher: the teacher's own mean/std (CLIP's for CLIP; "
+                            "'clip', its older name, still reads)")
     return parser
 
 
@@ -94,16 +97,15 @@ class FrameTeacher(nn.Module):
     """Wraps an image backbone; `tokens_fn(backbone, images [M, 3, h, w]) -> [M, h'w', D]` takes
     the backbone as an argument so that swapping `self.backbone` (compiled, wrapped) is seen."""
 
-    def __init__(self, backbone, tokens_fn, patch_size, grid, tubelet_size, input_norm,
-                 all_frames=False):
+    def __init__(self, backbone, tokens_fn, patch_size, grid, tubelet_size,
+                 mean_std=(IMAGENET_MEAN, IMAGENET_STD), all_frames=False):
         super().__init__()
         self.backbone = backbone.eval().requires_grad_(False)
         self.tokens_fn = tokens_fn
         self.patch_size, self.grid, self.tubelet_size = patch_size, grid, tubelet_size
         self.frames_per_token = tubelet_size if all_frames else 1
         # from the raw 0..255 video straight to the mean/std this teacher wants (fp32 buffers)
-        mean, std = (CLIP_MEAN, CLIP_STD) if input_norm == "clip" else (IMAGENET_MEAN,
-                                                                          IMAGENET_STD)
+        mean, std = mean_std
         scale, shift = [1 / (255 * s) for s in std], [m / s for m, s in zip(mean, std)]
         self.register_buffer("scale", torch.tensor(scale).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
@@ -128,7 +130,7 @@ class FrameTeacher(nn.Module):
         return tokens.transpose(2, 3).reshape(batch, steps // k * grid_h * grid_w, -1)
 
 
-def build_clip_visual(arch, image_size):
+def build_CLIP_image_tower(arch, image_size):
     """open_clip's CLIP image tower, OpenAI flavour (QuickGELU), returning patch tokens after
     ln_post; no text tower, so no tokenizer and no network."""
     from open_clip.transformer import QuickGELU, VisionTransformer
@@ -136,7 +138,7 @@ def build_clip_visual(arch, image_size):
                              act_layer=QuickGELU, output_tokens=True, **arch)
 
 
-def load_clip_weights(visual, path):
+def load_CLIP_weights(visual, path):
     from types import SimpleNamespace
 
     from open_clip.model import resize_pos_embed
@@ -156,24 +158,26 @@ def load_clip_weights(visual, path):
                  unexpected[0])
 
 
-def build_teacher(args, grid):
-    """The frozen target module for `args` and token grid (T', H', W')."""
-    if args.target_type == "pixel":
-        return PixelTarget(args.patch_size, args.tubelet_size)
-    family, arch, patch, _ = TEACHERS[args.teacher_model]
-    weights = args.teacher_weights
+def build_teacher(grid, *, teacher_model, teacher_weights, tubelet_size, teacher_input_norm,
+                  teacher_frames):
+    """The frozen feature teacher (keywords: the flags of the same names) for the student's
+    token grid (T', H', W')."""
+    family, arch, patch, _ = TEACHERS[teacher_model]
+    weights = teacher_weights
     if weights == "random":
         log.warning("=" * 72 + "\n  TEACHER HAS RANDOM WEIGHTS (--teacher_weights random): targets "
                     "carry no semantics.\n  Use this for smoke tests only, never for results.\n"
                     + "=" * 72)
-    if family == "clip":
-        backbone = build_clip_visual(arch, grid[1] * patch)
+    own_mean_std = (IMAGENET_MEAN, IMAGENET_STD)  # DINO's and DINOv2's
+    if family == "open_clip":
+        backbone = build_CLIP_image_tower(arch, grid[1] * patch)
+        own_mean_std = (CLIP_MEAN, CLIP_STD)
         if weights in HUB_NAMES:
             import open_clip
             model = open_clip.create_model("ViT-B-16-quickgelu", pretrained="openai")
             backbone.load_state_dict(model.visual.state_dict(), strict=False)
         elif weights != "random":
-            load_clip_weights(backbone, weights)
+            load_CLIP_weights(backbone, weights)
         tokens_fn = lambda model, images: model(images)[1]  # noqa: E731 (pooled, tokens)
     else:
         import timm
@@ -185,8 +189,9 @@ def build_teacher(args, grid):
                                      strict=False)
         prefix = backbone.num_prefix_tokens
         tokens_fn = lambda model, images: model.forward_features(images)[:, prefix:]  # noqa: E731
-    return FrameTeacher(backbone, tokens_fn, patch, grid, args.tubelet_size,
-                        args.teacher_input_norm, all_frames=args.teacher_frames == "all")
+    mean_std = own_mean_std if teacher_input_norm == "teacher" else (IMAGENET_MEAN, IMAGENET_STD)
+    return FrameTeacher(backbone, tokens_fn, patch, grid, tubelet_size, mean_std,
+                        all_frames=teacher_frames == "all")
 
 
 def set_precision(teacher, precision):
@@ -214,18 +219,23 @@ class Target:
     frames_per_token: int = 1
 
 
-def build_targets(args, grid):
-    """'feature' (the teacher, or VideoMAE's pixels with --target_type pixel), and with
-    --motion_loss_weight 'motion' (the differences between a tubelet's frames)."""
-    teacher = build_teacher(args, grid)
-    frames = getattr(teacher, "frames_per_token", 1)
-    pixels = args.tubelet_size * args.patch_size ** 2 * 3
-    width = pixels if args.target_type == "pixel" else frames * TEACHERS[args.teacher_model][3]
-    targets = [Target("feature", teacher, width, 1.0, args.target_norm, frames)]
-    if args.motion_loss_weight:
-        motion = PixelTarget(args.patch_size, args.tubelet_size, motion=True)
-        targets.append(Target("motion", motion, pixels - pixels // args.tubelet_size,
-                              args.motion_loss_weight))
+def build_targets(grid, *, target_type, patch_size, tubelet_size, target_norm,
+                  motion_loss_weight, **teacher):
+    """'feature' (the teacher, or VideoMAE's pixels with target_type 'pixel'), and with a
+    motion_loss_weight 'motion' (the differences between a tubelet's frames). Keywords: the
+    flags of the same names; `teacher`: build_teacher's."""
+    pixels = tubelet_size * patch_size ** 2 * 3
+    if target_type == "pixel":
+        targets = [Target("feature", PixelTarget(patch_size, tubelet_size), pixels, 1.0,
+                          target_norm)]
+    else:
+        module = build_teacher(grid, tubelet_size=tubelet_size, **teacher)
+        width = module.frames_per_token * TEACHERS[teacher["teacher_model"]][3]
+        targets = [Target("feature", module, width, 1.0, target_norm, module.frames_per_token)]
+    if motion_loss_weight:
+        motion = PixelTarget(patch_size, tubelet_size, motion=True)
+        targets.append(Target("motion", motion, pixels - pixels // tubelet_size,
+                              motion_loss_weight))
     return targets
 
 

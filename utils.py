@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import torch
 
@@ -88,7 +89,12 @@ def parse_with_config(parser, argv=None):
     if known.config:
         import yaml
         with open(known.config) as f:
-            parser.set_defaults(**yaml.safe_load(f))
+            values = yaml.safe_load(f) or {}
+        unknown = sorted(set(values) - {action.dest for action in parser._actions})
+        if unknown:  # set_defaults would keep them silently, and nothing would read them
+            parser.error(f"--config {known.config} sets {', '.join(unknown)}: not flags of "
+                         f"{parser.prog}")
+        parser.set_defaults(**values)
     return parser.parse_args(argv)
 
 
@@ -110,18 +116,38 @@ def check_run_args(args):
         raise ValueError(f"--precision {args.precision} needs --device cuda")
 
 
-def finalize_run_args(args, world_size):
-    """Derived once: the effective batch (batch x processes x --update_freq), LRs scaled per
-    256 clips of it, the concrete precision."""
-    args.total_batch_size = args.batch_size * world_size * args.update_freq
-    scale = args.total_batch_size / 256
-    args.scaled_lr, args.scaled_min_lr = args.lr * scale, args.min_lr * scale
-    args.scaled_warmup_lr = args.warmup_lr * scale
-    if args.precision == "auto":
+class Settings(SimpleNamespace):
+    """A run's flags together with what follows from them, made once (the entry point's
+    `settle`) and read-only after: builders read it, and a value derived anywhere else would be
+    a second source of truth. Stored in checkpoints as a plain dict (vars)."""
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"the run's settings are read-only: {name} is derived once, in "
+                             "the entry point's settle()")
+
+    def __delattr__(self, name):
+        self.__setattr__(name, None)
+
+
+def settled(args, **values):
+    """Settings from parsed flags (or Settings) and the values derived from them."""
+    return Settings(**{**vars(args), **values})
+
+
+def run_settings(args, world_size, **derived):
+    """args -> Settings, with what every run derives: the effective batch (batch x processes x
+    --update_freq), the LRs scaled per 256 clips of it, the concrete precision, the TensorBoard
+    folder; `derived` adds (or fills in) an entry point's own."""
+    total = args.batch_size * world_size * args.update_freq
+    scale = total / 256
+    precision = args.precision
+    if precision == "auto":
         cuda = args.device == "cuda" and torch.cuda.is_available()
-        args.precision = ("fp32" if not cuda else
-                          "bf16" if torch.cuda.is_bf16_supported() else "fp16")
-    args.log_dir = args.log_dir or os.path.join(args.output_dir, "tb")
+        precision = "fp32" if not cuda else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return settled(args, total_batch_size=total, scaled_lr=args.lr * scale,
+                   scaled_min_lr=args.min_lr * scale, scaled_warmup_lr=args.warmup_lr * scale,
+                   precision=precision, log_dir=args.log_dir or os.path.join(args.output_dir,
+                                                                             "tb"), **derived)
 
 
 # ---------------------------------------------------------------- schedule

@@ -29,21 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import datasets  # noqa: E402
 import lists  # noqa: E402
-import masking_generator  # noqa: E402
-import motion_infusion  # noqa: E402
 import video_io  # noqa: E402
 from tools.synthetic_videos import moving_square_frames, write_video  # noqa: E402
-
-
-def data_args(**overrides):
-    parser = argparse.ArgumentParser()
-    for module in (datasets, motion_infusion, masking_generator):
-        module.add_args(parser)
-    datasets.add_pretraining_args(parser)
-    args = parser.parse_args([])
-    for key, value in overrides.items():
-        setattr(args, key, value)
-    return args
 
 
 def timed_interleaved(pipelines, n):
@@ -94,10 +81,8 @@ def main():
 
         common = dict(data_path=listing, video_backend=opts.backend, num_frames=16,
                       sampling_rate=4, input_size=224, objects_path=opts.objects)
-        stages = {2: dict(mask_type="tube", infusion_prob=0.0),
-                  1: dict(mask_type="trajectory", infusion_prob=1.0)}
         built = {(stage, r): datasets.build_pretraining_dataset(
-            data_args(repeated_sampling=r, **stages[stage], **common))
+            datasets.data_settings(stage, repeated_sampling=r, **common))
             for stage in (2, 1) for r in repeats}
         for (stage, _), dataset in built.items():
             bank = dataset.infuser.object_bank

@@ -94,11 +94,12 @@ def main():
     device = torch.device(a.device)
     torch.manual_seed(0)
     grid = token_grid(a.num_frames, a.input_size, 16, 2)
-    targs = run_smile_pretraining.parse_args([  # the run's own flags and defaults
-        "--teacher_model", a.teacher_model, "--teacher_weights", "random", "--teacher_frames",
-        a.teacher_frames, "--motion_loss_weight", str(a.motion_loss_weight), "--target_norm",
-        "clip_channel"])
-    targets = teachers.build_targets(targs, grid)
+    targets = teachers.build_targets(  # as the run builds them (its input norm's default)
+        grid, target_type="feature", patch_size=16, tubelet_size=2, target_norm="clip_channel",
+        motion_loss_weight=a.motion_loss_weight, teacher_model=a.teacher_model,
+        teacher_weights="random", teacher_frames=a.teacher_frames,
+        teacher_input_norm=run_smile_pretraining.get_args_parser().get_default(
+            "teacher_input_norm"))
     for target in targets:
         target.module = target.module.to(device)
         if target.name == "feature" and a.teacher_setup == "authors":

@@ -8,13 +8,8 @@
 # The student is ViT-Tiny and the teacher a RANDOM tiny CLIP: this shows the machinery, not
 # SMILE's numbers. Usage: scripts/quickstart.sh [OUTPUT_DIR]   (default runs/quickstart)
 set -euo pipefail
-cd "$(dirname "$0")/.."
 OUT=${1:-runs/quickstart}
-PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-"$PYTHON" -c "import torch, cv2, timm, open_clip" 2>/dev/null || {
-    echo "error: $PYTHON lacks the requirements; first run:" >&2
-    echo "  python3 -m venv .venv && .venv/bin/pip install -r requirements.txt" >&2
-    exit 1; }
+source "$(dirname "$0")/common.sh"
 EPOCHS1=${EPOCHS1:-6}
 EPOCHS2=${EPOCHS2:-3}
 CLIPS=${CLIPS:-512}

@@ -4,13 +4,8 @@
 # for the same encoder left at random initialisation. Usage: scripts/quickstart_probe.sh [DIR]
 # where DIR is the quick-start's output folder (default runs/quickstart).
 set -euo pipefail
-cd "$(dirname "$0")/.."
 OUT=${1:-runs/quickstart}
-PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-"$PYTHON" -c "import torch, cv2, timm, open_clip" 2>/dev/null || {
-    echo "error: $PYTHON lacks the requirements; first run:" >&2
-    echo "  python3 -m venv .venv && .venv/bin/pip install -r requirements.txt" >&2
-    exit 1; }
+source "$(dirname "$0")/common.sh"
 CKPT=$(ls "$OUT"/stage2/checkpoint-[0-9]*.pth | sort -V | tail -n 1)
 PROBE=(--linear_probe --data_path "$OUT/data" --data_set UCF101 --nb_classes 4
        --model vit_tiny_patch16_224 --num_frames 8 --input_size 112 --short_side_size 112

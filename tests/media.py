@@ -1,5 +1,4 @@
 """Real inputs made on the spot: H.264 videos (tools/synthetic_videos.py), RGBA object PNGs."""
-import argparse
 import os
 
 import cv2
@@ -20,19 +19,9 @@ def write_object_png(path, width=60, height=40, color=(200, 30, 30), alpha=True)
     return path
 
 
-def pretrain_args(**overrides):
-    """Parsed pretraining data arguments with small, fast defaults."""
+def pretrain_args(stage=1, **overrides):
+    """Pretraining data settings (datasets.data_settings) with small, fast defaults."""
     import datasets
-    import masking_generator
-    import motion_infusion
-    parser = argparse.ArgumentParser()
-    for module in (datasets, motion_infusion, masking_generator):
-        module.add_args(parser)
-    datasets.add_pretraining_args(parser)
-    args = parser.parse_args([])
-    defaults = dict(num_frames=8, input_size=64, patch_size=16, tubelet_size=2,
-                    sampling_rate=2, background="noise", num_synthetic_clips=8)
-    for key, value in {**defaults, **overrides}.items():
-        setattr(args, key, value)
-    datasets.resolve_stage(args, 1)
-    return args
+    return datasets.data_settings(stage, **{**dict(
+        num_frames=8, input_size=64, patch_size=16, tubelet_size=2, sampling_rate=2,
+        background="noise", num_synthetic_clips=8), **overrides})

@@ -129,8 +129,7 @@ def test_repeated_sampling_cuts_clips_from_one_decode(video_dir, tmp_path, monke
     """--repeated_sampling 3: one decode per sample, three clips each with its own crop, its
     own infusion (stage 1) and its own mask, as three rows of the batch."""
     listing = write_list(tmp_path / "train.csv", [(video_dir[f"clip{i}"], 0) for i in range(4)])
-    args = pretrain_args(background="video", data_path=listing, repeated_sampling=3,
-                         **datasets.STAGE_DEFAULTS[stage])
+    args = pretrain_args(stage, background="video", data_path=listing, repeated_sampling=3)
     dataset = datasets.build_pretraining_dataset(args)
     decodes = []
     real_read = datasets.read_clip
@@ -223,11 +222,11 @@ def test_all_bad_never_recurses(video_dir, tmp_path):
         dataset[0]
 
 
-def finetune_args(tmp_path, video_dir, data_set, extra=(), **overrides):
+def finetune_args(tmp_path, video_dir, data_set, extra=(), nb_classes=2, **overrides):
     entries = [(video_dir[f"clip{i}"], i % 2) for i in range(4)] + list(extra)
     for split in ("train", "val", "test"):
         write_list(tmp_path / f"{split}.csv", entries)
-    return pretrain_args(data_path=str(tmp_path), data_set=data_set, nb_classes=2,
+    return pretrain_args(data_path=str(tmp_path), data_set=data_set, nb_classes=nb_classes,
                          test_num_segment=2, test_num_crop=3, short_side_size=64, **overrides)
 
 
@@ -257,8 +256,8 @@ def test_finetune_test_never_substitutes_bad_video(video_dir, tmp_path):
 
 
 def test_finetune_label_out_of_range(video_dir, tmp_path):
-    args = finetune_args(tmp_path, video_dir, "UCF101", extra=[(video_dir["clip0"], 150)])
-    args.nb_classes = None
+    args = finetune_args(tmp_path, video_dir, "UCF101", extra=[(video_dir["clip0"], 150)],
+                         nb_classes=None)
     with pytest.raises(ValueError, match="label 150 outside"):
         datasets.build_dataset(True, False, args)
 

@@ -125,6 +125,7 @@ def test_token_grid_checks():
                                       ("trajectory", mg.TrajectoryMaskingGenerator)])
 def test_build_mask_generator(name, cls):
     args = mg.add_args(argparse.ArgumentParser()).parse_args(["--mask_type", name])
-    generator = mg.build_mask_generator(args, (8, 14, 14))
+    generator = mg.build_mask_generator((8, 14, 14), args.mask_type, args.mask_ratio,
+                                        args.traj_unmask_ratio)
     assert type(generator) is cls
     assert generator(np.random.default_rng(0)).sum() == 1248

@@ -16,9 +16,10 @@ from test_pretraining import loader_batch, random_mask, teacher_args, train_step
 
 def build(teacher_model="clip_vit_tiny", frames="first", motion=0.0, frames_in=4):
     """-> (targets, the teacher, a student with a head per target)."""
-    args = teacher_args(teacher_model=teacher_model, teacher_frames=frames,
-                        motion_loss_weight=motion, target_norm="clip_channel")
-    targets = teachers.build_targets(args, (frames_in // 2, 2, 2))
+    targets = teachers.build_targets(
+        (frames_in // 2, 2, 2), target_type="feature", patch_size=16, target_norm="clip_channel",
+        motion_loss_weight=motion, **teacher_args(teacher_model=teacher_model,
+                                                  teacher_frames=frames))
     student = modeling_pretrain.build_student(
         "pretrain_videomae_tiny_patch16_224", img_size=32, patch_size=16, num_frames=frames_in,
         tubelet_size=2, heads={t.name: t.dim for t in targets})

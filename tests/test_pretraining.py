@@ -22,11 +22,11 @@ import utils
 
 
 def teacher_args(**overrides):
-    args = teachers.add_args(argparse.ArgumentParser()).parse_args([])
-    defaults = dict(patch_size=16, tubelet_size=2, teacher_weights="random")
-    for key, value in {**defaults, **overrides}.items():
-        setattr(args, key, value)
-    return args
+    """build_teacher's keywords: the flags' defaults, a random teacher, tubelets of 2."""
+    defaults = vars(teachers.add_args(argparse.ArgumentParser()).parse_args([]))
+    keys = ("teacher_model", "teacher_input_norm", "teacher_frames")
+    return {**{key: defaults[key] for key in keys}, "teacher_weights": "random",
+            "tubelet_size": 2, **overrides}
 
 
 def tiny_student(heads, frames=4, size=32):
@@ -71,10 +71,10 @@ def random_mask(batch, n, masked, seed=0):
                                     "dinov2_vit_s14", "pixel"])
 def test_forward_backward_shapes(target):
     torch.manual_seed(0)
-    args = teacher_args(teacher_model=target if target != "pixel" else "clip_vit_tiny",
-                        target_type="pixel" if target == "pixel" else "feature")
-    grid = (2, 2, 2)
-    [target] = teachers.build_targets(args, grid)
+    [target] = teachers.build_targets(
+        (2, 2, 2), target_type="pixel" if target == "pixel" else "feature", patch_size=16,
+        target_norm="clip_channel", motion_loss_weight=0.0,
+        **teacher_args(teacher_model=target if target != "pixel" else "clip_vit_tiny"))
     teacher, dim = target.module, target.dim
     video = torch.randn(2, 3, 4, 32, 32)
     target_tokens = teacher(video)
@@ -92,7 +92,7 @@ def test_forward_backward_shapes(target):
 
 
 def test_teacher_frozen_and_in_eval():
-    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    teacher = teachers.build_teacher((2, 2, 2), **teacher_args(teacher_model="clip_vit_tiny"))
     teacher.train()
     assert not teacher.training and not teacher.backbone.training
     assert not any(p.requires_grad for p in teacher.parameters())
@@ -100,7 +100,7 @@ def test_teacher_frozen_and_in_eval():
 
 def test_teacher_runs_a_swapped_backbone():
     """torch.compile(teacher.backbone) or any wrapper put in its place must be what runs."""
-    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    teacher = teachers.build_teacher((2, 2, 2), **teacher_args(teacher_model="clip_vit_tiny"))
     calls = []
 
     class Counting(torch.nn.Module):
@@ -128,7 +128,7 @@ def hand_clip_tokens(visual, images):
 @pytest.mark.parametrize("layout", ["open_clip", "visual_tower", "wrapped"])
 def test_clip_teacher_matches_hand_computation(tmp_path, layout):
     torch.manual_seed(1)
-    source = teachers.build_clip_visual(teachers.TEACHERS["clip_vit_tiny"][1], 32)
+    source = teachers.build_CLIP_image_tower(teachers.TEACHERS["clip_vit_tiny"][1], 32)
     state = source.state_dict()
     if layout == "open_clip":  # a whole CLIP model's state dict
         state = {f"visual.{k}": v for k, v in state.items()}
@@ -137,8 +137,8 @@ def test_clip_teacher_matches_hand_computation(tmp_path, layout):
         state = {"state_dict": {f"module.{k}": v for k, v in state.items()}}
     path = tmp_path / "clip.pt"
     torch.save(state, path)
-    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny",
-                                                  teacher_weights=str(path)), (2, 2, 2))
+    teacher = teachers.build_teacher((2, 2, 2), **teacher_args(teacher_model="clip_vit_tiny",
+                                                  teacher_weights=str(path)))
     video = torch.randint(0, 256, (2, 3, 4, 32, 32), dtype=torch.uint8)  # as the loader's
     out = teacher(video)
     with torch.no_grad():  # the teacher normalises the raw frames 0 and 2 itself
@@ -149,29 +149,31 @@ def test_clip_teacher_matches_hand_computation(tmp_path, layout):
 
 def test_clip_teacher_input_norm_and_resized_positions(tmp_path):
     torch.manual_seed(2)
-    source = teachers.build_clip_visual(teachers.TEACHERS["clip_vit_tiny"][1], 64)
+    source = teachers.build_CLIP_image_tower(teachers.TEACHERS["clip_vit_tiny"][1], 64)
     path = tmp_path / "clip.pt"
     torch.save(source.state_dict(), path)
     # weights made for 64 px (4x4 grid) load into a 32 px teacher: positions are resized
     args = teacher_args(teacher_model="clip_vit_tiny", teacher_weights=str(path))
     video = torch.randn(1, 3, 2, 32, 32)
-    imagenet = teachers.build_teacher(args, (1, 2, 2))(video)
-    args.teacher_input_norm = "clip"
-    clip = teachers.build_teacher(args, (1, 2, 2))(video)
-    assert imagenet.shape == clip.shape == (1, 4, 192)
-    assert not torch.allclose(imagenet, clip)
+    imagenet = teachers.build_teacher((1, 2, 2), **args)(video)
+    own = teachers.build_teacher((1, 2, 2), **{**args, "teacher_input_norm": "teacher"})(video)
+    assert imagenet.shape == own.shape == (1, 4, 192)
+    assert not torch.allclose(imagenet, own)
+    older = teachers.add_args(argparse.ArgumentParser()).parse_args(["--teacher_input_norm",
+                                                                     "clip"])
+    assert older.teacher_input_norm == "teacher"  # the option's older name still reads
 
 
 def test_wrong_teacher_weights_rejected(tmp_path):
     path = tmp_path / "not_clip.pt"
     torch.save({"encoder.weight": torch.zeros(3)}, path)
     with pytest.raises(ValueError, match="not a CLIP ViT image tower"):
-        teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny",
-                                            teacher_weights=str(path)), (2, 2, 2))
+        teachers.build_teacher((2, 2, 2), **teacher_args(teacher_model="clip_vit_tiny",
+                                            teacher_weights=str(path)))
 
 
 def test_random_teacher_warns_loudly(caplog):
-    teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    teachers.build_teacher((2, 2, 2), **teacher_args(teacher_model="clip_vit_tiny"))
     assert "RANDOM WEIGHTS" in caplog.text
 
 
@@ -199,7 +201,7 @@ def test_pixel_target_is_videomae():
 
 def test_loss_decreases_on_fixed_batch():
     torch.manual_seed(0)
-    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    teacher = teachers.build_teacher((2, 2, 2), **teacher_args(teacher_model="clip_vit_tiny"))
     student = tiny_student(192)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
     batch = loader_batch(torch.randint(0, 255, (4, 3, 4, 32, 32), dtype=torch.uint8),
@@ -211,7 +213,7 @@ def test_loss_decreases_on_fixed_batch():
 def test_multiple_masks_share_one_teacher_pass():
     torch.manual_seed(0)
     calls = []
-    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    teacher = teachers.build_teacher((2, 2, 2), **teacher_args(teacher_model="clip_vit_tiny"))
     teacher.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     student = tiny_student(192)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
@@ -249,7 +251,7 @@ def test_student_and_loss_never_read_the_device_back():
     """The student and the loss select tokens by index, so nothing in them synchronises with
     the host (boolean indexing would, to size its output), and the step keeps its loss and
     gradient norm on the device."""
-    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    teacher = teachers.build_teacher((2, 2, 2), **teacher_args(teacher_model="clip_vit_tiny"))
     student = tiny_student(192)
     video = torch.randn(2, 3, 4, 32, 32)
     visible, masked = indices(random_mask(2, 8, 6))
@@ -262,7 +264,7 @@ def test_student_and_loss_never_read_the_device_back():
 def test_teacher_student_and_loss_compile_to_one_graph():
     """What --compile sees: token indices keep every shape static, so dynamo captures the
     teacher, the student and the loss whole (boolean masks would break the graph)."""
-    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    teacher = teachers.build_teacher((2, 2, 2), **teacher_args(teacher_model="clip_vit_tiny"))
     student = tiny_student(192)
 
     def forward(video, visible, masked):
@@ -305,7 +307,7 @@ def test_training_steps_wait_on_the_host_only_to_print(tmp_path):
     dataset = datasets.build_pretraining_dataset(args)
     loader = torch.utils.data.DataLoader(dataset, batch_size=2,
                                          collate_fn=batches.collate_pretraining)
-    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    teacher = teachers.build_teacher((2, 2, 2), **teacher_args(teacher_model="clip_vit_tiny"))
     student = tiny_student(192)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, fused=True)  # as the runs
     counter = SyncsPerStep()
@@ -342,7 +344,7 @@ def test_half_precision_clip_teacher_keeps_fused_attention():
     train_step calling the teacher outside the student's autocast, so nn.MultiheadAttention
     runs its fused inference kernel (the student has no MultiheadAttention)."""
     torch.manual_seed(0)
-    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_b16"), (1, 2, 2))
+    teacher = teachers.build_teacher((1, 2, 2), **teacher_args(teacher_model="clip_vit_b16"))
     teacher = teachers.set_precision(teacher, "bf16")
     assert {p.dtype for p in teacher.backbone.parameters()} == {torch.bfloat16}
     assert teacher.scale.dtype == teacher.shift.dtype == torch.float32
@@ -364,7 +366,7 @@ def test_half_precision_clip_teacher_keeps_fused_attention():
 def test_non_finite_loss_never_reaches_the_weights(fused):
     """Fused AdamW (what the runs use) skips the update on the device and the step returns the
     non-finite loss for the print step to stop on; any other optimiser stops at once."""
-    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    teacher = teachers.build_teacher((2, 2, 2), **teacher_args(teacher_model="clip_vit_tiny"))
     student = tiny_student(192)
     with torch.no_grad():
         student.decoder.head.bias.fill_(float("nan"))
@@ -564,7 +566,7 @@ class Brightness(torch.nn.Module):
 def test_a_new_target_is_one_entry_in_the_table():
     """teachers.Target: the student grows a head for it, the loss weighs it in, and it trains."""
     torch.manual_seed(0)
-    teacher = teachers.build_teacher(teacher_args(teacher_model="clip_vit_tiny"), (2, 2, 2))
+    teacher = teachers.build_teacher((2, 2, 2), **teacher_args(teacher_model="clip_vit_tiny"))
     targets = [teachers.Target("feature", teacher, 192, 1.0, "clip_channel"),
                teachers.Target("brightness", Brightness(), 1, weight=0.5)]
     student = tiny_student({t.name: t.dim for t in targets})

@@ -161,6 +161,14 @@ def test_a_change_in_what_the_run_learns_from_is_refused(changes, refused):
     assert refused in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_renamed_value_is_the_same_run():
+    """Checkpoints written before --teacher_input_norm clip was renamed 'teacher' resume."""
+    saved = {"args": vars(_args(teacher_input_norm="clip")), "data_list": LIST}
+    changes = outputs.check_same_run("out/c.pth", saved, _args(teacher_input_norm="teacher"),
+                                     LIST)
+    assert changes == dict(schedule={}, machinery={}, data_list=None)
+
+
 def test_schedule_changes_warn_and_machinery_is_silent(caplog):
     saved = {"args": vars(_args()), "data_list": LIST}
     new = _args(lr=3e-3, epochs=20, num_workers=8, print_freq=1, data_path="/moved/a.csv",

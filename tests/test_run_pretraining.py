@@ -326,6 +326,14 @@ class RecordingNamespace(argparse.Namespace):
         return super().__getattribute__(name)
 
 
+class RecordingSettings(utils.Settings):
+    """The run's settings (made from the arguments by settle), noting every read too."""
+
+    def __getattribute__(self, name):
+        READ.add(name)
+        return super().__getattribute__(name)
+
+
 # read only in another mode of the same CLI, or before the arguments exist
 OTHER_MODES = {"config": "parse_with_config, before parsing",
                "background_path": "--background image", "object_list": "--objects_path",
@@ -333,8 +341,9 @@ OTHER_MODES = {"config": "parse_with_config, before parsing",
                "new_data_list": "a resume on a list whose content changed"}
 
 
-def test_help_lists_only_flags_pretraining_reads(video_dir, tmp_path):
+def test_help_lists_only_flags_pretraining_reads(video_dir, tmp_path, monkeypatch):
     """Every flag in the pretraining --help is read by a real (tiny) pretraining run."""
+    monkeypatch.setattr(utils, "Settings", RecordingSettings)
     parser = run.get_args_parser()
     listing = write_list(tmp_path / "train.csv", [(video_dir[f"clip{i}"], 0) for i in range(4)])
     args = parser.parse_args([*TINY, "--background", "video", "--data_path", listing,

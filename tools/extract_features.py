@@ -44,9 +44,7 @@ def get_args(argv=None):
     parser.add_argument("--tokens", action="store_true",
                         help="also the per-token features, averaged over views (fp16)")
     parser.add_argument("--chunk", type=int, default=256, help="videos per saved part")
-    args = parser.parse_args(argv)
-    args.finetune = args.checkpoint
-    return args
+    return parser.parse_args(argv)
 
 
 def video_rows(views, count, tokens):
@@ -68,7 +66,8 @@ def main(argv=None):
     args = get_args(argv)
     cuda = args.device == "cuda" and torch.cuda.is_available()
     dist_info = distributed.Dist(device=torch.device("cuda" if cuda else "cpu"))
-    args.output += "" if args.output.endswith(".npz") else ".npz"
+    args = utils.run_settings(args, 1, finetune=args.checkpoint, output=args.output + (
+        "" if args.output.endswith(".npz") else ".npz"))  # read-only from here on
     utils.setup_logging(dist_info)
     try:
         finetuning.check_finetune_path(args)  # the one check --finetune gets
@@ -76,7 +75,6 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    utils.finalize_run_args(args, 1)
     encoder = finetuning.build_model(args, 0, probe=True).to(dist_info.device)
     try:
         finetuning.load_weights(encoder, args)

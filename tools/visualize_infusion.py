@@ -18,6 +18,7 @@ import datasets  # noqa: E402
 import masking_generator  # noqa: E402
 import motion_infusion  # noqa: E402
 from pictures import mask_overlay  # noqa: E402
+from utils import settled  # noqa: E402
 
 
 def get_args(argv=None):
@@ -53,8 +54,8 @@ def render(dataset, index, output_dir, args):
 
 
 def main(argv=None):
-    args = get_args(argv)
-    datasets.resolve_stage(args, 1)  # pass --mask_type tube --infusion_prob 0 for stage 2
+    args = get_args(argv)  # stage 1 unless --mask_type tube --infusion_prob 0 say stage 2
+    args = settled(args, **datasets.implied_by_stage(args, 1))
     try:
         datasets.check_args(args)
     except ValueError as err:

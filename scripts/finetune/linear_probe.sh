@@ -7,13 +7,9 @@ DATA_PATH=/path/to/ucf101/lists               # folder with train.csv and test.c
 DATA_SET=UCF101                               # Kinetics-400, SSV2, UCF101, HMDB51
 MODEL_PATH=runs/k400_vitb_stage2/checkpoint-299.pth
 OUTPUT_DIR=runs/probe_ucf101
-GPUS=${GPUS:-8}
 
-cd "$(dirname "$0")/../.."
-# launch.py = torchrun that lets the ranks save at a stop signal and exits with their code
-# (README: "Stopping and resuming"); under SLURM, sbatch the .slurm script instead
-python launch.py --standalone --nproc_per_node "$GPUS" run_class_finetuning.py --linear_probe \
-    --data_path "$DATA_PATH" --data_set "$DATA_SET" \
+source "$(dirname "$0")/../common.sh"
+launch run_class_finetuning.py --linear_probe --data_path "$DATA_PATH" --data_set "$DATA_SET" \
     --finetune "$MODEL_PATH" --model vit_base_patch16_224 \
     --num_frames 16 --sampling_rate 4 --input_size 224 --short_side_size 224 \
     --probe_train_segments 2 --test_num_segment 5 --test_num_crop 3 \

@@ -1,0 +1,90 @@
+"""The recipe scripts as a user runs them, with $PYTHON standing in for the training: what
+each would launch parses with its entry point's own flags, and says the recipe's numbers."""
+import os
+import subprocess
+
+import pytest
+
+import run_class_finetuning as finetuning
+import run_smile_pretraining as pretraining
+import utils
+from conftest import ROOT
+
+RECORDER = """#!/usr/bin/env bash
+[ "$1" = -c ] && exit 0             # the scripts' check for the requirements
+printf '%s\\0' "$@" >> "$CALLS"; printf '\\n' >> "$CALLS"
+"""
+PARSERS = {"run_smile_pretraining.py": pretraining.get_args_parser,
+           "run_class_finetuning.py": finetuning.get_args_parser}
+
+
+def launched(tmp_path, script, *argv, slurm=False):
+    """[(entry point, parsed flags)] for each launch the script makes, and its output."""
+    python, calls = tmp_path / "python", tmp_path / "calls"
+    python.write_text(RECORDER)
+    python.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(python), CALLS=str(calls))
+    env.pop("SLURM_JOB_ID", None)
+    if slurm:  # srun and scontrol as the job sees them: srun runs what it is given
+        (tmp_path / "srun").write_text('#!/usr/bin/env bash\nshift\nexec "$@"\n')
+        (tmp_path / "scontrol").write_text('#!/usr/bin/env bash\necho "scontrol $*"\n')
+        for tool in ("srun", "scontrol"):
+            (tmp_path / tool).chmod(0o755)
+        env.update(SLURM_JOB_ID="42", PATH=f"{tmp_path}:{env['PATH']}")
+    result = subprocess.run(["bash", script, *argv], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    runs = []
+    for line in calls.read_text().splitlines() if calls.exists() else []:
+        words = line.strip("\0").split("\0")
+        if words[0] == "-u":  # srun's ranks: python -u ENTRY.py
+            words = words[1:]
+        else:  # launch.py --standalone --nproc_per_node N ENTRY.py
+            assert words[:3] == ["launch.py", "--standalone", "--nproc_per_node"]
+            words = words[4:]
+        runs.append((words[0], utils.parse_with_config(PARSERS[words[0]](), words[1:])))
+    return runs, result.stdout
+
+
+def test_pretraining_script_runs_stage_1_then_stops_until_it_is_done(tmp_path):
+    runs, out = launched(tmp_path, "scripts/pretrain/k400_vitb.sh")
+    [(entry, stage1)] = runs  # stage 1 wrote no checkpoint-299.pth: stage 2 waits
+    assert (entry, stage1.first_stage_path, stage1.mask_type) == (
+        "run_smile_pretraining.py", None, None)  # mask_type: what stage 1 implies
+    assert (stage1.lr, stage1.batch_size, stage1.opt_betas, stage1.epochs) == (
+        1.5e-4, 32, [0.9, 0.95], 300)
+    assert stage1.objects_path and stage1.output_dir == "runs/k400_vitb_stage1"
+    assert "run the same command to resume" in out
+
+
+def test_pretraining_script_stage_2_under_slurm_requeues(tmp_path):
+    runs, out = launched(tmp_path, "scripts/pretrain/k400_vitb.sh", "2", slurm=True)
+    [(_, stage2)] = runs
+    assert stage2.first_stage_path == "runs/k400_vitb_stage1/checkpoint-299.pth"
+    assert stage2.num_masks_per_clip == 2 and stage2.output_dir == "runs/k400_vitb_stage2"
+    assert "scontrol requeue 42" in out
+
+
+@pytest.mark.parametrize("recipe,expected", [
+    ("k400", dict(data_set="Kinetics-400", layer_decay=0.75, epochs=100, test_num_segment=7)),
+    ("ssv2", dict(data_set="SSV2", layer_decay=0.7, epochs=40, test_num_segment=2)),
+])
+def test_finetuning_script_recipes(tmp_path, recipe, expected):
+    [(entry, args)], _ = launched(tmp_path, "scripts/finetune/vitb.sh", recipe)
+    assert entry == "run_class_finetuning.py"
+    assert {k: getattr(args, k) for k in expected} == expected
+    assert args.finetune == "runs/k400_vitb_stage2/checkpoint-299.pth"
+
+
+def test_linear_probe_script(tmp_path):
+    [(_, args)], _ = launched(tmp_path, "scripts/finetune/linear_probe.sh")
+    assert args.linear_probe and args.data_set == "UCF101" and args.probe_epochs == 100
+
+
+def test_config_with_an_unknown_key_is_one_error(tmp_path, capsys):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("lr: 1.0e-3\nlearning_rate: 1.0e-3\n")
+    with pytest.raises(SystemExit) as info:
+        utils.parse_with_config(finetuning.get_args_parser(), ["--config", str(config)])
+    assert info.value.code == 2
+    assert f"--config {config} sets learning_rate: not flags of" in capsys.readouterr().err
