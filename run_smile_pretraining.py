@@ -170,22 +170,22 @@ def main(args):
         log.info("stage 2: whole student from %s, fresh optimiser and schedule",
                  args.first_stage_path)
 
-    # a held-aside clip for the pictures (rank 0): the same one every time
-    picture_clip = dataset.retrying(0, dataset.stages)[0] if dist_info.is_main and (
+    # a held-aside sample for the pictures (rank 0): the same clip every time, with its first
+    # mask (bool per token, True = masked) and that mask's token indices
+    sample = dataset.retrying(0, dataset.stages)[0] if dist_info.is_main and (
         args.vis_freq != 0) else None
 
     def show(net, epoch, logger):  # TensorBoard pictures at an epoch's end, off the step
-        if picture_clip is None or not utils.picture_due(epoch, args.epochs, args.vis_freq):
+        if sample is None or not utils.picture_due(epoch, args.epochs, args.vis_freq):
             return {}
-        clip = picture_clip
-        mask = clip["mask"] if clip["mask"].ndim == 1 else clip["mask"][0]
+        token_mask = sample["mask"].reshape(-1, sample["mask"].shape[-1])[0]
         logger.image("pretrain/sample", pictures.sample_picture(
-            clip["infused"], mask, clip["object_tokens"], args.grid, args.patch_size,
+            sample["infused"], token_mask, sample["object_tokens"], args.grid, args.patch_size,
             args.tubelet_size), epoch + 1)
-        visible, masked = (torch.from_numpy(i[0]) for i in masking_generator.mask_indices(
-            mask[None]))
+        visible, masked = (torch.from_numpy(i) for i in masking_generator.mask_indices(
+            token_mask))
         target, prediction = target_and_prediction(
-            net, targets[0], to_tensor(clip["infused"]), visible, masked, dist_info.device,
+            net, targets[0], to_tensor(sample["infused"]), visible, masked, dist_info.device,
             args.precision)
         logger.image("pretrain/prediction", pictures.prediction_picture(
             target, prediction, masked.numpy(), args.grid, args.patch_size), epoch + 1)

@@ -88,12 +88,17 @@ def parse_with_config(parser, argv=None):
     known, _ = parser.parse_known_args(argv)
     if known.config:
         import yaml
-        with open(known.config) as f:
-            values = yaml.safe_load(f) or {}
+        try:
+            with open(known.config) as f:
+                values = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as err:
+            parser.exit(2, f"error: --config {known.config}: {str(err).splitlines()[0]}\n")
+        if not isinstance(values, dict):
+            parser.exit(2, f"error: --config {known.config} is not 'flag: value' lines\n")
         unknown = sorted(set(values) - {action.dest for action in parser._actions})
         if unknown:  # set_defaults would keep them silently, and nothing would read them
-            parser.error(f"--config {known.config} sets {', '.join(unknown)}: not flags of "
-                         f"{parser.prog}")
+            parser.exit(2, f"error: --config {known.config} sets {', '.join(unknown)}: not "
+                           f"flags of {parser.prog}\n")
         parser.set_defaults(**values)
     return parser.parse_args(argv)
 

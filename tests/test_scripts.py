@@ -81,10 +81,27 @@ def test_linear_probe_script(tmp_path):
     assert args.linear_probe and args.data_set == "UCF101" and args.probe_epochs == 100
 
 
-def test_config_with_an_unknown_key_is_one_error(tmp_path, capsys):
+@pytest.mark.parametrize("text,message", [
+    ("lr: 1.0e-3\nlearning_rate: 1.0e-3\n", "sets learning_rate: not flags of"),
+    ("- lr\n", "is not 'flag: value' lines"),
+    ("lr: [1\n", "while parsing"),
+    (None, "No such file or directory"),
+])
+def test_a_config_that_cannot_work_is_one_line(tmp_path, capsys, text, message):
     config = tmp_path / "recipe.yaml"
-    config.write_text("lr: 1.0e-3\nlearning_rate: 1.0e-3\n")
+    if text is not None:
+        config.write_text(text)
     with pytest.raises(SystemExit) as info:
         utils.parse_with_config(finetuning.get_args_parser(), ["--config", str(config)])
-    assert info.value.code == 2
-    assert f"--config {config} sets learning_rate: not flags of" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: --config {config}") and message in err
+
+
+@pytest.mark.parametrize("script,argument", [("scripts/pretrain/k400_vitb.sh", "3"),
+                                             ("scripts/finetune/vitb.sh", "k700")])
+def test_a_wrong_script_argument_is_one_line(script, argument):
+    result = subprocess.run(["bash", script, argument], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("usage:")
+    assert result.stderr.count("\n") == 1 and not result.stdout

@@ -10,6 +10,8 @@ DATA_PATH=/path/to/$RECIPE/lists              # folder with train.csv, val.csv, 
 MODEL_PATH=runs/k400_vitb_stage2/checkpoint-299.pth
 OUTPUT_DIR=runs/${RECIPE}_vitb_finetune
 
+[ -f "$(dirname "$0")/${RECIPE}_vitb.yaml" ] || {
+    echo "usage: $0 [k400|ssv2]   (no recipe $(dirname "$0")/${RECIPE}_vitb.yaml)" >&2; exit 2; }
 source "$(dirname "$0")/../common.sh"
 launch run_class_finetuning.py --config "scripts/finetune/${RECIPE}_vitb.yaml" \
     --data_path "$DATA_PATH" --finetune "$MODEL_PATH" --output_dir "$OUTPUT_DIR"

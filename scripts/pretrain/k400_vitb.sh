@@ -15,6 +15,7 @@ EPOCHS=${EPOCHS:-300}
 # the authors' stage 2 used two masks per decoded clip (--multiple_sampling)
 NUM_MASKS_PER_CLIP=${NUM_MASKS_PER_CLIP:-2}
 
+case "${1:-}" in ""|1|2) ;; *) echo "usage: $0 [1|2]   (both stages, or one)" >&2; exit 2;; esac
 source "$(dirname "$0")/../common.sh"
 last="checkpoint-$((EPOCHS - 1)).pth"
 for stage in ${1:-1 2}; do
