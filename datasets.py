@@ -134,12 +134,9 @@ def check_args(args, pretraining=True):
         raise ValueError(f"--traj_unmask_ratio must be in [0, 1], got {args.traj_unmask_ratio}")
     if args.infusion_prob is not None and not 0 <= args.infusion_prob <= 1:
         raise ValueError(f"--infusion_prob must be in [0, 1], got {args.infusion_prob}")
-    if args.num_masks_per_clip < 1:
-        raise ValueError(f"--num_masks_per_clip must be >= 1, got {args.num_masks_per_clip}")
-    if args.repeated_sampling < 1:
-        raise ValueError(f"--repeated_sampling must be >= 1, got {args.repeated_sampling}")
-    if args.num_objects < 1:
-        raise ValueError(f"--num_objects must be >= 1, got {args.num_objects}")
+    for flag in ("num_masks_per_clip", "repeated_sampling", "num_objects"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.background in ("video", "frame") and not args.data_path:
         raise ValueError(f"--background {args.background} needs --data_path")
     if args.data_path and args.background in ("video", "frame"):

@@ -137,7 +137,7 @@ def train_one_epoch(job, lr_at, epoch, first_batch, run, logger, stop_flag, ledg
             # an update every `accumulation` batches, and at the epoch's end (no gradient of
             # one epoch leaks into the next)
             boundary = (i + 1) % job.accumulation == 0 or i + 1 == run.steps_per_epoch
-            metrics = train_step(job, batch, lr := lr_at(step), update=boundary)
+            metrics = train_step(job, batch, lr := lr_at(epoch, i), update=boundary)
             for key, value in metrics.items():
                 totals[key], counts[key] = totals.get(key, 0.0) + value, counts.get(key, 0) + 1
             window_steps += 1
@@ -199,6 +199,15 @@ def _means(totals, counts, run, data_time, start):
 
 
 # ---------------------------------------------------------------- the run
+def lr_schedule(args, steps_per_epoch, accumulation):
+    """lr_at(epoch, batch): warm-up, then cosine, over the optimiser updates (an epoch's last,
+    shorter group of batches is an update too), at the LRs scaled to the effective batch."""
+    updates = -(-steps_per_epoch // accumulation)
+    return lambda epoch, i: cosine_lr(
+        epoch * updates + i // accumulation, args.scaled_lr, args.scaled_min_lr,
+        args.warmup_epochs * updates, args.epochs * updates, args.scaled_warmup_lr)
+
+
 def fit(args, dist_info, job):
     """Train `job` for args.epochs from where the output folder says the run is. Returns the
     trained bare module, or None when a stop signal ended the run after it saved (run the same
@@ -212,12 +221,7 @@ def fit(args, dist_info, job):
     model, optimizer, net = distributed.wrap_for_training(job.model, job.optimizer, args,
                                                           dist_info, accumulation)
     job = dataclasses.replace(job, model=model, optimizer=optimizer)
-    updates_per_epoch = steps_per_epoch // accumulation
-
-    def lr_at(step):  # the schedule counts optimiser updates
-        return cosine_lr(step // accumulation, args.scaled_lr, args.scaled_min_lr,
-                         args.warmup_epochs * updates_per_epoch,
-                         args.epochs * updates_per_epoch, args.scaled_warmup_lr)
+    lr_at = lr_schedule(args, steps_per_epoch, accumulation)
 
     def save(epoch, next_batch):  # by rank 0; every rank learns if it failed
         ledger.merge()  # every rank's findings in the saved ledger

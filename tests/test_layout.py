@@ -90,3 +90,15 @@ def test_every_flag_is_read():
     unread = {flag for flag in defined
               if not re.search(rf"\.{flag}\b", sources)}
     assert not unread, f"flags defined but never read: {sorted(unread)}"
+
+
+def test_readme_layout_table_names_every_file():
+    """The README's layout table: one row per top-level file, tools/ listed whole, no row for a
+    file that is gone."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    table = readme[readme.index("## Layout"):].split("\n## ")[0]
+    rows = set(re.findall(r"^\| `([a-z_]+\.py)` \|", table, re.M))
+    assert rows == {m + ".py" for m in LOCAL}
+    tools_row = next(line for line in table.splitlines() if line.startswith("| `tools/`"))
+    assert set(re.findall(r"`([a-z_]+\.py)`", tools_row)) == {
+        os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "tools", "*.py"))}

@@ -495,6 +495,20 @@ def test_cosine_schedule():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
 
 
+def test_schedule_counts_an_epochs_last_short_group_as_an_update():
+    """5 batches per epoch, --update_freq 2: updates after batches 2, 4 and 5 (the epoch's
+    end), 3 per epoch; each has its own LR, none is shared across an epoch boundary, and the
+    run's last update is the schedule's last."""
+    settings = utils.Settings(scaled_lr=1.0, scaled_min_lr=0.0, scaled_warmup_lr=0.0,
+                              warmup_epochs=0, epochs=2)
+    lr_at = training.lr_schedule(settings, steps_per_epoch=5, accumulation=2)
+    per_update = [lr_at(epoch, i) for epoch in range(2) for i in (0, 2, 4)]
+    assert per_update == [utils.cosine_lr(u, 1.0, 0.0, 0, 6) for u in range(6)]
+    assert [lr_at(0, i) for i in range(5)] == [per_update[0]] * 2 + [per_update[1]] * 2 + [
+        per_update[2]]
+    assert lr_at(1, 0) < lr_at(0, 4)
+
+
 def test_resumable_sampler_splits_one_order():
     one = distributed.ResumableSampler(20, 4, 0, 1, seed=3)
     ranks = [distributed.ResumableSampler(20, 2, r, 2, seed=3) for r in range(2)]
