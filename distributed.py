@@ -135,7 +135,13 @@ def stop_workers(batches):
     """End a loader iterator's workers now, also when an exception leaves the loop (torch keeps
     the iterator of a re-raised worker exception alive in a reference cycle until exit). A
     worker still busy after torch's grace period gets its SIGTERM inside `shutting_down`, the
-    one window in which workers die of it."""
+    one window in which workers die of it. Torch stops watching the workers first: a worker
+    that handles SLURM's SIGTERM only then (after a long C call) dies of it too, and torch
+    would raise 'worker killed by signal' instead of letting the run save."""
+    if getattr(batches, "_worker_pids_set", False):
+        from torch.utils.data._utils.signal_handling import _remove_worker_pids
+        _remove_worker_pids(id(batches))
+        batches._worker_pids_set = False
     with stop_signals.stop_flag().shutting_down():
         getattr(batches, "_shutdown_workers", lambda: None)()
 

@@ -37,7 +37,9 @@ class StopFlag:
 
     def handle(self, signum, frame):
         if os.getpid() != self.pid:  # a DataLoader worker
-            if self.ending_workers.value:
+            # only the SIGTERM that ends it on purpose: a user's Ctrl-C or SLURM's signal can
+            # reach its handler late (after a long C call), inside that window too
+            if self.ending_workers.value and signum == signal.SIGTERM:
                 signal.signal(signum, signal.SIG_DFL)
                 os.kill(os.getpid(), signum)
             return
@@ -52,7 +54,7 @@ class StopFlag:
 
     @contextlib.contextmanager
     def shutting_down(self):
-        """Workers die of a stop signal inside this block (the loader's own shutdown)."""
+        """Workers die of SIGTERM inside this block (the loader's own shutdown)."""
         self.ending_workers.value = 1
         try:
             yield

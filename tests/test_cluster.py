@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -15,7 +16,7 @@ import outputs
 import run_smile_pretraining as run
 import stop_signals
 import training
-from conftest import signal_every_process, write_list
+from conftest import ROOT, signal_every_process, write_list
 from test_run_pretraining import TINY, assert_same_weights, cli, final_weights, wait_for
 
 pytestmark = pytest.mark.slow  # every test here runs the CLI
@@ -244,3 +245,60 @@ def test_a_stop_mid_accumulation_saves_at_the_next_update(tmp_path, monkeypatch)
     assert code == 0, log
     assert_same_weights(final_weights(str(tmp_path / "stopped"), 2),
                         final_weights(str(tmp_path / "whole"), 2))
+
+
+def test_a_worker_dies_only_of_the_sigterm_that_ends_it():
+    """A DataLoader worker's handler can run late (after a long C call), inside the window in
+    which the loader ends its workers: a late Ctrl-C or SLURM signal must not kill it there
+    (torch would raise 'worker killed by signal' instead of the run saving); SIGTERM, what
+    torch and multiprocessing end a worker with, does."""
+    script = """
+import os, signal, sys, time
+import stop_signals
+flag = stop_signals.stop_flag()
+pid = os.fork()
+if pid == 0:
+    while True:
+        time.sleep(0.01)
+with flag.shutting_down():
+    for sig in (signal.SIGINT, signal.SIGUSR1):
+        os.kill(pid, sig)
+        time.sleep(0.3)
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            sys.exit(f"the worker died of {signal.Signals(sig).name}")
+    os.kill(pid, signal.SIGTERM)
+    _, status = os.waitpid(pid, 0)
+print(signal.Signals(os.WTERMSIG(status)).name)
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=30)
+    assert (result.returncode, result.stdout.strip()) == (0, "SIGTERM"), result.stderr
+
+
+def test_a_worker_that_dies_while_the_loader_ends_it_is_no_error():
+    """SLURM's SIGTERM reaches a worker's handler only once the loader is ending it (after a
+    long C call): the worker dies, and that must not raise in the main process."""
+    script = """
+import os, signal, time
+import torch
+from stop_signals import installed
+import distributed
+loader = torch.utils.data.DataLoader(range(64), batch_size=1, num_workers=2,
+                                     worker_init_fn=distributed.seed_worker)
+batches = distributed.start_workers(loader)
+next(batches)
+shutdown = batches._shutdown_workers
+
+def late_sigterm_then_shutdown():
+    os.kill(batches._workers[0].pid, signal.SIGTERM)
+    time.sleep(1)  # the worker dies of it; its SIGCHLD reaches this process
+    shutdown()
+
+batches._shutdown_workers = late_sigterm_then_shutdown
+distributed.stop_workers(batches)
+print("ended", batches._workers[0].exitcode)
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert (result.returncode, result.stdout.strip()) == (0, f"ended {-signal.SIGTERM}"), (
+        result.stderr)

@@ -326,7 +326,7 @@ def test_training_steps_wait_on_the_host_only_to_print(tmp_path):
     job = training.Job("stage-1 pretraining", student, optimizer, loss_fn, loader, sampler=None,
                        dataset=dataset)
     with counter:
-        stats, _ = training.train_one_epoch(job, lambda s: 1e-3, 0, 0, run, logger,
+        stats, _ = training.train_one_epoch(job, lambda epoch, i: 1e-3, 0, 0, run, logger,
                                             stop_signals.stop_flag(), ledger)
     assert stats["steps"] == 6
     reads = ["aten._local_scalar_dense"] * 2  # the printed loss and gradient norm
