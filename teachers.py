@@ -97,8 +97,8 @@ class FrameTeacher(nn.Module):
     """Wraps an image backbone; `tokens_fn(backbone, images [M, 3, h, w]) -> [M, h'w', D]` takes
     the backbone as an argument so that swapping `self.backbone` (compiled, wrapped) is seen."""
 
-    def __init__(self, backbone, tokens_fn, patch_size, grid, tubelet_size,
-                 mean_std=(IMAGENET_MEAN, IMAGENET_STD), all_frames=False):
+    def __init__(self, backbone, tokens_fn, patch_size, grid, tubelet_size, mean_std,
+                 all_frames=False):
         super().__init__()
         self.backbone = backbone.eval().requires_grad_(False)
         self.tokens_fn = tokens_fn
@@ -168,10 +168,10 @@ def build_teacher(grid, *, teacher_model, teacher_weights, tubelet_size, teacher
         log.warning("=" * 72 + "\n  TEACHER HAS RANDOM WEIGHTS (--teacher_weights random): targets "
                     "carry no semantics.\n  Use this for smoke tests only, never for results.\n"
                     + "=" * 72)
-    own_mean_std = (IMAGENET_MEAN, IMAGENET_STD)  # DINO's and DINOv2's
+    imagenet = (IMAGENET_MEAN, IMAGENET_STD)  # the student's, and DINO's and DINOv2's own
+    own_mean_std = (CLIP_MEAN, CLIP_STD) if family == "open_clip" else imagenet
     if family == "open_clip":
         backbone = build_CLIP_image_tower(arch, grid[1] * patch)
-        own_mean_std = (CLIP_MEAN, CLIP_STD)
         if weights in HUB_NAMES:
             import open_clip
             model = open_clip.create_model("ViT-B-16-quickgelu", pretrained="openai")
@@ -189,8 +189,8 @@ def build_teacher(grid, *, teacher_model, teacher_weights, tubelet_size, teacher
                                      strict=False)
         prefix = backbone.num_prefix_tokens
         tokens_fn = lambda model, images: model.forward_features(images)[:, prefix:]  # noqa: E731
-    mean_std = own_mean_std if teacher_input_norm == "teacher" else (IMAGENET_MEAN, IMAGENET_STD)
-    return FrameTeacher(backbone, tokens_fn, patch, grid, tubelet_size, mean_std,
+    return FrameTeacher(backbone, tokens_fn, patch, grid, tubelet_size,
+                        own_mean_std if teacher_input_norm == "teacher" else imagenet,
                         all_frames=teacher_frames == "all")
 
 

@@ -127,8 +127,8 @@ class Settings(SimpleNamespace):
     a second source of truth. Stored in checkpoints as a plain dict (vars)."""
 
     def __setattr__(self, name, value):
-        raise AttributeError(f"the run's settings are read-only: {name} is derived once, in "
-                             "the entry point's settle()")
+        raise AttributeError(f"the run's settings are read-only: {name} is derived once, "
+                             "where they are made (settle, run_settings)")
 
     def __delattr__(self, name):
         self.__setattr__(name, None)

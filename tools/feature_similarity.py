@@ -8,10 +8,8 @@ tokens after the encoder are averaged over space per temporal slice, giving T' f
 features; their T' x T' cosine similarities are printed, written to similarity.json and drawn
 as one heatmap per checkpoint, side by side, on one colour scale, in similarity.png. Features
 that barely change from frame to frame (similarity near 1 everywhere) carry little motion.
-
-The encoder and the clip's view are the evaluation's (run_class_finetuning.py's flags and
-defaults: the short side resized to --short_side_size, the centre crop).
 """
+import argparse
 import json
 import os
 import sys
@@ -22,20 +20,27 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import run_class_finetuning as finetuning  # noqa: E402
-from masking_generator import token_grid  # noqa: E402
-from utils import normalize_video, settled  # noqa: E402
-from video_io import dense_indices, read_clip  # noqa: E402
+import modeling_finetune  # noqa: E402
+from utils import normalize_video  # noqa: E402
+from video_io import DECODERS, dense_indices, read_clip  # noqa: E402
 from video_transforms import resize_short_side, to_tensor, view_crop  # noqa: E402
 
 
 def get_args(argv=None):
-    parser = finetuning.get_args_parser()  # the encoder's and the evaluation's flags
-    parser.description = __doc__
-    parser.add_argument("--video", required=True)
-    parser.add_argument("--checkpoints", nargs="+", required=True)
-    parser.set_defaults(output_dir="runs/feature_similarity")
-    return parser.parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--video", required=True)
+    p.add_argument("--checkpoints", nargs="+", required=True)
+    p.add_argument("--model", default="vit_base_patch16_224",
+                   choices=("vit_tiny_patch16_224", "vit_small_patch16_224",
+                            "vit_base_patch16_224"))
+    p.add_argument("--num_frames", type=int, default=16)
+    p.add_argument("--sampling_rate", type=int, default=4)
+    p.add_argument("--input_size", type=int, default=224)
+    p.add_argument("--tubelet_size", type=int, default=2)
+    p.add_argument("--video_backend", default="decord", choices=tuple(DECODERS))
+    p.add_argument("--output_dir", default="runs/feature_similarity")
+    return p.parse_args(argv)
 
 
 def frame_similarity(encoder, clip, grid):
@@ -59,17 +64,21 @@ def heatmap(matrix, low, cell=24, label=""):
 
 def main(argv=None):
     args = get_args(argv)
+    size = args.model.split("_")[1]
     frames = read_clip(args.video, args.video_backend,
                        lambda n: dense_indices(n, args.num_frames, args.sampling_rate))
-    frames = resize_short_side(frames, max(args.short_side_size, args.input_size))
-    clip = normalize_video(to_tensor(view_crop(frames, args.input_size, 0, 1)))[None]
-    grid = token_grid(args.num_frames, args.input_size, args.patch_size, args.tubelet_size)
+    frames = view_crop(resize_short_side(frames, args.input_size), args.input_size, 0, 1)
+    clip = normalize_video(to_tensor(frames))[None]
+    grid = (args.num_frames // args.tubelet_size, args.input_size // 16, args.input_size // 16)
     os.makedirs(args.output_dir, exist_ok=True)
     results = {}
     for path in args.checkpoints:
         torch.manual_seed(0)
-        encoder = finetuning.build_model(args, 0, probe=True).eval()
-        finetuning.load_weights(encoder, settled(args, finetune=path))
+        encoder = modeling_finetune.build_encoder(
+            size, img_size=args.input_size, patch_size=16, num_frames=args.num_frames,
+            tubelet_size=args.tubelet_size, num_classes=0, use_mean_pooling=False).eval()
+        if path != "random":
+            modeling_finetune.load_pretrained(encoder, path)
         matrix = frame_similarity(encoder, clip, grid)
         off_diagonal = matrix[~np.eye(len(matrix), dtype=bool)]
         results[path] = dict(matrix=matrix.round(4).tolist(),
