@@ -82,12 +82,9 @@ def _cause(err):
 def state_bytes(obj):
     """Bytes of the tensors in a (nested) state dict: the bulk of its file."""
     if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(state_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(state_bytes(v) for v in obj)
-    return 0
+        return obj.nbytes
+    parts = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    return sum(map(state_bytes, parts))
 
 
 def training_state_bytes(model, optimizer):
@@ -127,12 +124,8 @@ def load_checkpoint(path):
 
 def numbered_checkpoints(output_dir):
     """{epoch N: path} of the checkpoint-N.pth files in output_dir."""
-    found = {}
-    for path in glob.glob(os.path.join(output_dir, "checkpoint-*.pth")):
-        match = re.search(r"checkpoint-(\d+)\.pth$", path)
-        if match:
-            found[int(match.group(1))] = path
-    return found
+    paths = glob.glob(os.path.join(output_dir, "checkpoint-*.pth"))
+    return {int(m.group(1)): p for p in paths if (m := re.search(r"checkpoint-(\d+)\.pth$", p))}
 
 
 def keep_epoch_checkpoint(output_dir, epoch, epochs, every, keep_last=0):

@@ -238,18 +238,11 @@ class PretrainingDataset(_RetryingDataset):
     def background(self, decoded, rng):
         """uint8 [T, S, S, 3] after crop and resize, before infusion."""
         a = self.args
-        if a.background == "image":
-            still = multi_scale_crop(decoded, a.input_size, rng)[0]
-            return motion_infusion.still_background("image", a.num_frames, a.input_size,
-                                                    a.input_size, rng, image=still)
-        if a.background in ("black", "noise"):
-            return motion_infusion.still_background(a.background, a.num_frames, a.input_size,
-                                                    a.input_size, rng)
-        frames = multi_scale_crop(decoded, a.input_size, rng)
-        if a.background == "frame":
-            return motion_infusion.still_background("frame", a.num_frames, a.input_size,
-                                                    a.input_size, rng, clip=frames)
-        return frames
+        frames = None if decoded is None else multi_scale_crop(decoded, a.input_size, rng)
+        if a.background == "video":
+            return frames
+        return motion_infusion.still_background(a.background, a.num_frames, a.input_size, rng,
+                                                frames)
 
     def stages(self, index, rng):
         """Every intermediate of one sample's first clip (for pictures)."""

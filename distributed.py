@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.distributed.nn  # noqa: F401  (before the process group: see init_distributed)
 
 import stop_signals
+from errors import UsageError
 
 @dataclass
 class Dist:
@@ -182,6 +183,25 @@ class ResumableSampler(torch.utils.data.Sampler):
 
     def __len__(self):
         return max(self.per_rank - self.skip, 0)
+
+
+def train_loader(dataset, args, dist_info, collate_fn, repeats=1):
+    """(loader, sampler) of --batch_size clips per step: batch_size / repeats samples of
+    `repeats` clips each. Workers are made anew each epoch (not persistent), so they see
+    set_epoch and known_bad. A UsageError for an epoch shorter than one update."""
+    per_step = args.batch_size // repeats
+    sampler = ResumableSampler(len(dataset), per_step, dist_info.rank, dist_info.world_size,
+                               args.seed, repeats)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=per_step, sampler=sampler, num_workers=args.num_workers,
+        drop_last=True, pin_memory=args.pin_mem and dist_info.device.type == "cuda",
+        worker_init_fn=seed_worker, collate_fn=collate_fn)
+    if len(loader) < args.update_freq:
+        raise UsageError(f"{len(dataset)} videos make {len(loader)} batches of {args.batch_size} "
+                         f"clips x {dist_info.world_size} processes, fewer than one update of "
+                         f"--update_freq {args.update_freq}" + (
+                             f" ({repeats} clips from each video)" if repeats > 1 else ""))
+    return loader, sampler
 
 
 def wrap_for_training(model, optimizer, args, dist_info, accumulation=1):

@@ -27,15 +27,16 @@ def train_loss(model, batch, criterion, device, precision, mixup_fn=None):
 
 
 @torch.no_grad()
-def predict_views(model, loader, device, precision):
-    """Logits of every view the loader yields: dict of arrays video, view, ok, label, logits."""
+def per_view(outputs, model, loader, device, precision):
+    """What `outputs(clip)` -> {name: tensor} gives for every view the loader yields, with the
+    view's video, view, ok and label: a dict of arrays."""
     model.eval()
-    out = {k: [] for k in ("video", "view", "ok", "label", "logits")}
+    out = {}
     for clip, label, video, view, ok in loader:
         with autocast(device, precision):
-            logits = model(clip.to(device, non_blocking=True)).float().cpu()
-        for key, value in zip(out, (video, view, ok, label, logits)):
-            out[key].append(torch.as_tensor(value))
+            values = outputs(clip.to(device, non_blocking=True))
+        for key, value in dict(video=video, view=view, ok=ok, label=label, **values).items():
+            out.setdefault(key, []).append(torch.as_tensor(value))
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
@@ -83,8 +84,8 @@ def classification_metrics(probs, labels):
 
 def evaluate(model, loader, dist_info, sharded, num_videos, num_classes, precision):
     """Multi-view (or single-view) evaluation -> metrics dict with num_videos, num_failed."""
-    views = gather_views(predict_views(model, loader, dist_info.device, precision), dist_info,
-                         sharded)
+    views = gather_views(per_view(lambda clip: {"logits": model(clip).float().cpu()}, model,
+                                  loader, dist_info.device, precision), dist_info, sharded)
     probs, labels, failed = merge_views(views, num_videos, num_classes)
     metrics = classification_metrics(probs, labels)
     return dict(metrics, num_videos=num_videos, num_failed=failed,
@@ -103,17 +104,12 @@ def failed_videos(views, num_videos):
 def extract_features(encoder, loader, dist_info, sharded, precision, tokens=False):
     """Frozen features of every view: mean over tokens of the encoder's normalised output
     ('features'), and with `tokens` the tokens themselves in fp16 ('tokens' [views, N, D])."""
-    encoder.eval()
-    out = {k: [] for k in ("video", "view", "ok", "label", "features", "tokens")}
-    for clip, label, video, view, ok in loader:
-        with autocast(dist_info.device, precision):
-            feats = encoder.forward_features(clip.to(dist_info.device))
-        for key, value in zip(out, (video, view, ok, label, feats.mean(dim=1).float().cpu(),
-                                    feats.half().cpu() if tokens else None)):
-            if value is not None:
-                out[key].append(torch.as_tensor(value))
-    return gather_views({k: torch.cat(v).numpy() for k, v in out.items() if v}, dist_info,
-                        sharded)
+    def outputs(clip):
+        feats = encoder.forward_features(clip)
+        return dict(features=feats.mean(dim=1).float().cpu(),
+                    **({"tokens": feats.half().cpu()} if tokens else {}))
+    return gather_views(per_view(outputs, encoder, loader, dist_info.device, precision),
+                        dist_info, sharded)
 
 
 def train_probe(features, labels, num_classes, epochs, lr, weight_decay, batch_size, seed):

@@ -101,14 +101,11 @@ class VisionTransformer(nn.Module):
             self.head.bias.data.mul_(init_scale)
 
     @staticmethod
-    def _init_weights(m):
+    def _init_weights(m):  # LayerNorms start at (1, 0) as made
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
     def no_weight_decay(self):
         return {"pos_embed"}
@@ -200,13 +197,6 @@ def _videomae_builder(size, pretrained=False, all_frames=None, drop_rate=0.0, at
     return build_encoder(size, patch_size=16, **{**defaults, **kwargs})
 
 
-def vit_tiny_patch16_224(pretrained=False, **kwargs):
-    return _videomae_builder("tiny", pretrained, **kwargs)
-
-
-def vit_small_patch16_224(pretrained=False, **kwargs):
-    return _videomae_builder("small", pretrained, **kwargs)
-
-
-def vit_base_patch16_224(pretrained=False, **kwargs):
-    return _videomae_builder("base", pretrained, **kwargs)
+vit_tiny_patch16_224 = partial(_videomae_builder, "tiny")
+vit_small_patch16_224 = partial(_videomae_builder, "small")
+vit_base_patch16_224 = partial(_videomae_builder, "base")

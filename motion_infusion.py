@@ -170,9 +170,7 @@ class ProceduralObjectBank:
 
         alpha = np.zeros((h, w), np.uint8)
         shape = rng.integers(3)
-        if shape == 0:
-            cv2.ellipse(alpha, (w // 2, h // 2), (w // 2 - 2, h // 2 - 2), 0, 0, 360, 255, -1)
-        else:
+        if shape:
             n = int(rng.integers(3, 9))
             # evenly spread vertices, jittered: never a sliver
             angles = (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * (2 * np.pi / n)
@@ -181,7 +179,7 @@ class ProceduralObjectBank:
             pts = np.stack([w / 2 + (w / 2 - 2) * radius * np.cos(angles),
                             h / 2 + (h / 2 - 2) * radius * np.sin(angles)], axis=1)
             cv2.fillPoly(alpha, [pts.astype(np.int32)], 255)
-        if not alpha.any():  # a degenerate polygon: fall back to the ellipse
+        if not alpha.any():  # shape 0, or a degenerate polygon: an ellipse
             cv2.ellipse(alpha, (w // 2, h // 2), (w // 2 - 2, h // 2 - 2), 0, 0, 360, 255, -1)
         alpha = cv2.GaussianBlur(alpha, (3, 3), 0)  # soft edge, like a matted object
         return crop_to_alpha(np.dstack([np.clip(rgb, 0, 255).astype(np.uint8), alpha]))
@@ -373,20 +371,14 @@ class MotionInfuser:
         return out, objects
 
 
-def still_background(kind, num_frames, height, width, rng, clip=None, image=None):
-    """Backgrounds of paper Table 7 besides natural video: uint8 [T, H, W, 3].
-
-    frame: one random frame of `clip` held still; image: `image` [H, W, 3] held still;
-    black: zeros; noise: one uniform-noise image held still (the motion comes from the objects).
-    """
-    if kind == "frame":
-        still = clip[rng.integers(len(clip))]
-    elif kind == "image":
-        still = image
-    elif kind == "black":
-        still = np.zeros((height, width, 3), np.uint8)
-    elif kind == "noise":
-        still = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+def still_background(kind, num_frames, size, rng, frames=None):
+    """Backgrounds of paper Table 7 besides natural video, held still (the motion comes from
+    the objects): uint8 [T, size, size, 3]. frame: one random frame of `frames`; image: the
+    still image, given as `frames` of one; black: zeros; noise: one uniform-noise image."""
+    if kind in ("frame", "image"):
+        still = frames[rng.integers(len(frames))]
+    elif kind in ("black", "noise"):
+        still = rng.integers(0, 256 if kind == "noise" else 1, (size, size, 3), dtype=np.uint8)
     else:
         raise ValueError(f"unknown background {kind!r}; choose from {BACKGROUNDS}")
     return np.repeat(still[None], num_frames, axis=0)

@@ -35,7 +35,7 @@ import outputs
 import pictures
 import training
 import utils
-from errors import DataAbort, UsageError
+from errors import DataAbort
 
 log = logging.getLogger("smile")
 MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
@@ -270,14 +270,8 @@ def main(args):
 
     train_set, nb_classes = datasets.build_dataset(is_train=True, test_mode=False, args=args)
     val_set, _ = datasets.build_dataset(is_train=False, test_mode=False, args=args)
-    sampler = distributed.ResumableSampler(len(train_set), args.batch_size, dist_info.rank,
-                                           dist_info.world_size, args.seed)
-    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=args.num_workers, worker_init_fn=distributed.seed_worker,
-                        pin_memory=args.pin_mem and dist_info.device.type == "cuda",
-                        collate_fn=batches.collate_classification)
-    if len(loader) < args.update_freq:
-        raise UsageError(f"{len(train_set)} videos make fewer batches than --update_freq")
+    loader, sampler = distributed.train_loader(train_set, args, dist_info,
+                                               batches.collate_classification)
     optimizer = create_optimizer_v2(model, opt="adamw", lr=args.scaled_lr,
                                     weight_decay=args.weight_decay, layer_decay=args.layer_decay,
                                     betas=tuple(args.opt_betas),

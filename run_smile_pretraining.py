@@ -14,7 +14,6 @@ import sys
 
 import torch
 from timm.optim import create_optimizer_v2
-from torch.utils.data import DataLoader
 
 import batches
 import checkpoint
@@ -29,7 +28,6 @@ import teachers
 import training
 import utils
 from engine_for_pretraining import target_and_prediction, train_loss
-from errors import UsageError
 from video_transforms import to_tensor
 
 log = logging.getLogger("smile")
@@ -92,22 +90,6 @@ def settle(args, world_size=1):
     return utils.run_settings(args, world_size, stage=stage, grid=grid, **implied)
 
 
-def build_loader(args, dataset, dist_info):
-    """Batches of --batch_size clips: batch_size / R videos, R clips from each."""
-    repeats = args.repeated_sampling
-    sampler = distributed.ResumableSampler(len(dataset), args.batch_size // repeats,
-                                           dist_info.rank, dist_info.world_size, args.seed,
-                                           repeats)
-    # workers are re-created each epoch (not persistent) so they see set_epoch and known_bad
-    loader = DataLoader(dataset, batch_size=args.batch_size // repeats, sampler=sampler,
-                        num_workers=args.num_workers, drop_last=True,
-                        pin_memory=args.pin_mem and dist_info.device.type == "cuda",
-                        worker_init_fn=distributed.seed_worker,
-                        collate_fn=functools.partial(batches.collate_pretraining,
-                                                     repeats=repeats))
-    return loader, sampler
-
-
 def main(args):
     dist_info = distributed.init_distributed(args.device, args.local_rank, args.enable_deepspeed)
     outputs.open_output_dir(args, dist_info)
@@ -116,12 +98,10 @@ def main(args):
     distributed.seed_everything(args.seed)  # same model init on every rank
 
     dataset = datasets.build_pretraining_dataset(args)
-    loader, sampler = build_loader(args, dataset, dist_info)
-    if len(loader) < args.update_freq:
-        raise UsageError(f"{len(dataset)} videos make {len(loader)} batches of {args.batch_size} "
-                         f"clips x {dist_info.world_size} processes, fewer than one update of "
-                         f"--update_freq {args.update_freq} (an epoch runs {len(dataset)} clips, "
-                         f"{args.repeated_sampling} from each video it decodes)")
+    loader, sampler = distributed.train_loader(
+        dataset, args, dist_info, functools.partial(batches.collate_pretraining,
+                                                    repeats=args.repeated_sampling),
+        args.repeated_sampling)
     targets = teachers.build_targets(  # what the student regresses
         args.grid, target_type=args.target_type, patch_size=args.patch_size,
         tubelet_size=args.tubelet_size, target_norm=args.target_norm,

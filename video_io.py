@@ -55,71 +55,52 @@ def segment_indices(num_video_frames, num_frames, rng=None, view=0, num_views=1)
 
 
 # ---------------------------------------------------------------- decoders
-def _check_file(path):
-    if not os.path.isfile(path):
-        raise VideoDecodeError(path, "file not found")
-    if os.path.getsize(path) == 0:
-        raise VideoDecodeError(path, "empty file")
+def _length(path, length):
+    if length <= 0:
+        raise VideoDecodeError(path, "no decodable frames")
+    return length
 
 
-def _quiet(library):
-    """FFmpeg's own log lowered to panics: a bad file gives the project's one line (with the
-    reason), not the library's dozens."""
-    if library.__name__ == "decord":
-        library.logging.set_level(library.logging.QUIET)
-    else:
-        library.logging.set_level(library.logging.PANIC)
-    return library
+def decode(backend, path, choose_indices):
+    """One decoder's frames; whatever it raises for a bad file (decord's DECORDError, av.error,
+    torchcodec's RuntimeError) becomes a VideoDecodeError naming the file and the decoder. Its
+    FFmpeg log is lowered to panics: a bad file gives the project's one line, not dozens."""
+    if backend in ("decord", "pyav"):
+        library = __import__({"pyav": "av"}.get(backend, backend))
+        library.logging.set_level(library.logging.QUIET if backend == "decord" else
+                                  library.logging.PANIC)
+    try:
+        return DECODERS[backend](path, choose_indices)
+    except VideoDecodeError:
+        raise
+    except Exception as err:
+        raise VideoDecodeError(path, f"{backend}: {type(err).__name__}: {err}") from err
 
 
 def decode_decord(path, choose_indices):
     import decord
-    _quiet(decord)
-    _check_file(path)
-    try:
-        reader = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
-        length = len(reader)
-        if length <= 0:
-            raise VideoDecodeError(path, "no decodable frames")
-        indices = choose_indices(length)
-        frames = reader.get_batch(list(indices)).asnumpy()
-    except VideoDecodeError:
-        raise
-    except Exception as err:  # decord raises its own DECORDError and plain RuntimeErrors
-        raise VideoDecodeError(path, f"decord: {type(err).__name__}: {err}") from err
-    return frames
+    reader = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
+    return reader.get_batch(list(choose_indices(_length(path, len(reader))))).asnumpy()
 
 
 def decode_pyav(path, choose_indices):
     import av
-    _quiet(av)
-    _check_file(path)
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise VideoDecodeError(path, "no video stream")
-            stream = container.streams.video[0]
-            length = stream.frames
-            if length <= 0:  # header without a count: count packets, no decoding needed
-                length = sum(1 for packet in container.demux(stream) if packet.size)
-                container.seek(0)
-            if length <= 0:
-                raise VideoDecodeError(path, "no decodable frames")
-            indices = choose_indices(length)
-            wanted = set(int(i) for i in indices)
-            last = max(wanted)
-            decoded = {}
-            for i, frame in enumerate(container.decode(stream)):
-                if i in wanted:
-                    decoded[i] = frame.to_ndarray(format="rgb24")
-                if i >= last:
-                    break
-    except VideoDecodeError:
-        raise
-    except Exception as err:  # av.error.* for broken containers and streams
-        raise VideoDecodeError(path, f"pyav: {type(err).__name__}: {err}") from err
-    missing = wanted.difference(decoded)
-    if missing:
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(path, "no video stream")
+        stream = container.streams.video[0]
+        length = stream.frames
+        if length <= 0:  # header without a count: count packets, no decoding needed
+            length = sum(1 for packet in container.demux(stream) if packet.size)
+            container.seek(0)
+        indices = choose_indices(_length(path, length))
+        wanted, decoded = set(int(i) for i in indices), {}
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                decoded[i] = frame.to_ndarray(format="rgb24")
+            if i >= max(wanted):
+                break
+    if missing := wanted.difference(decoded):
         raise VideoDecodeError(path, f"truncated: frame {min(missing)} of {length} could not "
                                      "be decoded")
     return np.stack([decoded[int(i)] for i in indices])
@@ -129,19 +110,9 @@ def decode_torchcodec(path, choose_indices):
     """torchcodec (optional: `pip install torchcodec`, with FFmpeg's shared libraries from the
     system, e.g. Debian's libavcodec59); one FFmpeg thread, as the other decoders."""
     from torchcodec.decoders import VideoDecoder
-    _check_file(path)
-    try:
-        reader = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=1)
-        length = reader.metadata.num_frames or 0
-        if length <= 0:
-            raise VideoDecodeError(path, "no decodable frames")
-        indices = choose_indices(length)
-        frames = reader.get_frames_at([int(i) for i in indices]).data.numpy()
-    except VideoDecodeError:
-        raise
-    except Exception as err:  # torchcodec raises RuntimeError / ValueError for bad files
-        raise VideoDecodeError(path, f"torchcodec: {type(err).__name__}: {err}") from err
-    return frames
+    reader = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=1)
+    indices = choose_indices(_length(path, reader.metadata.num_frames or 0))
+    return reader.get_frames_at([int(i) for i in indices]).data.numpy()
 
 
 DECODERS = {"decord": decode_decord, "pyav": decode_pyav, "torchcodec": decode_torchcodec}
@@ -161,13 +132,15 @@ def read_clip(path, backend, choose_indices):
 
     A file decord cannot read (it rejects some valid streams, e.g. certain small frame sizes)
     is tried once more with PyAV before it counts as bad (so is one torchcodec rejects)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "empty file" if os.path.isfile(path) else "file not found")
     try:
-        frames = DECODERS[backend](path, choose_indices)
+        frames = decode(backend, path, choose_indices)
     except VideoDecodeError as err:
-        if backend == "pyav" or err.reason in ("file not found", "empty file"):
+        if backend == "pyav":
             raise
         try:
-            frames = decode_pyav(path, choose_indices)
+            frames = decode("pyav", path, choose_indices)
         except VideoDecodeError as second:
             raise VideoDecodeError(path, f"{err.reason}; {second.reason}") from err
     if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:

@@ -59,19 +59,9 @@ def get_args():
 
 def authors_teacher(teacher):
     """fp32, no autocast, each transformer block wrapped in gradient checkpointing."""
-    blocks = teacher.backbone.transformer.resblocks
-    for i, block in enumerate(blocks):
-        blocks[i] = CheckpointedBlock(block)
+    for block in teacher.backbone.transformer.resblocks:
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
     return teacher.float()
-
-
-class CheckpointedBlock(torch.nn.Module):
-    def __init__(self, block):
-        super().__init__()
-        self.block = block
-
-    def forward(self, x, attn_mask=None):
-        return checkpoint(self.block, x, attn_mask, use_reentrant=False)
 
 
 def count_flops(fn):

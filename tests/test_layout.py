@@ -26,7 +26,7 @@ ALLOWED = {
     "bad_files": {"distributed", "errors"},
     "checkpoint": {"errors"},
     "outputs": {"checkpoint", "distributed", "utils", "errors"},
-    "distributed": {"stop_signals"},
+    "distributed": {"stop_signals", "errors"},
     "stop_signals": set(),
     "training": {"distributed", "checkpoint", "outputs", "stop_signals", "bad_files", "errors",
                  "utils"},

@@ -251,7 +251,7 @@ def test_still_backgrounds(kind):
     rng = np.random.default_rng(0)
     clip = rng.integers(0, 255, (4, 32, 32, 3), np.uint8)
     image = rng.integers(0, 255, (32, 32, 3), np.uint8)
-    out = mi.still_background(kind, 6, 32, 32, rng, clip=clip, image=image)
+    out = mi.still_background(kind, 6, 32, rng, image[None] if kind == "image" else clip)
     assert out.shape == (6, 32, 32, 3) and out.dtype == np.uint8
     assert (out == out[0]).all()  # held still: all motion comes from the objects
     if kind == "black":
