@@ -8,8 +8,15 @@ unfinished run):
     3  a data abort: too much of the data cannot be read (see OUTPUT_DIR/bad_files.tsv)
     4  a file could not be written (a full disk, a quota): the last checkpoint is intact
 """
+import sys
 
 EXIT_FAILED, EXIT_USAGE, EXIT_DATA, EXIT_WRITE = 1, 2, 3, 4
+
+
+def exit_usage(line):
+    """A tool's mistake of its user: one `error:` line on stderr, exit 2."""
+    print(f"error: {line}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
 
 
 class UsageError(ValueError):

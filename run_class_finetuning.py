@@ -38,7 +38,7 @@ import utils
 from errors import DataAbort
 
 log = logging.getLogger("smile")
-MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
+MODELS = tuple(f"vit_{size}_patch16_224" for size in modeling_finetune.SIZES)
 
 
 def get_args_parser():
@@ -104,9 +104,7 @@ def check_args(args):
 
 def model_kwargs(args, nb_classes, probe=False):
     """modeling_finetune.build_encoder's keywords (also stored in every checkpoint)."""
-    size = {"vit_tiny_patch16_224": "tiny", "vit_small_patch16_224": "small"}.get(args.model,
-                                                                                  "base")
-    return dict(size=size, img_size=args.input_size, patch_size=args.patch_size,
+    return dict(size=args.model.split("_")[1], img_size=args.input_size, patch_size=args.patch_size,
                 num_frames=args.num_frames, tubelet_size=args.tubelet_size,
                 num_classes=0 if probe else nb_classes,
                 use_mean_pooling=args.use_mean_pooling and not probe,

@@ -138,5 +138,7 @@ def test_temporal_filters_reads_pretraining_and_fine_tuning_checkpoints(tmp_path
     shares = json.loads((tmp_path / "shares.json").read_text())
     assert shares[str(tmp_path / "finetuned.pth")]["filter_q90"] == pytest.approx(0)
     torch.save({"model": {"head.weight": torch.zeros(2, 2)}}, tmp_path / "other.pth")
-    with pytest.raises(SystemExit, match="expected one video patch embedding"):
+    with pytest.raises(SystemExit) as stopped:
         temporal_filters.main([str(tmp_path / "other.pth")])
+    assert stopped.value.code == 2  # a usage error, in one line
+    assert "expected one video patch embedding" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from errors import exit_usage  # noqa: E402
 from lists import parse_line  # noqa: E402
 from utils import format_eta  # noqa: E402
 from video_io import DECODERS, VideoDecodeError, read_clip  # noqa: E402
@@ -74,7 +75,7 @@ class Progress:
 def main(argv=None):
     args = get_args(argv)
     if not os.path.isfile(args.list):
-        sys.exit(f"error: {args.list} is not a file")
+        exit_usage(f"{args.list} is not a file")
     with open(args.list, encoding="utf-8-sig") as f:
         lines = f.readlines()
     jobs, root = [], args.data_root or os.path.dirname(os.path.abspath(args.list))
@@ -82,11 +83,11 @@ def main(argv=None):
         try:
             entry = parse_line(line, require_label=False)
         except ValueError as err:
-            sys.exit(f"error: {args.list}:{lineno + 1}: {err}")
+            exit_usage(f"{args.list}:{lineno + 1}: {err}")
         if entry:
             jobs.append((lineno, os.path.join(root, entry[0]), args.video_backend))
     if not jobs:
-        sys.exit(f"error: {args.list} has no entries")
+        exit_usage(f"{args.list} has no entries")
 
     reasons, start, progress = {}, time.time(), Progress(len(jobs), args.workers)
     with multiprocessing.get_context("spawn").Pool(max(args.workers, 1)) as pool:

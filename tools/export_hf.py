@@ -18,6 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import checkpoint  # noqa: E402
 import hf_videomae  # noqa: E402
+from errors import exit_usage  # noqa: E402
 
 
 def export(path, out_dir, num_frames=None, input_size=None):
@@ -58,8 +59,7 @@ def main(argv=None):
         name, config = export(args.checkpoint, args.output_dir, args.num_frames,
                               args.input_size)
     except (checkpoint.CheckpointError, ValueError, RuntimeError) as err:
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
+        exit_usage(str(err).splitlines()[0])
     print(f"wrote {args.output_dir}: transformers.{name}.from_pretrained({args.output_dir!r}) "
           f"loads it ({config.num_hidden_layers} blocks of {config.hidden_size}, "
           f"{config.num_frames} frames x {config.image_size} px, tubelet {config.tubelet_size}"

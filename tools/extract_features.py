@@ -30,6 +30,7 @@ import lists  # noqa: E402
 import run_class_finetuning as finetuning  # noqa: E402
 import stop_signals  # noqa: E402
 import utils  # noqa: E402
+from errors import exit_usage  # noqa: E402
 from utils import format_eta  # noqa: E402
 
 log = logging.getLogger("smile")
@@ -73,14 +74,12 @@ def main(argv=None):
         finetuning.check_finetune_path(args)  # the one check --finetune gets
         entries = lists.read_list(args.list, args.data_root, require_label=False)
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        exit_usage(err)
     encoder = finetuning.build_model(args, 0, probe=True).to(dist_info.device)
     try:
         finetuning.load_weights(encoder, args)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        exit_usage(err)
     parts, start, done = [], time.time(), 0
     stop = stop_signals.stop_flag()  # SIGTERM, Ctrl-C: stop after the part in hand
     for first in range(0, len(entries), args.chunk):

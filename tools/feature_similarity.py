@@ -32,8 +32,7 @@ def get_args(argv=None):
     p.add_argument("--video", required=True)
     p.add_argument("--checkpoints", nargs="+", required=True)
     p.add_argument("--model", default="vit_base_patch16_224",
-                   choices=("vit_tiny_patch16_224", "vit_small_patch16_224",
-                            "vit_base_patch16_224"))
+                   choices=[f"vit_{size}_patch16_224" for size in modeling_finetune.SIZES])
     p.add_argument("--num_frames", type=int, default=16)
     p.add_argument("--sampling_rate", type=int, default=4)
     p.add_argument("--input_size", type=int, default=224)
@@ -85,8 +84,7 @@ def main(argv=None):
                              mean_off_diagonal=float(off_diagonal.mean()))
         print(f"{path}: mean similarity between different frames "
               f"{off_diagonal.mean():.3f}\n{np.array2string(matrix, precision=2)}")
-    low = min(min(r["matrix"][i][j] for i in range(len(r["matrix"]))
-                  for j in range(len(r["matrix"]))) for r in results.values())
+    low = min(np.min(r["matrix"]) for r in results.values())
     images = [heatmap(np.array(r["matrix"]), low, label=os.path.basename(p))
               for p, r in results.items()]
     print(f"colour scale: {low:.3f} (dark) .. 1 (bright)")

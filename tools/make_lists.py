@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from errors import exit_usage  # noqa: E402
 from video_io import DECODERS, VideoDecodeError, read_clip  # noqa: E402
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
@@ -45,7 +46,7 @@ def main(argv=None):
     root = os.path.abspath(args.root)
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if not classes:
-        raise SystemExit(f"no class folders under {root}")
+        exit_usage(f"no class folders under {root}")
     rng = np.random.default_rng(args.seed)
     splits = {"train": [], "val": [], "test": []}
     unreadable = []

@@ -24,7 +24,8 @@ import time
 from fractions import Fraction
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lists import parse_line  # noqa: E402
+from errors import UsageError, exit_usage  # noqa: E402
+from lists import read_list  # noqa: E402
 from tools.check_videos import Progress  # noqa: E402
 
 PARTIAL = ".partial.mp4"
@@ -105,26 +106,16 @@ def encode(source, partial, opts):
 
 def main(argv=None):
     args = get_args(argv)
-    if not os.path.isfile(args.list):
-        sys.exit(f"error: {args.list} is not a file")
     if args.short_side < 2 or args.keyint < 1:
-        sys.exit("error: --short_side must be >= 2 and --keyint >= 1")
-    root = args.data_root or os.path.dirname(os.path.abspath(args.list))
-    entries = []
-    with open(args.list, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            try:
-                entry = parse_line(line, require_label=False)
-            except ValueError as err:
-                sys.exit(f"error: {args.list}:{lineno}: {err}")
-            if entry:
-                entries.append((os.path.join(root, entry[0]), entry[1]))
-    if not entries:
-        sys.exit(f"error: {args.list} has no entries")
+        exit_usage("--short_side must be >= 2 and --keyint >= 1")
+    try:  # as the loader reads it: relative paths from --data_root, else the list's folder
+        entries = read_list(args.list, args.data_root, require_label=False)
+    except (UsageError, FileNotFoundError) as err:
+        exit_usage(err)
     out_dir = os.path.abspath(args.out_dir)
     common = os.path.commonpath([os.path.dirname(p) for p, _ in entries])
     if any(os.path.abspath(p).startswith(out_dir + os.sep) for p, _ in entries):
-        sys.exit(f"error: OUT_DIR {args.out_dir} holds inputs of the list; choose another")
+        exit_usage(f"OUT_DIR {args.out_dir} holds inputs of the list; choose another")
     relative = {p: os.path.splitext(os.path.relpath(p, common))[0] + ".mp4" for p, _ in entries}
     jobs = [(p, os.path.join(out_dir, relative[p]), args) for p in dict.fromkeys(relative)]
     done_before = sum(os.path.isfile(target) for _, target, _ in jobs)
@@ -139,7 +130,7 @@ def main(argv=None):
     name = os.path.basename(args.list)
     new_list, failed_tsv = os.path.join(out_dir, name), os.path.join(out_dir, name + ".failed.tsv")
     with open(new_list, "w", encoding="utf-8") as f:
-        f.writelines(relative[p] + ("" if label is None else f" {label}") + "\n"
+        f.writelines(relative[p] + ("" if label < 0 else f" {label}") + "\n"
                      for p, label in entries if p not in failed)
     with open(failed_tsv, "w", encoding="utf-8") as f:
         f.write("path\treason\n")

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import checkpoint  # noqa: E402
+from errors import exit_usage  # noqa: E402
 
 
 def difference_share(weight, per_filter=False):
@@ -61,7 +62,7 @@ def main(argv=None):
         try:
             weight = patch_embedding(path)
         except checkpoint.CheckpointError as err:
-            sys.exit(f"error: {err}")
+            exit_usage(err)
         per_filter = difference_share(weight, per_filter=True)
         q10, q50, q90 = torch.quantile(per_filter, torch.tensor([0.1, 0.5, 0.9],
                                                                 dtype=per_filter.dtype)).tolist()

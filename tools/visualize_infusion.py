@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import datasets  # noqa: E402
 import masking_generator  # noqa: E402
 import motion_infusion  # noqa: E402
+from errors import exit_usage  # noqa: E402
 from pictures import mask_overlay  # noqa: E402
 from utils import settled  # noqa: E402
 
@@ -59,7 +60,7 @@ def main(argv=None):
     try:
         datasets.check_args(args)
     except ValueError as err:
-        sys.exit(f"error: {err}")
+        exit_usage(err)
     os.makedirs(args.output_dir, exist_ok=True)
     dataset = datasets.build_pretraining_dataset(args)
     for index in range(args.index, args.index + args.num_samples):
