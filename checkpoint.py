@@ -247,8 +247,7 @@ def restore(state, model, optimizer, scaler=None, model_ema=None, path=""):
 
 def training_state(model, optimizer, epoch, next_batch, steps_per_epoch, args, scaler=None,
                    model_ema=None, **extra):
-    """What a checkpoint holds: plain data that loads with torch.load(weights_only=True);
-    `extra` names its `kind` and holds the model's build keywords (model_kwargs)."""
+    """What a checkpoint holds (the module's docstring); `extra`: kind, model_kwargs, ..."""
     return dict(format=FORMAT, model=model.state_dict(), optimizer=optimizer.state_dict(),
                 scaler=scaler.state_dict() if scaler else None,
                 model_ema=model_ema.state_dict() if model_ema else None, epoch=epoch,

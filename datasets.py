@@ -1,10 +1,8 @@
-"""Video datasets for SMILE pretraining and fine-tuning, and the batches they make.
+"""Video datasets for SMILE pretraining and fine-tuning (their batches: batches.py).
 
-Pretraining sample: decode -> multi-scale crop -> (background) -> motion infusion -> mask ->
-(clip uint8 [3, T, H, W], mask bool [N] or [K, N], True = masked, object_tokens bool [N]); the
-clip stays uint8 to the training device (a quarter of the bytes), where
-`utils.normalize_video` runs once. Fine-tuning sample: decode -> crop/flip (train) or resize +
-crop views (eval) -> normalised float clip [3, T, H, W]. Batches of them: batches.py.
+Pretraining: decode -> multi-scale crop -> (background) -> motion infusion -> mask(s), the clip
+kept uint8 to the training device (a quarter of the bytes). Fine-tuning: decode -> crop/flip
+(train) or resize + crop views (eval) -> normalised float clip [3, T, H, W].
 """
 import argparse
 import logging

@@ -40,15 +40,10 @@ def make_target(target, raw):
 
 
 def train_loss(model, batch, targets, device, precision):
-    """The loss of one batch and its parts: (loss, {'<target>_loss'} with several targets,
-    else {}), device tensors. training.train_step takes it from there (LR, backward,
-    optimiser); nothing here reads the device back: the step never waits on the host.
-
-    batch: batches.PretrainingBatch, masks as token indices [B, N_visible] / [B, N_masked],
-    or [B, K, ...] with K masks per clip: the targets are made once per clip, the student
-    runs once per (clip, mask) pair. targets: teachers.Target list; the loss is the sum of
-    their weighted MSEs over the masked tokens, each on its own head of the student.
-    """
+    """(loss, {'<target>_loss'} with several targets, else {}) as device tensors: nothing here
+    reads the device back. With K masks per clip (batch.visible [B, K, N_visible]) the targets
+    are made once per clip and the student runs once per (clip, mask) pair. The loss is the
+    sum of the targets' weighted MSEs over the masked tokens, each on its own student head."""
     raw = batch.video.to(device, non_blocking=True)  # uint8: each target normalises it itself
     video = normalize_video(raw)  # the student's input
     masks_per_clip = batch.visible.shape[1] if batch.visible.dim() == 3 else 0

@@ -1,15 +1,6 @@
-"""Hugging Face `transformers` VideoMAE, both ways: our encoder's weights under its names, a
-`VideoMAEConfig` from a checkpoint's own record, and such a folder read back as our weights.
-
-    ours (modeling_finetune)             transformers (VideoMAEModel; classifier: `videomae.`)
-    patch_embed.proj                     embeddings.patch_embeddings.projection
-    blocks.i.attn.qkv (q | k | v rows)   encoder.layer.i.attention.attention.query/key/value
-    blocks.i.attn.q_bias / v_bias        ... query.bias / value.bias (no key bias in either)
-    blocks.i.attn.proj                   encoder.layer.i.attention.output.dense
-    blocks.i.norm1 / norm2               encoder.layer.i.layernorm_before / layernorm_after
-    blocks.i.mlp.fc1 / fc2               encoder.layer.i.intermediate.dense / output.dense
-    norm (without mean pooling)          layernorm
-    fc_norm, head                        fc_norm, classifier
+"""Hugging Face `transformers` VideoMAE, both ways: our encoder's weights under its names (the
+RENAMES table; our one qkv matrix is their query/key/value rows; their classifier's keys start
+`videomae.`), a `VideoMAEConfig` from a checkpoint's own record, and such a folder read back.
 
 Both use VideoMAE's fixed sinusoid positions (not weights) and exact GELU. One difference
 that is not a weight: transformers' `fc_norm` uses LayerNorm's default eps 1e-5 where ours

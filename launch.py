@@ -2,21 +2,17 @@
 
     python launch.py [torchrun options] run_smile_pretraining.py [its options]
 
-The options are torchrun's own (--nproc_per_node, --nnodes, --rdzv_endpoint, ...). Two things
-differ from plain torchrun, which on SIGTERM or Ctrl-C sends the signal on to the ranks, kills
-them 30 s later (a checkpoint may still be writing) and exits 1 with a traceback even when every
-rank saved; and which reports a rank's exit code 2 (usage) or 3 (data abort) as 1 under a page
-of ChildFailedError:
-- SIGTERM, SIGINT and SIGUSR1 (SLURM's early warning) are passed on to the ranks, every time,
-  and the launcher waits for them: they save at their next print step and exit 0, and so does
-  the launcher (the ranks ignore repeated signals, so a job that signals every process at once
-  gets the same result).
-- A failed rank's own exit code is the launcher's, with one line naming the rank.
+The options are torchrun's own (--nproc_per_node, --nnodes, --rdzv_endpoint, ...). Unlike
+plain torchrun (which kills the ranks 30 s after a stop signal, a checkpoint perhaps still
+being written, and exits 1 even when every rank saved, or for a rank's usage error), it passes
+every SIGTERM, SIGINT and SIGUSR1 on to the ranks and waits for them to save, exiting 0 (the
+ranks ignore repeats), and a failed rank's own exit code is its own, with one line.
 """
 import signal
 import sys
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+from stop_signals import STOP_SIGNALS  # installs nothing: only the entry points' line does
+
 RECEIVED = []
 
 

@@ -143,12 +143,10 @@ PRETRAINING_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token")
 
 
 def load_pretrained(model, path, model_key="model|module"):
-    """Load a pretraining (or fine-tuned) checkpoint (a path, or its loaded contents) into
-    `model` and say exactly what did not fit. `model_key` lists the keys that may hold the
-    weights ('model|module': ours and DeepSpeed's; see checkpoint.model_weights). Strips
-    'encoder.' and 'backbone.', skips the decoder, drops a head of the wrong shape. Returns
-    dict(missing, unexpected, skipped); raises ValueError (one line) if the checkpoint matches
-    none of the model's weights or holds weights of other shapes."""
+    """A pretraining or fine-tuned checkpoint (a path, or its contents; `model_key`: the keys
+    that may hold the weights) into `model`, less 'encoder.'/'backbone.', the decoder and a
+    head of another shape -> dict(missing, unexpected, skipped); ValueError (one line) when
+    nothing matches or a weight has another shape."""
     state = torch.load(path, map_location="cpu", weights_only=True) if isinstance(
         path, str) else path
     state = model_weights(state, model_key.split("|"))

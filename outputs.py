@@ -233,15 +233,13 @@ def resume_position(state, args, steps_per_epoch, new_list=False):
     epoch, next_batch = state["epoch"], state["next_batch"]
     if next_batch >= steps_per_epoch:  # saved after an epoch's last step (older versions)
         return epoch + 1, 0
-    repeats = getattr(args, "repeated_sampling", 1)  # samples per batch = batch / repeats
-    if next_batch and new_list:
-        log.warning("the checkpoint stopped mid-epoch on the old list: the rest of epoch %d is "
-                    "skipped, training goes on at epoch %d", epoch + 1, epoch + 2)
-        return epoch + 1, 0
+    # samples per batch = batch / repeats
+    now = args.batch_size, args.total_batch_size, getattr(args, "repeated_sampling", 1)
     then = saved.get("batch_size"), saved.get("total_batch_size"), saved.get("repeated_sampling", 1)
-    if next_batch and then != (args.batch_size, args.total_batch_size, repeats):
-        log.warning("the checkpoint stopped mid-epoch with (batch, total batch, repeats) %s, this "
-                    "run has %s: the rest of epoch %d is skipped, training goes on at epoch %d",
-                    then, (args.batch_size, args.total_batch_size, repeats), epoch + 1, epoch + 2)
+    why = "on the old list" if new_list else (
+        f"with (batch, total batch, repeats) {then}, this run has {now}" if then != now else "")
+    if next_batch and why:
+        log.warning("the checkpoint stopped mid-epoch %s: the rest of epoch %d is skipped, "
+                    "training goes on at epoch %d", why, epoch + 1, epoch + 2)
         return epoch + 1, 0
     return epoch, next_batch

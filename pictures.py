@@ -1,14 +1,6 @@
 """What a run shows besides curves: pictures as uint8 [H, W, 3] arrays, made from plain numpy
-inputs (TensorBoard takes them as they are; utils.MetricLogger.image).
-
-    sample_picture: the loader's clip (objects pasted in stage 1), and the same frames with
-        the mask drawn over them: masked tokens dimmed, visible ones bright, object tokens
-        outlined in red
-    prediction_picture: per token slice, the teacher's target and the student's prediction at
-        the masked tokens in one colour code (the target's first 3 principal components as
-        RGB), and their cosine similarity (white 1, black <= 0; visible tokens grey)
-    confusion_picture: the confusion matrix, each row (true class) normalised
-"""
+inputs (TensorBoard takes them as they are; utils.MetricLogger.image): the loader's sample
+and its mask, the teacher's target beside the student's prediction, the confusion matrix."""
 import cv2
 import numpy as np
 
@@ -46,8 +38,9 @@ def _cells(values, grid, patch_size):
 
 def prediction_picture(target, prediction, masked, grid, patch_size):
     """target [N, D] (every token, as the loss sees it), prediction [N_masked, D] at the token
-    indices `masked` -> one row per token slice, target | prediction | cosine, with white
-    lines of SEPARATOR pixels between panels and rows."""
+    indices `masked` -> one row per token slice, target | prediction (one colour code: the
+    target's first 3 principal components as RGB) | cosine (white 1, black <= 0; visible
+    tokens grey), white lines of SEPARATOR pixels between panels and rows."""
     target, prediction = target.astype(np.float64), prediction.astype(np.float64)
     centred = target - target.mean(0)
     components = np.linalg.svd(centred, full_matrices=False)[2][:3].T  # [D, 3]

@@ -143,11 +143,10 @@ def load_CLIP_weights(visual, path):
 
     from open_clip.model import resize_pos_embed
     state = read_state_dict(path)
-    if any(k.startswith("visual.") for k in state):  # a whole CLIP model
-        state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
-    wrapped = {"visual." + k: v for k, v in state.items()}
-    resize_pos_embed(wrapped, SimpleNamespace(visual=visual))  # other input sizes
-    state = {k[len("visual."):]: v for k, v in wrapped.items()}
+    if not any(k.startswith("visual.") for k in state):  # the image tower alone
+        state = {"visual." + k: v for k, v in state.items()}  # as a whole CLIP model's keys
+    resize_pos_embed(state, SimpleNamespace(visual=visual))  # other input sizes
+    state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
     missing, unexpected = visual.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "proj"]  # the projection is not used
     if missing:

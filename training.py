@@ -108,8 +108,7 @@ class Job:
 
 
 def train_step(job, batch, lr, update):
-    """Set the LR -> the engine's loss -> backward, and at an accumulation boundary (`update`)
-    the optimiser step -> EMA. Returns the metrics as device tensors (read at print steps)."""
+    """One step (the module's docstring); the metrics stay device tensors until a print step."""
     set_lr(job.optimizer, lr)
     loss, metrics = job.loss_fn(job.model, batch)
     norm = optimizer_step(job.model, job.optimizer, loss, job.scaler, job.clip_grad,
@@ -210,8 +209,7 @@ def lr_schedule(args, steps_per_epoch, accumulation):
 
 def fit(args, dist_info, job):
     """Train `job` for args.epochs from where the output folder says the run is. Returns the
-    trained bare module, or None when a stop signal ended the run after it saved (run the same
-    command to resume). `job.initialize`: start weights, loaded only when nothing resumes."""
+    trained bare module, or None when a stop signal ended the run after it saved."""
     steps_per_epoch, accumulation = len(job.loader), job.accumulation
     ledger = BadFileLedger(job.dataset.file_paths, args.max_bad_fraction, args.output_dir,
                            dist_info)

@@ -126,12 +126,11 @@ class Settings(SimpleNamespace):
     `settle`) and read-only after: builders read it, and a value derived anywhere else would be
     a second source of truth. Stored in checkpoints as a plain dict (vars)."""
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name, *value):
         raise AttributeError(f"the run's settings are read-only: {name} is derived once, "
                              "where they are made (settle, run_settings)")
 
-    def __delattr__(self, name):
-        self.__setattr__(name, None)
+    __delattr__ = __setattr__
 
 
 def settled(args, **values):

@@ -28,6 +28,7 @@ ALLOWED = {
     "outputs": {"checkpoint", "distributed", "utils", "errors"},
     "distributed": {"stop_signals", "errors"},
     "stop_signals": set(),
+    "launch": {"stop_signals"},
     "training": {"distributed", "checkpoint", "outputs", "stop_signals", "bad_files", "errors",
                  "utils"},
     "engine_for_pretraining": {"utils"},
