@@ -60,8 +60,7 @@ class BadFileLedger:
         self.indices = {}  # path -> its indices (a path may be listed twice)
         for i, path in enumerate(paths):
             self.indices.setdefault(path, []).append(i)
-        self.tried = np.zeros(len(paths), np.uint8)
-        self.bad = np.zeros(len(paths), np.uint8)
+        self.tried, self.bad = np.zeros((2, len(paths)), np.uint8)
         self.tsv = os.path.join(output_dir, "bad_files.tsv")
         self.written = set()  # paths in the TSV: the same set on every rank
         self.listed = set()  # those and what this rank found since the last merge

@@ -63,8 +63,9 @@ def _write_atomically(path, write, needed_bytes):
             os.remove(tmp)
         if not isinstance(err, Exception):
             raise
-        raise WriteError(f"could not write {path}: {_cause(err)}; "
-                         f"{space_line(os.path.dirname(path) or '.', needed_bytes())}. The last "
+        folder = os.path.dirname(path) or "."
+        raise WriteError(f"could not write {path}: {_cause(err)}; it needs {gib(needed_bytes())} "
+                         f"and {folder} has {gib(shutil.disk_usage(folder).free)} free. The last "
                          "checkpoint there is intact: free space (or raise the quota) and run "
                          "the same command to resume") from err
 
@@ -98,10 +99,6 @@ def training_state_bytes(model, optimizer):
 
 def gib(n):
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
-
-
-def space_line(folder, needed):
-    return f"it needs {gib(needed)} and {folder} has {gib(shutil.disk_usage(folder).free)} free"
 
 
 def load_checkpoint(path):

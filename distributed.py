@@ -1,4 +1,5 @@
-"""Processes: process groups, seeding, the resumable sampler, model wrapping, agreeing to stop."""
+"""Processes: process groups, collectives, seeding, the resumable sampler and training loader,
+model wrapping, DataLoader workers that outlive stop signals."""
 import gc
 import os
 import random
@@ -145,11 +146,6 @@ def stop_workers(batches):
         batches._worker_pids_set = False
     with stop_signals.stop_flag().shutting_down():
         getattr(batches, "_shutdown_workers", lambda: None)()
-
-
-def stop_requested(flag, dist_info):
-    """True on every rank if any rank was signalled (all must save and stop together)."""
-    return all_reduce_mean(float(bool(flag)), dist_info) > 0
 
 
 class ResumableSampler(torch.utils.data.Sampler):

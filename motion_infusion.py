@@ -230,14 +230,6 @@ def keyframes(rng, num_frames):
     return np.unique(np.clip(np.concatenate([[0], mids, [num_frames - 1]]), 0, num_frames - 1))
 
 
-def ease(progress, mode):
-    if mode == 1:
-        return progress ** 2                  # accelerating
-    if mode == 2:
-        return 1 - (1 - progress) ** 2        # decelerating
-    return progress
-
-
 def keyframed_motion(rng, num_frames):
     """Per-frame (w, h) scale factors [T, 2] and rotation in degrees [T]."""
     keys = keyframes(rng, num_frames)
@@ -251,8 +243,8 @@ def keyframed_motion(rng, num_frames):
     scales = np.repeat(scale_at[:1], num_frames, axis=0)
     angles = np.full(num_frames, angle_at[0])
     for i, gap in enumerate(gaps):
-        mode = choose(rng, EASING_P)
-        p = ease(np.arange(gap + 1) / gap, mode)
+        p = np.arange(gap + 1) / gap
+        p = (p, p ** 2, 1 - (1 - p) ** 2)[choose(rng, EASING_P)]  # in EASING_P's order
         span = slice(keys[i], keys[i + 1] + 1)
         scales[span] = scale_at[i] + (scale_at[i + 1] - scale_at[i]) * p[:, None]
         angles[span] = angle_at[i] + (angle_at[i + 1] - angle_at[i]) * p

@@ -38,8 +38,11 @@ def open_output_dir(args, dist_info):
     if refused := distributed.first_of_ranks(refused, dist_info):
         raise UsageError(refused)
     utils.setup_logging(dist_info, args.output_dir)
-    if dist_info.is_main:
-        remove_stale_temporaries(args.output_dir)
+    if dist_info.is_main:  # half-written checkpoints of a killed writer (the folder is ours)
+        for path in glob.glob(os.path.join(args.output_dir, "*.pth.tmp.*")):
+            log.info("removing %s (%s), left by a run that was killed while saving", path,
+                     checkpoint.gib(os.path.getsize(path)))
+            os.remove(path)
 
 
 _LOCKS = {}  # output folder -> the open lock file of this process
@@ -80,14 +83,6 @@ def release_output_dirs():
     """Let go of every folder this process holds (its exit would do the same)."""
     while _LOCKS:
         os.close(_LOCKS.popitem()[1])
-
-
-def remove_stale_temporaries(output_dir):
-    """Half-written checkpoints of a writer that was killed (this run holds the folder now)."""
-    for path in glob.glob(os.path.join(output_dir, "*.pth.tmp.*")):
-        log.info("removing %s (%s), left by a run that was killed while saving", path,
-                 checkpoint.gib(os.path.getsize(path)))
-        os.remove(path)
 
 
 def start_or_resume(args, dist_info, pieces, dataset, steps_per_epoch, ledger, initialize=None):

@@ -30,11 +30,6 @@ log = logging.getLogger("smile")
 
 
 # ---------------------------------------------------------------- the step
-def set_lr(optimizer, lr):
-    for group in optimizer.param_groups:  # layer decay: each group keeps its own scale
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-
-
 def check_finite(loss):
     """Host-side check, for the paths that cannot skip an update on the device (DeepSpeed, an
     optimiser without found_inf support): a sync, so only there."""
@@ -109,7 +104,8 @@ class Job:
 
 def train_step(job, batch, lr, update):
     """One step (the module's docstring); the metrics stay device tensors until a print step."""
-    set_lr(job.optimizer, lr)
+    for group in job.optimizer.param_groups:  # layer decay: each group keeps its own scale
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     loss, metrics = job.loss_fn(job.model, batch)
     norm = optimizer_step(job.model, job.optimizer, loss, job.scaler, job.clip_grad,
                           job.accumulation, update)
@@ -156,7 +152,7 @@ def train_one_epoch(job, lr_at, epoch, first_batch, run, logger, stop_flag, ledg
             # ranks agree on stopping where they meet anyway (an all-reduce is a host sync),
             # then stop together at the next update: a resume never starts mid-accumulation
             stopping = stopping or (printing or run.dist.world_size == 1) and (
-                distributed.stop_requested(stop_flag, run.dist))
+                distributed.all_reduce_mean(float(bool(stop_flag)), run.dist) > 0)
             if stopping and boundary:
                 return _means(totals, counts, run, data_time, start), i + 1
             wait_start = time.time()

@@ -102,12 +102,8 @@ def main(argv=None):
         left = len(entries) - first - len(chunk)
         log.info("%d/%d videos  %.1f videos/s  eta %s", first + len(chunk), len(entries),
                  done / (time.time() - start), format_eta(left * (time.time() - start) / done))
-    merged = {}
-    for part in parts:
-        with np.load(part) as data:
-            for key in data.files:
-                merged.setdefault(key, []).append(data[key])
-    merged = {key: np.concatenate(value) for key, value in merged.items()}
+    loaded = [dict(np.load(part)) for part in parts]
+    merged = {key: np.concatenate([part[key] for part in loaded]) for key in loaded[0]}
     paths = np.array([path for path, _ in entries])
     np.savez(args.output, paths=paths, labels=np.array([label for _, label in entries]),
              **merged)
