@@ -206,21 +206,14 @@ class PretrainingDataset(_RetryingDataset):
 
     def __init__(self, args, entries, infuser, mask_generator):
         super().__init__(args.seed, args.max_retries)
-        self.entries = entries
-        self.args = args
-        self.infuser = infuser
-        self.mask_generator = mask_generator
-        self.grid = mask_generator.grid
+        self.args, self.entries, self.infuser = args, entries, infuser
+        self.mask_generator, self.grid = mask_generator, mask_generator.grid
         self.images = list_images(args.background_path) if args.background == "image" else None
         self.file_paths = [p for p, _ in entries] if entries else self.images or []
         self.list_digest = getattr(entries, "digest", None)  # what a resume compares
 
-    def __len__(self):
-        if self.entries is not None:
-            return len(self.entries)
-        if self.images is not None:
-            return len(self.images)
-        return self.args.num_synthetic_clips
+    def __len__(self):  # synthetic backgrounds have no files behind their samples
+        return len(self.file_paths) or self.args.num_synthetic_clips
 
     def decode(self, index, rng):
         """What a sample's clips are cut from: the video's frame window (uint8 [T, H, W, 3]),

@@ -145,8 +145,7 @@ class TubeMaskingGenerator:
     """
 
     def __init__(self, input_size, mask_ratio):
-        self.grid = tuple(input_size)
-        self.mask_ratio = mask_ratio
+        self.grid, self.mask_ratio = tuple(input_size), mask_ratio
         t, h, w = self.grid
         self.num_masks = t * int(mask_ratio * h * w)
 

@@ -82,8 +82,7 @@ class VisionTransformer(nn.Module):
                  num_heads, mlp_ratio=4.0, num_classes=0, use_mean_pooling=True,
                  drop_path_rate=0.0, fc_drop_rate=0.0, init_scale=0.001, use_checkpoint=False):
         super().__init__()
-        self.embed_dim = embed_dim
-        self.use_checkpoint = use_checkpoint
+        self.embed_dim, self.use_checkpoint = embed_dim, use_checkpoint
         self.patch_embed = PatchEmbed(patch_size, tubelet_size, embed_dim)
         self.num_patches = (num_frames // tubelet_size) * (img_size // patch_size) ** 2
         self.register_buffer("pos_embed", sinusoid_table(self.num_patches, embed_dim),

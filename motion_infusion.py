@@ -322,9 +322,7 @@ class MotionInfuser:
     def __init__(self, object_bank, num_objects, fit="contain"):
         if num_objects < 1:
             raise ValueError(f"--num_objects must be >= 1, got {num_objects}")
-        self.object_bank = object_bank
-        self.num_objects = num_objects
-        self.fit = fit
+        self.object_bank, self.num_objects, self.fit = object_bank, num_objects, fit
 
     def plan_object(self, rgba, rng, num_frames, height, width):
         size_scale = min(height, width) / REFERENCE_SIZE

@@ -104,8 +104,7 @@ def parse_with_config(parser, argv=None):
 
 
 def check_run_args(args):
-    if args.output_dir and os.path.exists(args.output_dir) and not os.path.isdir(
-            args.output_dir):
+    if args.output_dir and os.path.isfile(args.output_dir):
         raise ValueError(f"--output_dir {args.output_dir} is a file, not a folder")
     if args.resume and not os.path.isfile(args.resume):
         raise ValueError(f"--resume {args.resume} does not exist")
