@@ -367,8 +367,10 @@ def still_background(kind, num_frames, size, rng, frames=None):
     still image, given as `frames` of one; black: zeros; noise: one uniform-noise image."""
     if kind in ("frame", "image"):
         still = frames[rng.integers(len(frames))]
-    elif kind in ("black", "noise"):
-        still = rng.integers(0, 256 if kind == "noise" else 1, (size, size, 3), dtype=np.uint8)
+    elif kind == "black":
+        still = np.zeros((size, size, 3), np.uint8)
+    elif kind == "noise":
+        still = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     else:
         raise ValueError(f"unknown background {kind!r}; choose from {BACKGROUNDS}")
     return np.repeat(still[None], num_frames, axis=0)

@@ -228,7 +228,7 @@ def resume_position(state, args, steps_per_epoch, new_list=False):
     epoch, next_batch = state["epoch"], state["next_batch"]
     if next_batch >= steps_per_epoch:  # saved after an epoch's last step (older versions)
         return epoch + 1, 0
-    # samples per batch = batch / repeats
+    # a saved batch index counts batches of (clips, clips over all processes, clips per video)
     now = args.batch_size, args.total_batch_size, getattr(args, "repeated_sampling", 1)
     then = saved.get("batch_size"), saved.get("total_batch_size"), saved.get("repeated_sampling", 1)
     why = "on the old list" if new_list else (

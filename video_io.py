@@ -63,12 +63,8 @@ def _length(path, length):
 
 def decode(backend, path, choose_indices):
     """One decoder's frames; whatever it raises for a bad file (decord's DECORDError, av.error,
-    torchcodec's RuntimeError) becomes a VideoDecodeError naming the file and the decoder. Its
-    FFmpeg log is lowered to panics: a bad file gives the project's one line, not dozens."""
-    if backend in ("decord", "pyav"):
-        library = __import__({"pyav": "av"}.get(backend, backend))
-        library.logging.set_level(library.logging.QUIET if backend == "decord" else
-                                  library.logging.PANIC)
+    torchcodec's RuntimeError) becomes a VideoDecodeError naming the file and the decoder. The
+    decoders lower FFmpeg's log to panics: a bad file gives the project's one line, not dozens."""
     try:
         return DECODERS[backend](path, choose_indices)
     except VideoDecodeError:
@@ -79,12 +75,14 @@ def decode(backend, path, choose_indices):
 
 def decode_decord(path, choose_indices):
     import decord
+    decord.logging.set_level(decord.logging.QUIET)
     reader = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
     return reader.get_batch(list(choose_indices(_length(path, len(reader))))).asnumpy()
 
 
 def decode_pyav(path, choose_indices):
     import av
+    av.logging.set_level(av.logging.PANIC)
     with av.open(path) as container:
         if not container.streams.video:
             raise VideoDecodeError(path, "no video stream")
