@@ -15,15 +15,17 @@ from torch.utils.data import Dataset
 
 import masking_generator
 import motion_infusion
+import object_banks
 from bad_files import NOTE
-from errors import BadInputError, DataAbort
+from errors import BadInputError, DataAbort, UsageError
 from lists import (DATASET_CLASSES, labelled_list, pretraining_list,  # noqa: F401
                    read_list)  # (re-exported for the entry points and tests)
+from rendering import paste_objects, plan_clip, render_clip
 from utils import IMAGENET_MEAN, normalize_video, settled
 from video_io import (DECODERS, VideoDecodeError, check_backend, dense_indices, list_images,
                       read_clip, read_image, segment_indices)
-from video_transforms import (multi_scale_crop, random_resized_crop, resize_short_side,
-                              same_ops_per_frame, to_tensor, view_crop)
+from video_transforms import (random_resized_crop, resize_short_side, same_ops_per_frame,
+                              to_tensor, view_crop)
 
 log = logging.getLogger("smile")
 
@@ -42,8 +44,10 @@ def add_args(parser):
     group.add_argument("--input_size", type=int, default=224)
     group.add_argument("--patch_size", type=int, default=16, help="spatial token side (pixels)")
     group.add_argument("--tubelet_size", type=int, default=2, help="frames per token")
-    group.add_argument("--video_backend", default="decord", choices=tuple(DECODERS),
-                       help="torchcodec needs `pip install torchcodec` and FFmpeg libraries")
+    group.add_argument("--video_backend", default="pyav", choices=tuple(DECODERS),
+                       help="pyav seeks and skips the frames it does not keep (README: How "
+                            "fast); decord; torchcodec needs `pip install torchcodec` and "
+                            "FFmpeg's libraries")
     group.add_argument("--max_bad_fraction", type=float, default=0.05,
                        help="stop when more than this fraction of samples cannot be read")
     group.add_argument("--max_retries", type=int, default=10,
@@ -65,6 +69,10 @@ def add_pretraining_args(parser):
                        help="clips cut from each decoded video, each with its own crop, "
                             "infusion and mask, in the same batch (MAE-ST's repeat_aug); "
                             "--batch_size and an epoch still count clips")
+    group.add_argument("--augment_on", default="workers", choices=("workers", "device"),
+                       help="where the pixel work (crop and resize, the objects' warps and "
+                            "compositing) happens: the loader's workers, or batched on the "
+                            "training device (the workers then decode and draw only)")
     return parser
 
 
@@ -89,11 +97,11 @@ def add_finetune_args(parser):
 
 
 def implied_by_stage(args, stage):
-    """--mask_type and --infusion_prob where they were left unset (the one place their
-    defaults live): stage 1 trajectory masks on infused clips, stage 2 tube masks on original
-    ones; --training_mode mixed infuses half of its clips."""
+    """--mask_type and --infusion_prob where they were left unset: stage 1 trajectory masks on
+    infused clips, stage 2 tube masks on original ones; --training_mode mixed infuses half of
+    its clips."""
     mixed = getattr(args, "training_mode", None) == "mixed"
-    implied = dict(mask_type="trajectory" if stage == 1 else "tube",
+    implied = dict(mask_type=masking_generator.stage_mask_type(stage),
                    infusion_prob=0.5 if mixed else float(stage == 1))
     return {key: value for key, value in implied.items() if getattr(args, key) is None}
 
@@ -102,7 +110,7 @@ def data_settings(stage=1, **values):
     """The pretraining data flags' defaults with `values` over them, and what `stage` implies:
     what tools, benchmarks and tests build a PretrainingDataset from."""
     parser = argparse.ArgumentParser()
-    for add in (add_args, add_pretraining_args, motion_infusion.add_args,
+    for add in (add_args, add_pretraining_args, motion_infusion.add_args, object_banks.add_args,
                 masking_generator.add_args):
         add(parser)
     args = settled(parser.parse_args([]), **values)
@@ -111,8 +119,8 @@ def data_settings(stage=1, **values):
 
 def check_args(args, pretraining=True):
     """Raise ValueError (one line) for data settings that cannot work."""
-    grid = masking_generator.token_grid(args.num_frames, args.input_size, args.patch_size,
-                                        args.tubelet_size)
+    masking_generator.token_grid(args.num_frames, args.input_size, args.patch_size,
+                                 args.tubelet_size)
     if args.sampling_rate < 1:
         raise ValueError(f"--sampling_rate must be >= 1 (frames between samples), got "
                          f"{args.sampling_rate}: 0 would repeat one frame, < 0 reverse time")
@@ -121,18 +129,12 @@ def check_args(args, pretraining=True):
         raise ValueError("--max_bad_fraction must be in [0, 1) and --max_retries >= 1")
     if not pretraining:
         return
-    if not 0 < args.mask_ratio < 1:
-        raise ValueError(f"--mask_ratio must be in (0, 1), got {args.mask_ratio}")
-    cells = grid[1] * grid[2]
-    if not 0 < int(args.mask_ratio * cells) < cells:
-        raise ValueError(f"--mask_ratio {args.mask_ratio} masks {int(args.mask_ratio * cells)} "
-                         f"of the {cells} cells of a {grid[1]}x{grid[2]} slice; the student "
-                         "needs some masked and some visible: raise it or --input_size")
-    if not 0 <= args.traj_unmask_ratio <= 1:
-        raise ValueError(f"--traj_unmask_ratio must be in [0, 1], got {args.traj_unmask_ratio}")
+    masking_generator.check_args(args)
     if args.infusion_prob is not None and not 0 <= args.infusion_prob <= 1:
         raise ValueError(f"--infusion_prob must be in [0, 1], got {args.infusion_prob}")
-    for flag in ("num_masks_per_clip", "repeated_sampling", "num_objects"):
+    if args.object_cache_mb < 0:
+        raise ValueError(f"--object_cache_mb must be >= 0, got {args.object_cache_mb}")
+    for flag in ("repeated_sampling", "num_objects"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.background in ("video", "frame") and not args.data_path:
@@ -201,8 +203,24 @@ class _RetryingDataset(Dataset):
                         f"them known bad from earlier); last: {'; '.join(failed) or 'none'}")
 
 
+def frame_step(entries, sampling_rate):
+    """--sampling_rate counted in the list's own frames: the videos of a list prepared with
+    --stride s keep one frame in s, so the same real-time stride is sampling_rate / s."""
+    stride = getattr(entries, "frame_stride", 1)
+    if sampling_rate % stride:
+        raise UsageError(f"--sampling_rate {sampling_rate} is not a multiple of the frame stride "
+                         f"{stride} of {entries.path} (its videos keep one frame in {stride}: "
+                         "tools/prepare_videos.py --stride): use a multiple of it, or a list "
+                         "prepared with a stride that divides --sampling_rate")
+    return sampling_rate // stride
+
+
 class PretrainingDataset(_RetryingDataset):
-    """Clips for SMILE pretraining from a video list or a synthetic background."""
+    """Clips for SMILE pretraining from a video list or a synthetic background.
+
+    A sample is ([R clips], masks [R, N] or [R, K, N], object tokens [R, N], attempts) for
+    --repeated_sampling R: each clip is uint8 [T, S, S, 3] (channels last, as decoded), or with
+    --augment_on device its rendering.ClipPlan (the training device draws it)."""
 
     def __init__(self, args, entries, infuser, mask_generator):
         super().__init__(args.seed, args.max_retries)
@@ -211,6 +229,7 @@ class PretrainingDataset(_RetryingDataset):
         self.images = list_images(args.background_path) if args.background == "image" else None
         self.file_paths = [p for p, _ in entries] if entries else self.images or []
         self.list_digest = getattr(entries, "digest", None)  # what a resume compares
+        self.step = frame_step(entries, args.sampling_rate) if entries else 1
 
     def __len__(self):  # synthetic backgrounds have no files behind their samples
         return len(self.file_paths) or self.args.num_synthetic_clips
@@ -224,49 +243,46 @@ class PretrainingDataset(_RetryingDataset):
         if a.background in ("black", "noise"):
             return None
         return self.read(self.entries[index][0],
-                         lambda n: dense_indices(n, a.num_frames, a.sampling_rate, rng))
+                         lambda n: dense_indices(n, a.num_frames, self.step, rng))
 
-    def background(self, decoded, rng):
-        """uint8 [T, S, S, 3] after crop and resize, before infusion."""
+    def plan(self, decoded, rng):
+        """One clip's draws (rendering.ClipPlan) and its mask(s): (plan, masks [N] or [K, N],
+        object tokens [N])."""
         a = self.args
-        frames = None if decoded is None else multi_scale_crop(decoded, a.input_size, rng)
-        if a.background == "video":
-            return frames
-        return motion_infusion.still_background(a.background, a.num_frames, a.input_size, rng,
-                                                frames)
-
-    def stages(self, index, rng):
-        """Every intermediate of one sample's first clip (for pictures)."""
-        return self.clip(self.decode(index, rng), rng)
-
-    def clip(self, decoded, rng):
-        """One clip cut from the decoded frames: its own crop, infusion and mask(s)."""
-        a = self.args
-        original = self.background(decoded, rng)
-        infused, objects = original, None
+        plan = plan_clip(decoded, a.background, self.infuser, a.infusion_prob, a.num_frames,
+                         a.input_size, rng)
         object_tokens = np.zeros(int(np.prod(self.grid)), dtype=bool)
-        if rng.uniform() < a.infusion_prob:
-            infused, objects = self.infuser(original, rng)
+        if plan.objects:
+            objects = motion_infusion.infused_objects(plan.objects, a.num_frames, a.input_size,
+                                                      a.input_size, a.traj_region == "footprint")
             object_tokens = masking_generator.object_tokens(objects, a.traj_region, self.grid,
                                                             a.patch_size, a.tubelet_size)
         masks = [self.mask_generator(rng, object_tokens) for _ in range(a.num_masks_per_clip)]
-        mask = masks[0] if len(masks) == 1 else np.stack(masks)  # [N] or [K, N]
-        return dict(original=original, infused=infused, objects=objects, mask=mask,
-                    object_tokens=object_tokens)
+        return plan, masks[0] if len(masks) == 1 else np.stack(masks), object_tokens
+
+    def stages(self, index, rng):
+        """Every intermediate of one sample's first clip (for pictures)."""
+        a = self.args
+        plan, mask, object_tokens = self.plan(self.decode(index, rng), rng)
+        original = render_clip(plan, objects=False)
+        objects = motion_infusion.infused_objects(plan.objects, a.num_frames, a.input_size,
+                                                  a.input_size) if plan.objects else None
+        return dict(original=original, infused=paste_objects(original.copy(), plan.objects),
+                    objects=objects, mask=mask, object_tokens=object_tokens)
 
     def clips(self, index, rng):
-        """--repeated_sampling R clips from one decode (MAE-ST's repeat_aug)."""
+        """--repeated_sampling R clips from one decode (MAE-ST's repeat_aug), each with its own
+        crop, objects and mask(s); rendered here unless the device renders them."""
         decoded = self.decode(index, rng)
-        return [self.clip(decoded, rng) for _ in range(self.args.repeated_sampling)]
+        planned = [self.plan(decoded, rng) for _ in range(self.args.repeated_sampling)]
+        on_device = self.args.augment_on == "device"
+        return ([plan if on_device else render_clip(plan) for plan, _, _ in planned],
+                np.stack([mask for _, mask, _ in planned]),
+                np.stack([tokens for _, _, tokens in planned]))
 
     def __getitem__(self, index):
-        """(clip, mask, object_tokens, attempts); with R > 1 each field has R rows."""
-        clips, attempts = self.retrying(index, self.clips)
-        fields = [(to_tensor(c["infused"]), torch.from_numpy(c["mask"]),
-                   torch.from_numpy(c["object_tokens"])) for c in clips]
-        if len(fields) == 1:
-            return (*fields[0], attempts)
-        return (*(torch.stack(field) for field in zip(*fields)), attempts)
+        (clips, masks, object_tokens), attempts = self.retrying(index, self.clips)
+        return clips, masks, object_tokens, attempts
 
 
 class VideoClsDataset(_RetryingDataset):
@@ -287,6 +303,7 @@ class VideoClsDataset(_RetryingDataset):
         self.list_digest = getattr(entries, "digest", None)  # what a resume compares
         self.args, self.entries, self.mode = args, entries, mode
         self.segment_sampling, self.flip = segment_sampling, flip
+        self.step = frame_step(entries, args.sampling_rate)
         self.num_segments, self.num_crops = (1, 1) if mode != "test" else views or (
             args.test_num_segment, args.test_num_crop)
         self.rand_augment = self.random_erasing = None
@@ -308,7 +325,7 @@ class VideoClsDataset(_RetryingDataset):
         a = self.args
         if self.segment_sampling:
             return lambda n: segment_indices(n, a.num_frames, rng, view, num_views)
-        return lambda n: dense_indices(n, a.num_frames, a.sampling_rate, rng, view, num_views)
+        return lambda n: dense_indices(n, a.num_frames, self.step, rng, view, num_views)
 
     def load_train(self, index, rng):
         path, label = self.entries[index]
@@ -354,7 +371,10 @@ def build_pretraining_dataset(args):
     if args.background in ("video", "frame"):
         entries = read_list(pretraining_list(args.data_path), args.data_root,
                             require_label=False)
-    objects = motion_infusion.build_object_bank(args.objects_path, args.object_list, log.info)
+    objects = object_banks.build_object_bank(
+        args.objects_path, args.object_list, log.info,
+        max_side=motion_infusion.largest_side(args.num_frames, args.input_size),
+        cache_mb=args.object_cache_mb)
     infuser = motion_infusion.MotionInfuser(objects, args.num_objects, args.object_fit)
     return PretrainingDataset(args, entries, infuser, masking_generator.build_mask_generator(
         grid, args.mask_type, args.mask_ratio, args.traj_unmask_ratio))

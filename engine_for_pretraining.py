@@ -44,7 +44,7 @@ def train_loss(model, batch, targets, device, precision):
     reads the device back. With K masks per clip (batch.visible [B, K, N_visible]) the targets
     are made once per clip and the student runs once per (clip, mask) pair. The loss is the
     sum of the targets' weighted MSEs over the masked tokens, each on its own student head."""
-    raw = batch.video.to(device, non_blocking=True)  # uint8: each target normalises it itself
+    raw = batch.video_on(device)  # uint8 [B, 3, T, H, W]: each target normalises it itself
     video = normalize_video(raw)  # the student's input
     masks_per_clip = batch.visible.shape[1] if batch.visible.dim() == 3 else 0
     visible, masked = (idx.to(device, non_blocking=True).flatten(0, -2)  # (clip, mask) pairs

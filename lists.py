@@ -21,11 +21,12 @@ def pretraining_list(data_path):
 
 
 def parse_line(line, require_label=True):
-    """One list line -> (path, label), or None for a blank line or a CSV header. Accepted:
-    VideoMAE's 'PATH LABEL' (paths may hold spaces; the label is the last field) and CSV
-    'PATH,LABEL'; without require_label a bare path (label -1). Raises ValueError."""
+    """One list line -> (path, label), or None for a blank line, a '#' line or a CSV header.
+    Accepted: VideoMAE's 'PATH LABEL' (paths may hold spaces; the label is the last field) and
+    CSV 'PATH,LABEL'; without require_label a bare path (label -1). Raises ValueError."""
     line = line.strip()
-    if not line or line.lower().replace(" ", "") in ("path,label", "pathlabel", "path"):
+    if not line or line[0] == "#" or line.lower().replace(" ", "") in ("path,label", "pathlabel",
+                                                                       "path"):
         return None
     for parts in (line.rsplit(",", 1), line.rsplit(maxsplit=1)):
         if len(parts) == 2 and parts[1].strip().lstrip("-").isdigit():
@@ -38,10 +39,12 @@ def parse_line(line, require_label=True):
 
 class AnnotationList(list):
     """[(path, label)] as read, and `digest`: a hash of the entries as written in the list
-    (paths before resolving, labels, order), so the same list moved elsewhere keeps it and any
-    other list (other files, order or length) does not: what a resumed run compares."""
+    (paths before resolving, labels, order, the frame stride), so the same list moved
+    elsewhere keeps it and any other list (other files, order or length) does not: what a
+    resumed run compares. `frame_stride`: the videos keep one frame in N of their sources (a
+    `# frame_stride N` line, written by tools/prepare_videos.py --stride N); `path`: the list."""
 
-    digest = None
+    digest, frame_stride, path = None, 1, None
 
 
 def read_list(path, root="", require_label=True):
@@ -55,6 +58,13 @@ def read_list(path, root="", require_label=True):
     entries, digest = AnnotationList(), hashlib.sha256()
     with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, start=1):
+            if line.startswith("#"):  # a comment, or the one setting a list carries
+                if (words := line.split())[1:2] == ["frame_stride"]:
+                    if len(words) != 3 or not words[2].isdigit() or int(words[2]) < 1:
+                        raise UsageError(f"{path}:{lineno}: expected '# frame_stride N', N >= 1")
+                    entries.frame_stride = int(words[2])
+                    digest.update(line.strip().encode())
+                continue
             try:
                 entry = parse_line(line, require_label)
             except ValueError as err:
@@ -72,7 +82,7 @@ def read_list(path, root="", require_label=True):
             digest.update(f"{entry[0]}\t{entry[1]}\n".encode())
     if not entries:
         raise UsageError(f"annotation list {path} has no entries")
-    entries.digest = digest.hexdigest()[:16]
+    entries.digest, entries.path = digest.hexdigest()[:16], path
     return entries
 
 

@@ -34,6 +34,27 @@ def add_args(parser):
     return parser
 
 
+def stage_mask_type(stage):
+    """What --mask_type means when left unset: trajectory masks in stage 1 (infused clips),
+    tube masks in stage 2."""
+    return "trajectory" if stage == 1 else "tube"
+
+
+def check_args(args):
+    """ValueError (one line) for masking flags that cannot work, before anything is built."""
+    _, h, w = token_grid(args.num_frames, args.input_size, args.patch_size, args.tubelet_size)
+    if not 0 < args.mask_ratio < 1:
+        raise ValueError(f"--mask_ratio must be in (0, 1), got {args.mask_ratio}")
+    if not 0 < int(args.mask_ratio * h * w) < h * w:
+        raise ValueError(f"--mask_ratio {args.mask_ratio} masks {int(args.mask_ratio * h * w)} "
+                         f"of the {h * w} cells of a {h}x{w} slice; the student needs some "
+                         "masked and some visible: raise it or --input_size")
+    if not 0 <= args.traj_unmask_ratio <= 1:
+        raise ValueError(f"--traj_unmask_ratio must be in [0, 1], got {args.traj_unmask_ratio}")
+    if args.num_masks_per_clip < 1:
+        raise ValueError(f"--num_masks_per_clip must be >= 1, got {args.num_masks_per_clip}")
+
+
 def token_grid(num_frames, input_size, patch_size, tubelet_size):
     """(T', H', W') for a clip, or ValueError naming the number that does not divide."""
     if num_frames % tubelet_size:
@@ -53,7 +74,11 @@ def mask_indices(mask):
     selects tokens by index and never reads a mask back from the device to size its outputs,
     as boolean indexing would at every step."""
     mask = np.asarray(mask)
-    num_masked = int(np.count_nonzero(mask.reshape(-1, mask.shape[-1])[0]))
+    counts = np.count_nonzero(mask.reshape(-1, mask.shape[-1]), axis=1)
+    if (counts != counts[0]).any():  # the indices would silently mix masked and visible
+        raise ValueError(f"masks of one batch mask {counts.min()} to {counts.max()} tokens; "
+                         "every mask must mask the same number")
+    num_masked = int(counts[0])
     order = np.argsort(mask, axis=-1, kind="stable")  # visible first
     split = mask.shape[-1] - num_masked
     return order[..., :split].astype(np.int64), order[..., split:].astype(np.int64)
@@ -181,6 +206,9 @@ def object_tokens(objects, region, grid, patch_size, tubelet_size):
 
 
 def build_mask_generator(grid, mask_type, mask_ratio, traj_unmask_ratio):
-    if MASK_TYPE_ALIASES.get(mask_type, mask_type) == "tube":
+    mask_type = MASK_TYPE_ALIASES.get(mask_type, mask_type)
+    if mask_type == "tube":
         return TubeMaskingGenerator(grid, mask_ratio)
-    return TrajectoryMaskingGenerator(grid, mask_ratio, traj_unmask_ratio)
+    if mask_type == "trajectory":
+        return TrajectoryMaskingGenerator(grid, mask_ratio, traj_unmask_ratio)
+    raise ValueError(f"unknown mask type {mask_type!r}; choose from {MASK_TYPES}")

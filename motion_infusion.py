@@ -5,16 +5,12 @@ resize and returns new frames with `num_objects` RGBA objects moving along smoot
 growing/shrinking and rotating between keyframes, plus an `InfusedObjects` record of where each
 object is. Knows pixels only: no patch size, tokens or masks.
 """
-import glob
-import os
-from concurrent.futures import ThreadPoolExecutor
+import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
-
-from errors import BadInputError
 
 # Anchor boxes of the released generator, in pixels for a 224 input (scaled with the input).
 ANCHOR_SIZES = (32, 48, 56, 64, 96, 128)
@@ -32,12 +28,6 @@ BACKGROUNDS = ("video", "frame", "image", "black", "noise")
 
 def add_args(parser):
     group = parser.add_argument_group("motion infusion")
-    group.add_argument("--objects_path", default=None,
-                       help="folder of RGBA objects laid out <category>/<instance>.png (e.g. the "
-                            "PIN synthetic objects); without it, procedural textured shapes")
-    group.add_argument("--object_list", default=None,
-                       help="list of object PNGs relative to --objects_path, one per line "
-                            "(annotation_files/object_instances.txt format); default: scan")
     group.add_argument("--num_objects", type=int, default=2, help="objects pasted per clip")
     group.add_argument("--infusion_prob", type=float, default=None,
                        help="probability that a clip is motion-infused (default: the stage's, "
@@ -53,142 +43,14 @@ class InfusedObjects:
     """Where the pasted objects are, per object k and frame t.
 
     boxes: float32 [K, T, 4] unrotated box (x0, y0, x1, y1) in pixels, may extend past the frame.
-    footprint: bool [K, T, H, W], pixels where the object's alpha is visible (rotation-aware).
+    footprint: bool [K, T, H, W], pixels where the object's alpha is visible (rotation-aware),
+    or None where nothing asked for it.
     angles: float32 [K, T] degrees; scales: float32 [K, T, 2] (w, h) factors vs. the first frame.
     """
     boxes: np.ndarray
     footprint: np.ndarray
     angles: np.ndarray
     scales: np.ndarray
-
-
-class ObjectImageError(BadInputError):
-    """An object PNG that cannot be used (unreadable, no alpha, empty alpha)."""
-
-
-def crop_to_alpha(rgba):
-    """Tight crop around alpha > 0, so box sizes refer to the object, not its padding."""
-    ys, xs = np.nonzero(rgba[..., 3])
-    if len(ys) == 0:
-        return None
-    return rgba[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-
-
-class FolderObjectBank:
-    """RGBA PNGs under `root/<category>/<instance>.png` (nested category folders too, any
-    case of `.png`), sampled uniformly over instances.
-
-    Every file is checked when the bank is built (threads; a progress line for large banks):
-    an unreadable, alpha-less or all-transparent one is named once and left out, instead of
-    discarding clips mid-run."""
-
-    def __init__(self, root, list_file=None, log=print, threads=8):
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"--objects_path {root} is not a folder")
-        if list_file:
-            with open(list_file, encoding="utf-8") as f:
-                paths = [os.path.join(root, line.strip()) for line in f if line.strip()]
-        else:
-            paths = sorted(p for p in glob.glob(os.path.join(root, "**", "*"), recursive=True)
-                           if p.lower().endswith(".png") and os.path.dirname(p) != root)
-        if not paths:
-            raise FileNotFoundError(f"no objects under {root}: expected RGBA PNGs laid out "
-                                    "<category>/<instance>.png")
-        self.paths, bad = [], []
-        with ThreadPoolExecutor(threads) as pool:  # cv2 decodes outside the GIL
-            for i, (path, reason) in enumerate(pool.map(self.check, paths), 1):
-                (bad.append((path, reason)) if reason else self.paths.append(path))
-                if len(paths) >= 5000 and (i % 5000 == 0 or i == len(paths)):
-                    log(f"objects: {i}/{len(paths)} checked, {len(bad)} unusable")
-        for path, reason in bad:
-            log(f"object left out: {path} ({reason})")
-        if not self.paths:
-            raise FileNotFoundError(f"none of the {len(paths)} images under {root} is a usable "
-                                    f"object (e.g. {bad[0][0]}: {bad[0][1]})")
-
-    @classmethod
-    def check(cls, path):
-        try:
-            cls.load(path)
-            return path, ""
-        except ObjectImageError as err:
-            return path, err.reason
-
-    def __len__(self):
-        return len(self.paths)
-
-    @staticmethod
-    def load(path):
-        image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise ObjectImageError(path, "missing or not a readable image")
-        if image.ndim != 3 or image.shape[2] != 4:
-            raise ObjectImageError(path, "has no alpha channel; objects must be RGBA PNGs "
-                                         "whose alpha marks the object")
-        if image.dtype == np.uint16:
-            image = (image >> 8).astype(np.uint8)
-        rgba = crop_to_alpha(cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA))
-        if rgba is None:
-            raise ObjectImageError(path, "alpha is zero everywhere")
-        return rgba
-
-    def sample(self, rng):
-        return self.load(self.paths[rng.integers(len(self.paths))])
-
-
-class ProceduralObjectBank:
-    """Textured random shapes with soft alpha, so nothing has to be downloaded.
-
-    Like a folder of `num_instances` PNGs: instance i is always the same shape (drawn from
-    seed i), made on first use and kept, so sampling costs what reading a cached file would.
-    """
-
-    def __init__(self, num_instances=1000):
-        self.num_instances = num_instances
-        self.cache = {}
-
-    def __len__(self):
-        return self.num_instances
-
-    def sample(self, rng):
-        i = int(rng.integers(self.num_instances))
-        if i not in self.cache:
-            self.cache[i] = self.draw(np.random.default_rng(i))
-        return self.cache[i]
-
-    @staticmethod
-    def draw(rng):
-        h, w = (int(v) for v in rng.integers(64, 161, size=2))
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        c0, c1 = rng.integers(0, 256, size=(2, 3)).astype(np.float32)
-        theta = rng.uniform(0, np.pi)
-        ramp = (xx * np.cos(theta) + yy * np.sin(theta)) / (h + w)
-        stripes = 0.5 + 0.5 * np.sin(ramp * rng.uniform(10, 60))
-        ramp = (ramp - ramp.min()) / max(ramp.max() - ramp.min(), 1e-6)
-        mix = np.clip(0.6 * ramp + 0.4 * stripes, 0, 1)[..., None]
-        rgb = c0 * (1 - mix) + c1 * mix + rng.normal(0, 8, size=(h, w, 3))
-
-        alpha = np.zeros((h, w), np.uint8)
-        shape = rng.integers(3)
-        if shape:
-            n = int(rng.integers(3, 9))
-            # evenly spread vertices, jittered: never a sliver
-            angles = (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * (2 * np.pi / n)
-            # shape 1: polygon on an ellipse; shape 2: star-like, radius varies per vertex
-            radius = rng.uniform(0.35, 1.0, n) if shape == 2 else np.ones(n)
-            pts = np.stack([w / 2 + (w / 2 - 2) * radius * np.cos(angles),
-                            h / 2 + (h / 2 - 2) * radius * np.sin(angles)], axis=1)
-            cv2.fillPoly(alpha, [pts.astype(np.int32)], 255)
-        if not alpha.any():  # shape 0, or a degenerate polygon: an ellipse
-            cv2.ellipse(alpha, (w // 2, h // 2), (w // 2 - 2, h // 2 - 2), 0, 0, 360, 255, -1)
-        alpha = cv2.GaussianBlur(alpha, (3, 3), 0)  # soft edge, like a matted object
-        return crop_to_alpha(np.dstack([np.clip(rgb, 0, 255).astype(np.uint8), alpha]))
-
-
-def build_object_bank(objects_path, object_list, log=print):
-    if objects_path:
-        return FolderObjectBank(objects_path, object_list, log)
-    return ProceduralObjectBank()
 
 
 def sample_box_size(rng, size_scale):
@@ -251,41 +113,47 @@ def keyframed_motion(rng, num_frames):
     return scales, angles
 
 
-def prepare_object(rgba, max_size):
-    """uint8 RGBA ready for per-frame warping, with a transparent border of PAD pixels.
+def prepare_object(premultiplied, max_size):
+    """Premultiplied uint8 RGBA (an object bank's) -> straight uint8 RGBA ready for per-frame
+    warping, with a transparent border of PAD pixels.
 
     Shrinks once (area filter) to the largest size the clip needs, so the per-frame warp only
     resamples near scale 1 and never aliases. Resizing happens on premultiplied colour, and the
     colour of transparent pixels next to the object is filled from their neighbours: bilinear
     warping then never mixes in the (often black or white) colour hidden under alpha 0.
     """
-    alpha = rgba[..., 3:].astype(np.float32) * (1.0 / 255)
-    premul = np.dstack([rgba[..., :3] * alpha, alpha])
-    target = (min(int(max_size[0]), rgba.shape[1]), min(int(max_size[1]), rgba.shape[0]))
-    if target != (rgba.shape[1], rgba.shape[0]):
+    premul, height, width = premultiplied, *premultiplied.shape[:2]
+    target = (min(int(max_size[0]), width), min(int(max_size[1]), height))
+    if target != (width, height):
         premul = cv2.resize(premul, (max(target[0], 1), max(target[1], 1)),
                             interpolation=cv2.INTER_AREA)
-    alpha = premul[..., 3:]
-    color = premul[..., :3] / np.maximum(alpha, 1e-6)
-    near = cv2.blur(premul, (3, 3))
-    fill = near[..., :3] / np.maximum(near[..., 3:], 1e-6)
-    color = np.where(alpha > 0, color, fill)
+    premul = premul.astype(np.float32)
+    # a pixel's own colour where it is visible, else its neighbours' (alpha-weighted)
+    source = np.where(premul[..., 3:] > 0, premul, cv2.blur(premul, (3, 3)))
+    color = source[..., :3] * (255 / np.maximum(source[..., 3:], 1e-3))
     # a transparent ring carrying the edge colour: the warp samples it instead of the black
     # border it would otherwise invent outside the image
     color = cv2.copyMakeBorder(color, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE)
-    alpha = cv2.copyMakeBorder(alpha, PAD, PAD, PAD, PAD, cv2.BORDER_CONSTANT, value=0)
-    out = np.dstack([color, alpha * 255])
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    alpha = cv2.copyMakeBorder(premul[..., 3], PAD, PAD, PAD, PAD, cv2.BORDER_CONSTANT, value=0)
+    return cv2.convertScaleAbs(cv2.merge([color, alpha]))  # rounded, saturated to uint8
+
+
+def largest_side(num_frames, size):
+    """The longest side (pixels) any object can be pasted at: the largest anchor at the most
+    elongated ratio, full side jitter and the most growth keyframes allow over the clip
+    (object banks shrink their objects to it once; prepare_object then never enlarges)."""
+    longest = max(ANCHOR_SIZES) * size / REFERENCE_SIZE * math.sqrt(
+        max(max(ANCHOR_RATIOS), 1 / min(ANCHOR_RATIOS)))
+    return math.ceil(longest * math.exp(SIDE_JITTER + SCALE_RATE * (num_frames - 1))) + 2
 
 
 def placements(object_shape, centers, sizes, angles, height, width):
     """Per frame, the affine map from object pixels to frame pixels and the frame ROI it covers.
 
     The object (h, w, without its PAD border) is scaled to `sizes` [T, 2] (w, h), rotated by
-    `angles` [T] degrees
-    (counter-clockwise on screen, as cv2.getRotationMatrix2D) about its centre and centred at
-    `centers` [T, 2]. Returns matrices [T, 2, 3] in ROI coordinates and ROIs [T, 4]
-    (x0, y0, x1, y1), empty where the object is entirely outside the frame.
+    `angles` [T] degrees (counter-clockwise on screen, as cv2.getRotationMatrix2D) about its
+    centre and centred at `centers` [T, 2]. Returns matrices [T, 2, 3] (pixel indices, cv2's
+    convention) and ROIs [T, 4] (x0, y0, x1, y1), empty where the object is outside the frame.
     """
     oh, ow = object_shape[:2]
     rad = np.deg2rad(angles)
@@ -298,26 +166,68 @@ def placements(object_shape, centers, sizes, angles, height, width):
     lo = np.maximum(np.floor(corners.min(axis=1)).astype(int), 0)
     hi = np.minimum(np.ceil(corners.max(axis=1)).astype(int) + 1, (width, height))
     # source pixel u has its centre at u + 0.5; cv2 maps pixel indices, so shift by half a pixel
-    offset = shift - lo + linear @ np.array([0.5, 0.5]) - 0.5
+    offset = shift + linear @ np.array([0.5, 0.5]) - 0.5
     return np.concatenate([linear, offset[..., None]], axis=2), np.concatenate([lo, hi], axis=1)
 
 
-def paste(frame, rgba, matrix, roi):
-    """Alpha-composite uint8 RGBA `rgba` into uint8 `frame` in place at `roi` (x0, y0, x1, y1)
-    through `matrix`; returns the bool footprint (alpha > 0) inside the ROI."""
+def warp(image, matrix, roi):
+    """cv2.warpAffine of `image` through `matrix` (object -> frame pixels), the ROI only."""
     x0, y0, x1, y1 = roi
-    warped = cv2.warpAffine(rgba, matrix, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    alpha = warped[..., 3].astype(np.float32) * (1.0 / 255)
-    region = frame[y0:y1, x0:x1]
-    # out = frame * (1 - a) + rgb * a, computed in float and rounded once (no uint8 truncation)
-    region[...] = cv2.blendLinear(region, cv2.cvtColor(warped, cv2.COLOR_RGBA2RGB), 1 - alpha,
-                                  alpha)
-    return warped[..., 3] > 0
+    return cv2.warpAffine(image, matrix - np.array([[0, 0, x0], [0, 0, y0]]), (x1 - x0, y1 - y0),
+                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+@dataclass
+class ObjectPlan:
+    """One object's motion through a clip, drawn and not yet pasted: its prepared RGBA
+    (prepare_object), per frame t the map object -> frame pixels `matrices[t]` [2, 3] and the
+    ROI it covers `rois[t]` (x0, y0, x1, y1), and what InfusedObjects records."""
+    rgba: np.ndarray
+    matrices: np.ndarray
+    rois: np.ndarray
+    boxes: np.ndarray
+    angles: np.ndarray
+    scales: np.ndarray
+
+
+def paste_objects(frames, plans):
+    """Alpha-composite each plan's object into uint8 frames [T, H, W, 3], in place and in
+    plan order: out = frame * (1 - a) + rgb * a, computed in float and rounded once (no uint8
+    truncation: 255 over 255 stays 255)."""
+    for plan in plans:
+        for t, roi in enumerate(plan.rois.tolist()):
+            if roi[0] < roi[2] and roi[1] < roi[3]:
+                warped = warp(plan.rgba, plan.matrices[t], roi)
+                alpha = warped[..., 3].astype(np.float32) * (1 / 255)
+                region = frames[t, roi[1]:roi[3], roi[0]:roi[2]]
+                region[...] = cv2.blendLinear(region, cv2.cvtColor(warped, cv2.COLOR_RGBA2RGB),
+                                              1 - alpha, alpha)
+    return frames
+
+
+def footprints(plans, num_frames, height, width):
+    """bool [K, T, H, W], the pixels where each object's alpha is visible (rotation-aware):
+    made only where something reads it (--traj_region footprint, pictures, tests)."""
+    out = np.zeros((len(plans), num_frames, height, width), bool)
+    for k, plan in enumerate(plans):
+        for t, (x0, y0, x1, y1) in enumerate(plan.rois.tolist()):
+            if x0 < x1 and y0 < y1:
+                out[k, t, y0:y1, x0:x1] = warp(plan.rgba[..., 3], plan.matrices[t],
+                                               (x0, y0, x1, y1)) > 0
+    return out
+
+
+def infused_objects(plans, num_frames, height, width, footprint=True):
+    """The InfusedObjects record of planned objects (footprint None unless asked for)."""
+    return InfusedObjects(
+        boxes=np.stack([p.boxes for p in plans]), angles=np.stack([p.angles for p in plans]),
+        scales=np.stack([p.scales for p in plans]),
+        footprint=footprints(plans, num_frames, height, width) if footprint else None)
 
 
 class MotionInfuser:
-    """Pastes `num_objects` moving objects into a clip; `fit` is 'contain' or 'stretch'."""
+    """Pastes `num_objects` moving objects into a clip; `fit` is 'contain' or 'stretch'.
+    `object_bank.sample(rng)` -> a premultiplied uint8 RGBA object (object_banks.py)."""
 
     def __init__(self, object_bank, num_objects, fit="contain"):
         if num_objects < 1:
@@ -334,43 +244,33 @@ class MotionInfuser:
         scales, angles = keyframed_motion(rng, num_frames)
         sizes = scales * (box_w, box_h)
         rgba = prepare_object(rgba, np.ceil(sizes.max(axis=0)) + 1)
-        return rgba, centers, sizes, scales, angles
+        matrices, rois = placements(rgba.shape, centers, sizes, angles, height, width)
+        boxes = np.concatenate([centers - sizes / 2, centers + sizes / 2], axis=1)
+        return ObjectPlan(rgba, matrices, rois, boxes.astype(np.float32),
+                          angles.astype(np.float32), scales.astype(np.float32))
 
-    def __call__(self, frames, rng):
-        """frames: uint8 [T, H, W, 3] -> (uint8 [T, H, W, 3], InfusedObjects)."""
-        num_frames, height, width = frames.shape[:3]
+    def plan(self, rng, num_frames, height, width):
+        """Every draw of one clip's objects, in paste order: the larger object first, so the
+        smaller one stays visible on top."""
         plans = [self.plan_object(self.object_bank.sample(rng), rng, num_frames, height, width)
                  for _ in range(self.num_objects)]
-        # larger object first so the smaller one stays visible on top
-        plans.sort(key=lambda plan: -plan[2][0].prod())
-        out = np.array(frames, dtype=np.uint8, copy=True)
-        k = len(plans)
-        boxes = np.zeros((k, num_frames, 4), np.float32)
-        footprint = np.zeros((k, num_frames, height, width), bool)
-        for i, (rgba, centers, sizes, _, angles) in enumerate(plans):
-            boxes[i, :, :2] = centers - sizes / 2
-            boxes[i, :, 2:] = centers + sizes / 2
-            matrices, rois = placements(rgba.shape, centers, sizes, angles, height, width)
-            for t, (x0, y0, x1, y1) in enumerate(rois.tolist()):
-                if x0 < x1 and y0 < y1:
-                    footprint[i, t, y0:y1, x0:x1] = paste(out[t], rgba, matrices[t],
-                                                          (x0, y0, x1, y1))
-        objects = InfusedObjects(boxes=boxes, footprint=footprint,
-                                 angles=np.stack([p[4] for p in plans]).astype(np.float32),
-                                 scales=np.stack([p[3] for p in plans]).astype(np.float32))
-        return out, objects
+        return sorted(plans, key=lambda p: -np.prod(p.boxes[0, 2:] - p.boxes[0, :2]))
+
+    def __call__(self, frames, rng):
+        """frames: uint8 [T, H, W, 3] -> (new uint8 [T, H, W, 3], InfusedObjects)."""
+        plans = self.plan(rng, *frames.shape[:3])
+        out = paste_objects(np.array(frames, dtype=np.uint8, copy=True), plans)
+        return out, infused_objects(plans, *frames.shape[:3])
 
 
-def still_background(kind, num_frames, size, rng, frames=None):
-    """Backgrounds of paper Table 7 besides natural video, held still (the motion comes from
-    the objects): uint8 [T, size, size, 3]. frame: one random frame of `frames`; image: the
-    still image, given as `frames` of one; black: zeros; noise: one uniform-noise image."""
+def still_frame(kind, size, rng, frames=None):
+    """The still background of paper Table 7 besides natural video (the motion then comes from
+    the objects alone), uint8 [H, W, 3]: frame: one random frame of `frames`; image: the still
+    image, given as `frames` of one; black: zeros; noise: one uniform-noise image (size²)."""
     if kind in ("frame", "image"):
-        still = frames[rng.integers(len(frames))]
-    elif kind == "black":
-        still = np.zeros((size, size, 3), np.uint8)
-    elif kind == "noise":
-        still = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    else:
-        raise ValueError(f"unknown background {kind!r}; choose from {BACKGROUNDS}")
-    return np.repeat(still[None], num_frames, axis=0)
+        return frames[rng.integers(len(frames))]
+    if kind == "black":
+        return np.zeros((size, size, 3), np.uint8)
+    if kind == "noise":
+        return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    raise ValueError(f"unknown background {kind!r}; choose from {BACKGROUNDS}")

@@ -22,6 +22,7 @@ import distributed
 import masking_generator
 import modeling_pretrain
 import motion_infusion
+import object_banks
 import outputs
 import pictures
 import teachers
@@ -35,7 +36,7 @@ log = logging.getLogger("smile")
 
 def get_args_parser():
     parser = argparse.ArgumentParser("SMILE pretraining", description=__doc__)
-    for module in (datasets, motion_infusion, masking_generator, teachers):
+    for module in (datasets, motion_infusion, object_banks, masking_generator, teachers):
         module.add_args(parser)
     datasets.add_pretraining_args(parser)
     g = parser.add_argument_group("training")
@@ -98,10 +99,8 @@ def main(args):
     distributed.seed_everything(args.seed)  # same model init on every rank
 
     dataset = datasets.build_pretraining_dataset(args)
-    loader, sampler = distributed.train_loader(
-        dataset, args, dist_info, functools.partial(batches.collate_pretraining,
-                                                    repeats=args.repeated_sampling),
-        args.repeated_sampling)
+    loader, sampler = distributed.train_loader(dataset, args, dist_info,
+                                               batches.collate_pretraining, args.repeated_sampling)
     targets = teachers.build_targets(  # what the student regresses
         args.grid, target_type=args.target_type, patch_size=args.patch_size,
         tubelet_size=args.tubelet_size, target_norm=args.target_norm,

@@ -81,27 +81,57 @@ def decode_decord(path, choose_indices):
 
 
 def decode_pyav(path, choose_indices):
+    """PyAV, one thread. The demuxer's packets (read, not decoded) give every frame's
+    timestamp and the keyframes, so decoding starts at the keyframe before the first wanted
+    frame, skips the non-reference frames it will not keep and stops at the last wanted one.
+    A stream whose packets carry no usable timestamps is decoded from its start."""
     import av
     av.logging.set_level(av.logging.PANIC)
     with av.open(path) as container:
         if not container.streams.video:
             raise VideoDecodeError(path, "no video stream")
         stream = container.streams.video[0]
-        length = stream.frames
-        if length <= 0:  # header without a count: count packets, no decoding needed
-            length = sum(1 for packet in container.demux(stream) if packet.size)
-            container.seek(0)
-        indices = choose_indices(_length(path, length))
-        wanted, decoded = set(int(i) for i in indices), {}
-        for i, frame in enumerate(container.decode(stream)):
-            if i in wanted:
-                decoded[i] = frame.to_ndarray(format="rgb24")
-            if i >= max(wanted):
-                break
+        stream.codec_context.thread_count = 1
+        packets = [(packet.pts, packet.is_keyframe) for packet in container.demux(stream)
+                   if packet.size]
+        if 0 < len(packets) < stream.frames:
+            raise VideoDecodeError(path, f"truncated: {len(packets)} of {stream.frames} frames "
+                                         "in the file")
+        indices = choose_indices(_length(path, len(packets)))
+        wanted = set(int(i) for i in indices)
+        timestamps = sorted(pts for pts, _ in packets if pts is not None)
+        if len(set(timestamps)) == len(packets):
+            frame_at = {pts: i for i, pts in enumerate(timestamps)}
+            keys = [frame_at[pts] for pts, key in packets if key and frame_at[pts] <= min(wanted)]
+            container.seek(timestamps[max(keys, default=0)], stream=stream)
+            decoded = _decode_wanted(container, stream, wanted, frame_at.get)
+    if len(set(timestamps)) < len(packets):  # e.g. a raw H.264 stream, which cannot seek
+        with av.open(path) as container:
+            decoded = _decode_wanted(container, container.streams.video[0], wanted, None)
     if missing := wanted.difference(decoded):
-        raise VideoDecodeError(path, f"truncated: frame {min(missing)} of {length} could not "
-                                     "be decoded")
+        raise VideoDecodeError(path, f"truncated: frame {min(missing)} of {len(packets)} could "
+                                     "not be decoded")
     return np.stack([decoded[int(i)] for i in indices])
+
+
+def _decode_wanted(container, stream, wanted, frame_at):
+    """{frame index: RGB frame} of the wanted frames, decoding from where the container is;
+    frame_at(pts) -> index, or None to count frames from the stream's start."""
+    from av.video.reformatter import VideoReformatter
+    to_rgb = VideoReformatter()  # one for the video: frame.to_ndarray(format=) makes one a frame
+    codec, decoded, count, skipping = stream.codec_context, {}, 0, None
+    for packet in container.demux(stream):
+        if frame_at and packet.pts is not None:  # skip_frame is read per packet (one thread)
+            if skipping != (skip := frame_at(packet.pts) not in wanted):
+                codec.skip_frame, skipping = "NONREF" if skip else "DEFAULT", skip
+        for frame in codec.decode(packet):
+            i = frame_at(frame.pts) if frame_at else count
+            count += 1
+            if i in wanted:
+                decoded[i] = to_rgb.reformat(frame, format="rgb24").to_ndarray()
+        if len(decoded) == len(wanted):
+            break
+    return decoded
 
 
 def decode_torchcodec(path, choose_indices):
@@ -128,19 +158,23 @@ def check_backend(backend):
 def read_clip(path, backend, choose_indices):
     """uint8 [T, H, W, 3] of the frames `choose_indices(video_length)` picks.
 
-    A file decord cannot read (it rejects some valid streams, e.g. certain small frame sizes)
-    is tried once more with PyAV before it counts as bad (so is one torchcodec rejects)."""
+    A file one decoder cannot read is tried once more with another before it counts as bad:
+    decord rejects some valid streams (e.g. certain small frame sizes) that PyAV reads, PyAV
+    (or torchcodec) some that decord reads."""
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         raise VideoDecodeError(path, "empty file" if os.path.isfile(path) else "file not found")
     try:
         frames = decode(backend, path, choose_indices)
     except VideoDecodeError as err:
-        if backend == "pyav":
-            raise
+        second = "decord" if backend == "pyav" else "pyav"
         try:
-            frames = decode("pyav", path, choose_indices)
-        except VideoDecodeError as second:
-            raise VideoDecodeError(path, f"{err.reason}; {second.reason}") from err
+            check_backend(second)
+        except ValueError:
+            raise err from None  # e.g. no decord wheel for this machine
+        try:
+            frames = decode(second, path, choose_indices)
+        except VideoDecodeError as also:
+            raise VideoDecodeError(path, f"{err.reason}; {also.reason}") from err
     if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
         raise VideoDecodeError(path, f"decoded an unexpected array of shape {frames.shape}")
     return frames

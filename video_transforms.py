@@ -9,15 +9,19 @@ from PIL import Image
 MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
 
 
-def resize(frames, width, height):
-    return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)
-                     for f in frames])
+def resize(frames, width, height, out=None):
+    """Bilinear resize of every frame, written into `out` (uint8 [T, height, width, 3]) when
+    given: the clip's one copy between the decoder's frames and the batch."""
+    out = np.empty((len(frames), height, width, 3), np.uint8) if out is None else out
+    for frame, target in zip(frames, out):
+        cv2.resize(frame, (width, height), dst=target, interpolation=cv2.INTER_LINEAR)
+    return out
 
 
-def multi_scale_crop(frames, size, rng, scales=MULTI_SCALES, max_distort=1):
-    """VideoMAE/TSN GroupMultiScaleCrop: crop sides from `scales` x short side (aspect distorted
-    by at most `max_distort` scale steps) at one of 13 fixed positions, then resize to size²."""
-    height, width = frames.shape[1:3]
+def multi_scale_box(height, width, size, rng, scales=MULTI_SCALES, max_distort=1):
+    """VideoMAE/TSN GroupMultiScaleCrop's draw: crop sides from `scales` x short side (aspect
+    distorted by at most `max_distort` scale steps) at one of 13 fixed positions -> (x0, y0,
+    crop width, crop height), resized to size² by crop_resize."""
     base = min(height, width)
     sides = [size if abs(int(base * s) - size) < 3 else int(base * s) for s in scales]
     pairs = [(w, h) for i, h in enumerate(sides) for j, w in enumerate(sides)
@@ -27,8 +31,16 @@ def multi_scale_crop(frames, size, rng, scales=MULTI_SCALES, max_distort=1):
     grid = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0),
             (1, 1), (3, 1), (1, 3), (3, 3)]
     gx, gy = grid[rng.integers(len(grid))]
-    x0, y0 = int(gx * step_x), int(gy * step_y)
-    return resize(frames[:, y0:y0 + crop_h, x0:x0 + crop_w], size, size)
+    return int(gx * step_x), int(gy * step_y), crop_w, crop_h
+
+
+def crop_resize(frames, box, size, out=None):
+    x0, y0, w, h = box
+    return resize(frames[:, y0:y0 + h, x0:x0 + w], size, size, out)
+
+
+def multi_scale_crop(frames, size, rng):
+    return crop_resize(frames, multi_scale_box(*frames.shape[1:3], size, rng), size)
 
 
 def random_resized_crop(frames, size, rng, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3)):

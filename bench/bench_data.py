@@ -1,122 +1,273 @@
-"""Data-path throughput per CPU core, on generated videos or on your own list.
+"""Loader-worker CPU per clip, and what is left for the training device, on files like yours.
 
-    python bench/bench_data.py [--clips 60] [--backend decord] [--repeats 1,2,4]
-    python bench/bench_data.py --list LIST [--objects DIR] [--target_clips_per_s 1700]
+    python bench/bench_data.py [--videos 8] [--samples 24] [--repeats 1,2,4]
+                               [--baseline e96f1c4] [--target_clips_per_s 212,680]
+    python bench/bench_data.py --list LIST [--objects DIR] [--backend pyav]
 
-Times, on one thread, `--clips` samples of each pipeline, clip by clip in turn so that drift in
-machine load hits all alike: decode only (16 frames, stride 4); the stage-2 sample (decode,
-multi-scale crop to 224, tube mask; uint8 out, normalised later on the device); the stage-1
-sample (the same plus motion infusion of 2 objects and trajectory masking). Stage 1 and 2 run
-with each --repeats R (--repeated_sampling: R clips cut from one decode). Prints decoded
-videos/s, clips/s and ms per clip per core, and with --target_clips_per_s the cores needed.
+Without --list it writes footage-like videos (tools/synthetic_videos.footage_frames: a camera
+panning and zooming over texture, with grain; 10 s of 640x360 at 30 fps, x264 at 1.2 Mbit/s,
+what Kinetics downloads average, a keyframe every 250 frames as x264's default) and prepares
+them with tools/prepare_videos.py (short side 256), once as they are and once with --stride 4.
+Objects: `--objects_count` RGBA PNGs of 256-600 px (--objects DIR for yours, `procedural`
+for the built-in bank).
 
-Without --list: `--videos` generated 10-second 340x256 H.264 videos (30 fps). With --list: a
-seeded sample of `--videos` entries of LIST (paths as the loader reads them). Objects: the
-procedural bank, filled first as a worker's is after its first ~1000 objects, or --objects.
+Each pipeline is the stage-1 sample of the recipe (16 frames of 224², --sampling_rate 4, 2
+objects, trajectory mask) as a loader worker makes it, the collate included, timed in CPU
+seconds (time.process_time) of a process with one thread; `device` is --augment_on device,
+whose render (timed apart) is the device's share. `decode` is the decode of the clip's frames
+alone. With --baseline REV the same samples run through that commit's code too (git archive
+into a temporary folder; it cannot read stride-baked lists), and on `prepared then`: the
+videos prepared by that commit's own tools/prepare_videos.py. Every pipeline runs in a child
+process of its code; samples are handed out in rounds, so drift in the machine's load hits
+all alike. Cores per GPU = target clips/s x worker CPU seconds per clip.
 """
 import argparse
-import functools
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 
-import cv2
-import numpy as np
-import torch
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import datasets  # noqa: E402
-import lists  # noqa: E402
-import video_io  # noqa: E402
-from tools.synthetic_videos import moving_square_frames, write_video  # noqa: E402
 
 
-def timed_interleaved(pipelines, n):
-    """clips/s of each pipeline; clip i runs through all of them back to back, so drift in
-    machine load hits every pipeline alike. Each gets the same clip and the same frames."""
-    totals = dict.fromkeys(pipelines, 0.0)
-    for i in range(-1, n):  # i = -1 warms up decoders and caches
-        for name, fn in pipelines.items():
-            start = time.perf_counter()
-            fn(max(i, 0))
-            if i >= 0:
-                totals[name] += time.perf_counter() - start
-    return {name: n / total for name, total in totals.items()}
+def serve(tree, specs):
+    """Child: build each pipeline from the code in `tree`, then time the samples asked for on
+    stdin ({"pipeline": name, "samples": [i, ...]}), answering seconds of worker CPU and of
+    device render per line."""
+    sys.path.insert(0, tree)
+    import cv2
+    import torch
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    import batches
+    import datasets
+    import video_io
+    built = {}
+    for name, spec in specs.items():
+        values = dict(data_path=spec["list"], num_frames=16, sampling_rate=4, input_size=224,
+                      objects_path=spec["objects"], repeated_sampling=spec["repeats"])
+        if spec["backend"]:  # else the code's own default
+            values["video_backend"] = spec["backend"]
+        if spec["augment_on"] != "workers":
+            values["augment_on"] = spec["augment_on"]
+        built[name] = datasets.build_pretraining_dataset(datasets.data_settings(1, **values))
+    collate = batches.collate_pretraining
+    for dataset in built.values():  # first calls (imports, codec set-up) are not a rate
+        dataset.set_epoch(10**6)
+        dataset[0]
+    device = torch.device(specs and next(iter(specs.values()))["device"])
+    print("ready", flush=True)
+    for line in sys.stdin:
+        ask = json.loads(line)
+        spec, dataset = specs[ask["pipeline"]], built[ask["pipeline"]]
+        videos = len(dataset)
+        worker = render = 0.0
+        for i in ask["samples"]:
+            dataset.set_epoch(i // videos)
+            start = time.process_time()
+            if spec["decode_only"]:
+                rng = dataset.rng(i % videos)  # the window a sample draws first
+                video_io.read_clip(dataset.entries[i % videos][0], spec["backend"],
+                                   lambda n: video_io.dense_indices(n, 16, dataset.step, rng))
+            else:
+                sample = dataset[i % videos]
+                batch = (collate([sample]) if "repeats" not in collate.__code__.co_varnames
+                         else collate([sample], repeats=spec["repeats"]))
+            worker += time.process_time() - start
+            if spec["augment_on"] == "device" and not spec["decode_only"]:
+                start = time.perf_counter() if device.type == "cuda" else time.process_time()
+                batch.video_on(device)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                render += (time.perf_counter() if device.type == "cuda"
+                           else time.process_time()) - start
+        print(json.dumps({"worker": worker, "render": render}), flush=True)
+
+
+def object_pngs(folder, count, seed=0):
+    """`count` RGBA PNGs of 256-600 px (textured shapes, with grain: they compress as photos
+    of objects do), laid out <category>/<instance>.png."""
+    import cv2
+    import numpy as np
+    sys.path.insert(0, ROOT)
+    from object_banks import ProceduralObjectBank
+    for i in range(count):
+        rng = np.random.default_rng(seed + i)
+        rgba = ProceduralObjectBank.draw(rng)
+        side = int(rng.integers(256, 601))
+        scale = side / max(rgba.shape[:2])
+        rgba = cv2.resize(rgba, (max(int(rgba.shape[1] * scale), 1),
+                                 max(int(rgba.shape[0] * scale), 1)),
+                          interpolation=cv2.INTER_CUBIC)
+        rgba[..., :3] = np.clip(rgba[..., :3] + rng.normal(0, 12, rgba.shape[:2] + (3,)), 0,
+                                255).astype(np.uint8)
+        rgba = cv2.copyMakeBorder(rgba, 20, 20, 20, 20, cv2.BORDER_CONSTANT, value=0)
+        path = os.path.join(folder, f"category{i % 20}", f"{i}.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        cv2.imwrite(path, cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    return folder
+
+
+def footage(folder, videos, baseline=None):
+    """Originals, prepared and stride-baked copies: {files: list path}; with a baseline tree
+    also the copies its own prepare_videos.py makes ("prepared then")."""
+    sys.path.insert(0, ROOT)
+    from tools.synthetic_videos import footage_frames, write_video
+    originals = os.path.join(folder, "original")
+    paths = [write_video(os.path.join(originals, f"v{i}.mp4"), footage_frames(300, 640, 360, i),
+                         fps=30, bit_rate=1_200_000) for i in range(videos)]
+    listing = os.path.join(originals, "train.csv")
+    with open(listing, "w") as f:
+        f.writelines(f"{os.path.basename(p)}\n" for p in paths)
+    sets = {"original": listing}
+    for name, tree, extra in (("prepared", ROOT, []), ("stride-baked", ROOT, ["--stride", "4"]),
+                              ("prepared then", baseline, [])):
+        if tree:
+            out = os.path.join(folder, name.replace(" ", "_"))
+            subprocess.run([sys.executable, os.path.join(tree, "tools", "prepare_videos.py"),
+                            listing, out, "--short_side", "256"] + extra, check=True,
+                           capture_output=True)
+            sets[name] = os.path.join(out, "train.csv")
+    return sets
+
+
+def describe(listing):
+    import av
+    lines = [line.split()[0] for line in open(listing) if line.strip() and line[0] != "#"]
+    paths = [os.path.join(os.path.dirname(listing), p) for p in lines]
+    size = sum(os.path.getsize(p) for p in paths)
+    with av.open(paths[0]) as container:
+        stream = container.streams.video[0]
+        seconds = float(stream.duration * stream.time_base)
+        shape = f"{stream.codec_context.width}x{stream.codec_context.height}"
+        rate = float(stream.average_rate)
+    return (f"{len(paths)} videos, {shape} at {rate:g} fps, "
+            f"{size * 8 / seconds / len(paths) / 1e6:.2f} Mbit/s, "
+            f"{size / len(paths) / 1e6:.2f} MB each")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, default=60, help="samples timed per pipeline")
-    parser.add_argument("--videos", type=int, default=4, help="videos generated or sampled")
-    parser.add_argument("--backend", default="decord", choices=tuple(video_io.DECODERS))
+    parser.add_argument("--videos", type=int, default=8, help="videos generated or sampled")
+    parser.add_argument("--samples", type=int, default=24, help="samples timed per pipeline")
+    parser.add_argument("--rounds", type=int, default=4, help="the samples come in this many "
+                        "rounds over all pipelines")
     parser.add_argument("--repeats", default="1,2,4", help="--repeated_sampling values")
-    parser.add_argument("--list", default=None, help="your video list (else generated videos)")
-    parser.add_argument("--data_root", default="", help="as in training")
-    parser.add_argument("--objects", default=None, help="object PNG folder (--objects_path)")
-    parser.add_argument("--target_clips_per_s", type=float, default=None,
-                        help="print the CPU cores each pipeline needs to feed this rate")
+    parser.add_argument("--backend", default="pyav", help="the pipelines' --video_backend")
+    parser.add_argument("--decoders", default="decord,pyav",
+                        help="backends timed decoding alone ('' for none)")
+    parser.add_argument("--list", default=None, help="your video list (else generated footage)")
+    parser.add_argument("--objects", default=None,
+                        help="object PNG folder (else --objects_count generated PNGs), or "
+                             "'procedural'")
+    parser.add_argument("--objects_count", type=int, default=200)
+    parser.add_argument("--objects_as", default="bundle", choices=("bundle", "folder"),
+                        help="this code reads the objects from tools/prepare_objects.py's "
+                             "bundle of them, or from the PNG folder (the baseline: the folder)")
+    parser.add_argument("--baseline", default=None,
+                        help="a commit whose data path runs beside this one (e.g. e96f1c4), "
+                             "with its own default decoder")
+    parser.add_argument("--paths", default="workers,device", help="--augment_on values")
+    parser.add_argument("--device", default="cpu", help="where the device path renders")
+    parser.add_argument("--target_clips_per_s", default="212,680",
+                        help="clip rates to size the CPUs for (212: the released recipe in a "
+                             "day on 8 GPUs; 680: an H100's appetite)")
     opts = parser.parse_args()
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
     repeats = [int(r) for r in opts.repeats.split(",")]
+    targets = [float(t) for t in opts.target_clips_per_s.split(",")]
 
     with tempfile.TemporaryDirectory() as tmp:
+        start = time.time()
+        trees = {"now": ROOT}
+        if opts.baseline:
+            trees[opts.baseline] = os.path.join(tmp, "baseline")
+            os.makedirs(trees[opts.baseline])
+            archive = subprocess.run(["git", "-C", ROOT, "archive", opts.baseline],
+                                     capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", trees[opts.baseline]], input=archive, check=True)
         if opts.list:
-            entries = lists.read_list(lists.pretraining_list(opts.list), opts.data_root,
-                                      require_label=False)
-            chosen = np.random.default_rng(0).permutation(len(entries))[:opts.videos]
-            paths = [entries[i][0] for i in sorted(chosen)]
-            source = f"{len(paths)} videos sampled from {opts.list}"
+            sets = {"yours": os.path.abspath(opts.list)}
         else:
-            paths = [write_video(os.path.join(tmp, f"v{i}.mp4"),
-                                 moving_square_frames(300, 340, 256, seed=i), fps=30)
-                     for i in range(opts.videos)]
-            source = f"{len(paths)} generated 10 s 340x256 H.264 videos"
-        listing = os.path.join(tmp, "train.csv")
-        with open(listing, "w") as f:
-            f.writelines(f"{p} 0\n" for p in paths)
-
-        common = dict(data_path=listing, video_backend=opts.backend, num_frames=16,
-                      sampling_rate=4, input_size=224, objects_path=opts.objects)
-        built = {(stage, r): datasets.build_pretraining_dataset(
-            datasets.data_settings(stage, repeated_sampling=r, **common))
-            for stage in (2, 1) for r in repeats}
-        for (stage, _), dataset in built.items():
-            bank = dataset.infuser.object_bank
-            if stage == 1 and hasattr(bank, "draw"):  # procedural: fill as in steady state
-                for i in range(len(bank)):
-                    bank.cache[i] = bank.draw(np.random.default_rng(i))
-
-        def sample(dataset, i):
-            # clip i: video i mod V in "epoch" i // V, so frame windows differ from clip to clip
-            dataset.set_epoch(i // len(paths))
-            return dataset[i % len(paths)]
-
-        first = next(iter(built.values()))
-
-        def decode_only(i):
-            first.set_epoch(i // len(paths))
-            rng = first.rng(i % len(paths))  # the stage datasets draw the window first
-            video_io.read_clip(paths[i % len(paths)], opts.backend,
-                               lambda n: video_io.dense_indices(n, 16, 4, rng))
-
-        pipelines = {("decode only", 1): decode_only}
-        for (stage, r), dataset in built.items():
-            pipelines[(f"stage {stage}" + (" (+ infusion, trajectory mask)" if stage == 1 else
-                                           " (crop, tube mask)"), r)] = functools.partial(
-                sample, dataset)
-        rates = timed_interleaved(pipelines, opts.clips)
-    print(f"backend {opts.backend}, {opts.clips} samples of 16x224x224 from {source}, 1 thread")
-    need = f"{'cores for ' + format(opts.target_clips_per_s, 'g') + '/s':>18s}" \
-        if opts.target_clips_per_s else ""
-    print(f"{'pipeline':38s} {'R':>2s} {'videos/s':>9s} {'clips/s':>8s} {'ms/clip':>8s}{need}")
-    for (name, r), rate in rates.items():
-        cores = f"{opts.target_clips_per_s / (rate * r):18.1f}" if need else ""
-        print(f"{name:38s} {r:2d} {rate:9.1f} {rate * r:8.1f} {1000 / (rate * r):8.1f}{cores}")
+            sets = footage(tmp, opts.videos, trees.get(opts.baseline))
+        objects = None if opts.objects == "procedural" else opts.objects or object_pngs(
+            os.path.join(tmp, "objects"), opts.objects_count)
+        bundle = objects
+        if objects and opts.objects_as == "bundle":
+            bundle = os.path.join(tmp, "bundle")
+            subprocess.run([sys.executable, os.path.join(ROOT, "tools", "prepare_objects.py"),
+                            objects, bundle], check=True, capture_output=True)
+        specs = {tree: {} for tree in trees}
+        for files, listing in sets.items():
+            for backend in filter(None, opts.decoders.split(",")):
+                specs["now"][(files, "decode", backend, 1)] = dict(
+                    list=listing, backend=backend, repeats=1, augment_on="workers",
+                    objects=None, decode_only=True, device=opts.device)
+            for tree in trees:
+                paths = opts.paths.split(",") if tree == "now" else ["workers"]
+                if files == ("prepared then" if tree == "now" else "stride-baked"):
+                    continue  # the baseline reads no stride-baked list; the files its own
+                    # tool prepared are for the baseline
+                for path in paths:
+                    for r in repeats:
+                        specs[tree][(files, path, opts.backend, r)] = dict(
+                            list=listing, backend=opts.backend if tree == "now" else None,
+                            repeats=r, augment_on=path,
+                            objects=bundle if tree == "now" else objects, decode_only=False,
+                            device=opts.device)
+        children = {}
+        for tree, tree_specs in specs.items():
+            child = subprocess.Popen(
+                [sys.executable, __file__, "--serve", trees[tree]], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, text=True, cwd=trees[tree],
+                env={**os.environ, "OMP_NUM_THREADS": "1"})
+            child.stdin.write(json.dumps({"|".join(map(str, k)): v for k, v in
+                                          tree_specs.items()}) + "\n")
+            child.stdin.flush()
+            assert child.stdout.readline().strip() == "ready", f"{tree}: the child failed"
+            children[tree] = child
+        totals = {(tree, key): [0.0, 0.0, 0] for tree in specs for key in specs[tree]}
+        per_round = -(-opts.samples // opts.rounds)
+        for round_ in range(opts.rounds):
+            samples = list(range(round_ * per_round, min((round_ + 1) * per_round, opts.samples)))
+            for (tree, key), total in totals.items():
+                children[tree].stdin.write(json.dumps({"pipeline": "|".join(map(str, key)),
+                                                       "samples": samples}) + "\n")
+                children[tree].stdin.flush()
+                answer = json.loads(children[tree].stdout.readline())
+                clips = len(samples) * (1 if key[1] == "decode" else key[3])
+                total[0] += answer["worker"]
+                total[1] += answer["render"]
+                total[2] += clips
+        for child in children.values():
+            child.stdin.close()
+            child.wait()
+        print(f"stage-1 samples: 16x224x224, --sampling_rate 4, 2 objects "
+              f"({opts.objects or f'{opts.objects_count} generated PNGs of 256-600 px'}; this "
+              f"code reads them {'from their bundle' if bundle != objects else 'as they are'}"
+              f"), trajectory mask; --video_backend {opts.backend}; CPU time of one thread; "
+              f"{opts.samples} samples per pipeline ({time.time() - start:.0f} s in all)")
+        for files, listing in sets.items():
+            print(f"  {files}: {describe(listing)}")
+        head = "".join(f"{'cores @' + format(t, 'g'):>11s}" for t in targets)
+        print(f"\n{'files':13s} {'code':8s} {'pipeline':8s} {'R':>2s} {'worker ms':>10s} "
+              f"{'device ms':>10s}{head}   (per clip)")
+        for (tree, (files, path, backend, r)), (worker, render, clips) in totals.items():
+            name = f"decode {backend}" if path == "decode" else path
+            cores = "".join(f"{t * worker / clips:11.1f}" for t in targets)
+            device = f"{1000 * render / clips:10.1f}" if path == "device" else f"{'':10s}"
+            print(f"{files:13s} {tree:8s} {name:8s} {r:2d} {1000 * worker / clips:10.1f} "
+                  f"{device}{cores}")
+        if "device" in opts.paths:
+            print(f"\ndevice ms: the render of --augment_on device on {opts.device}"
+                  + (" (torch on one CPU thread: a GPU's time is not measured here)"
+                     if opts.device == "cpu" else ""))
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--serve"]:
+        serve(sys.argv[2], json.loads(sys.stdin.readline()))
+    else:
+        main()

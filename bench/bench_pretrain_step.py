@@ -104,12 +104,11 @@ def main():
                                     betas=(0.9, 0.95), fused=True)  # as training
     scaler = torch.amp.GradScaler("cuda") if a.precision == "fp16" else None
     gen = torch.Generator().manual_seed(0)
-    video = torch.randint(0, 256, (a.batch_size, 3, a.num_frames, a.input_size, a.input_size),
-                          dtype=torch.uint8, generator=gen)
-    mask = torch.stack([torch.from_numpy(tube_mask(grid, a.mask_ratio, np.random.default_rng(i)))
-                        for i in range(a.batch_size)])
-    batch = batches.collate_pretraining([(v, m, torch.zeros_like(m), []) for v, m in
-                                         zip(video, mask)])  # as the loader makes it
+    video = torch.randint(0, 256, (a.batch_size, a.num_frames, a.input_size, a.input_size, 3),
+                          dtype=torch.uint8, generator=gen).numpy()
+    masks = [tube_mask(grid, a.mask_ratio, np.random.default_rng(i)) for i in range(a.batch_size)]
+    batch = batches.collate_pretraining([([v], m[None], m[None] & False, []) for v, m in
+                                         zip(video, masks)])  # as the loader makes it
     if device.type == "cuda":
         batch = batch._replace(video=batch.video.pin_memory())
 
@@ -125,7 +124,7 @@ def main():
     def step():  # as the runs take it
         return training.train_step(job, batch, 1e-4, update=True)
 
-    x = normalize_video(video.to(device))
+    x = normalize_video(batch.video_on(device))
     teacher_flops = count_flops(lambda: teacher(x))
     step_flops = count_flops(step)  # teacher forward + student forward and backward
     if a.compile:  # after counting: the counter sees the eager modules' real operations

@@ -225,8 +225,8 @@ def test_a_single_frame_file_trains_as_a_still_clip_and_is_said_once(tmp_path, c
     dataset = datasets.build_pretraining_dataset(args)
     ledger = bad_files.BadFileLedger(dataset.file_paths, 0.05, str(tmp_path), ONE)
     for i in range(3):
-        clip, _, _, attempts = dataset[i]
-        assert clip.shape == (3, 4, 32, 32)
+        (clip,), _, _, attempts = dataset[i]
+        assert clip.shape == (4, 32, 32, 3)
         ledger.record(attempts, epoch=0)
     with caplog.at_level("WARNING", logger="smile"):
         ledger.check(epoch_end=True)

@@ -7,7 +7,7 @@ import datasets
 import errors
 import video_io
 from conftest import write_list
-from media import moving_square_frames, pretrain_args, write_video
+from media import frame_numbers, indexed_frames, moving_square_frames, pretrain_args, write_video
 
 
 # ---------------------------------------------------------------- decoding
@@ -34,6 +34,22 @@ def test_backends_agree(video_dir, backend):
     a = video_io.read_clip(video_dir["clip1"], "decord", idx)
     b = video_io.read_clip(video_dir["clip1"], backend, idx)
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 2
+
+
+@pytest.mark.parametrize("options", [{}, {"x264-params": "keyint=8:bframes=3:b-pyramid=none"},
+                                     {"tune": "fastdecode", "x264-params": "keyint=16"}])
+def test_pyav_seeks_and_skips_yet_returns_exactly_the_frames_asked_for(tmp_path, options):
+    """PyAV starts at the keyframe before the first wanted frame and skips the non-reference
+    frames it does not keep: the frames it returns are still exactly the ones asked for, in
+    the order asked, repeats included (each shows its own index)."""
+    path = write_video(str(tmp_path / "indexed.mp4"), indexed_frames(150), options=options)
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        wanted = rng.choice(150, 5)
+        wanted = np.concatenate([wanted, wanted[-1:]])
+        assert list(frame_numbers(video_io.read_clip(path, "pyav", lambda n: wanted))) == list(
+            wanted)
+    assert list(frame_numbers(video_io.read_clip(path, "pyav", lambda n: [149, 0]))) == [149, 0]
 
 
 def test_missing_backend_is_one_line():
@@ -104,6 +120,48 @@ def test_read_list_csv_header_and_relative_paths(tmp_path):
                                              ("/abs/b c.mp4", 7)]
 
 
+def test_stride_baked_videos_give_the_originals_frames(tmp_path):
+    """A list prepared with --stride 4 samples --sampling_rate 4 as one frame in one: the
+    same frames as the original's, up to the stride's phase (each frame shows its index)."""
+    from tools import prepare_videos
+    source = write_video(str(tmp_path / "src" / "v.mp4"), indexed_frames(120))
+    original = write_list(tmp_path / "src" / "train.csv", [(source, 0)])
+    assert prepare_videos.main([original, str(tmp_path / "s4"), "--stride", "4", "--workers",
+                                "1"]) == 0
+    baked = str(tmp_path / "s4" / "train.csv")
+    assert open(baked).readline() == "# frame_stride 4\n"
+    assert datasets.read_list(baked).frame_stride == 4
+    windows = {}
+    for name, listing in (("original", original), ("baked", baked)):
+        dataset = datasets.build_pretraining_dataset(pretrain_args(
+            2, background="video", data_path=listing, sampling_rate=4, num_frames=8))
+        for epoch in range(6):
+            dataset.set_epoch(epoch)
+            numbers = frame_numbers(dataset.decode(0, dataset.rng(0)))
+            assert (np.diff(numbers) == 4).all(), numbers  # 4 frames apart in real time
+            if name == "baked":
+                assert (numbers % 4 == 0).all()  # the frames the stride kept
+        entries = datasets.read_list(listing)  # the evaluation's centre window, as it samples
+        step = datasets.frame_step(entries, 4)
+        windows[name] = frame_numbers(video_io.read_clip(
+            entries[0][0], "pyav", lambda n: video_io.dense_indices(n, 8, step)))
+    # the centre window of both lists: the same frames up to the stride's phase
+    assert (np.diff(windows["baked"]) == 4).all()
+    assert np.abs(windows["baked"] - windows["original"]).max() < 4
+
+
+def test_a_sampling_rate_the_stride_does_not_divide_is_one_line(tmp_path, video_dir):
+    listing = tmp_path / "train.csv"
+    listing.write_text(f"# frame_stride 4\n{video_dir['clip0']}\n")
+    with pytest.raises(ValueError, match="--sampling_rate 2 is not a multiple of the frame "
+                                         "stride 4 of"):
+        datasets.build_pretraining_dataset(pretrain_args(background="video",
+                                                         data_path=str(listing)))
+    listing.write_text(f"# frame_stride four\n{video_dir['clip0']}\n")
+    with pytest.raises(ValueError, match="train.csv:1: expected '# frame_stride N'"):
+        datasets.read_list(str(listing))
+
+
 # ---------------------------------------------------------------- pretraining
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
 @pytest.mark.parametrize("mask_type", ["tube", "trajectory"])
@@ -113,15 +171,15 @@ def test_pretraining_dataset_video(video_dir, tmp_path, backend, mask_type):
                          mask_type=mask_type)
     datasets.check_args(args)
     dataset = datasets.build_pretraining_dataset(args)
-    clip, mask, object_tokens, attempts = dataset[1]
+    (clip,), (mask,), (object_tokens,), attempts = dataset[1]
     assert attempts == [(1, "", "")]  # sample 1 read fine at the first try
-    assert clip.shape == (3, 8, 64, 64) and clip.dtype == torch.uint8
-    assert mask.shape == (64,) and mask.dtype == torch.bool and mask.sum() == 4 * int(0.8 * 16)
+    assert clip.shape == (8, 64, 64, 3) and clip.dtype == np.uint8  # channels last, as decoded
+    assert mask.shape == (64,) and mask.dtype == bool and mask.sum() == 4 * int(0.8 * 16)
     assert object_tokens.shape == (64,) and object_tokens.any()
     again = dataset[1]
-    assert torch.equal(clip, again[0]) and torch.equal(mask, again[1])  # seeded per sample
+    assert (clip == again[0][0]).all() and (mask == again[1][0]).all()  # seeded per sample
     dataset.set_epoch(1)
-    assert not torch.equal(clip, dataset[1][0])
+    assert not (clip == dataset[1][0][0]).all()
 
 
 @pytest.mark.parametrize("stage", [1, 2])
@@ -136,19 +194,20 @@ def test_repeated_sampling_cuts_clips_from_one_decode(video_dir, tmp_path, monke
     monkeypatch.setattr(datasets, "read_clip", lambda *a: decodes.append(a[0]) or real_read(*a))
     clips, masks, object_tokens, attempts = dataset[2]
     assert decodes == [video_dir["clip2"]] and attempts == [(2, "", "")]
-    assert clips.shape == (3, 3, 8, 64, 64) and masks.shape == object_tokens.shape == (3, 64)
+    assert len(clips) == 3 and masks.shape == object_tokens.shape == (3, 64)
     assert (masks.sum(1) == 4 * int(0.8 * 16)).all()
     for a, b in [(0, 1), (0, 2), (1, 2)]:
-        assert not torch.equal(clips[a], clips[b]) and not torch.equal(masks[a], masks[b])
+        assert not (clips[a] == clips[b]).all() and not (masks[a] == masks[b]).all()
         if stage == 1:  # other objects on other paths
-            assert not torch.equal(object_tokens[a], object_tokens[b])
+            assert not (object_tokens[a] == object_tokens[b]).all()
     if stage == 1:  # each trajectory mask covers its own clip's objects
         assert ((masks & object_tokens).sum(1) > 0.8 * object_tokens.sum(1)).all()
-    batch = batches.collate_pretraining([dataset[0], dataset[1]], repeats=3)
+    batch = batches.collate_pretraining([dataset[0], dataset[1]])
     video, visible, masked, attempts = batch
-    mask = torch.cat([dataset[0][1], dataset[1][1]])
-    assert video.shape == (6, 3, 8, 64, 64) and len(attempts) == 2
-    assert torch.equal(video[3:], dataset[1][0])  # a video's clips sit together, in order
+    mask = torch.from_numpy(np.concatenate([dataset[0][1], dataset[1][1]]))
+    assert video.shape == (6, 8, 64, 64, 3) and len(attempts) == 2
+    assert (video[3:].numpy() == np.stack(dataset[1][0])).all()  # a video's clips together
+    assert batch.video_on(torch.device("cpu")).shape == (6, 3, 8, 64, 64)
     assert visible.shape == (6, 64 - 48) and masked.shape == (6, 48)
     assert torch.equal(torch.gather(mask, 1, masked), torch.ones(6, 48, dtype=torch.bool))
 
@@ -169,8 +228,8 @@ def test_pretraining_backgrounds(video_dir, tmp_path, background):
     s = dataset.stages(0, dataset.rng(0))
     assert (s["original"] == s["original"][0]).all()  # the background itself is still
     assert not (s["infused"] == s["infused"][0]).all()  # the objects move
-    clip, mask, _, _ = dataset[0]
-    assert clip.shape == (3, 8, 64, 64)
+    (clip,), _, _, _ = dataset[0]
+    assert clip.shape == (8, 64, 64, 3)
 
 
 def test_no_infusion_gives_tube_mask(tmp_path):
@@ -193,8 +252,8 @@ def test_short_video_is_padded(video_dir, tmp_path):
     listing = write_list(tmp_path / "train.csv", [(video_dir["short"], 0)])
     dataset = datasets.build_pretraining_dataset(pretrain_args(background="video",
                                                                data_path=listing))
-    clip, mask, _, attempts = dataset[0]
-    assert clip.shape == (3, 8, 64, 64)
+    (clip,), _, _, attempts = dataset[0]
+    assert clip.shape == (8, 64, 64, 3)
     assert attempts == [(0, "", "")]  # read fine
 
 
@@ -204,14 +263,14 @@ def test_bad_video_substituted_and_reported(video_dir, tmp_path):
     dataset = datasets.build_pretraining_dataset(pretrain_args(background="video",
                                                                data_path=listing))
     bad_index = len(good)
-    clip, _, _, attempts = dataset[bad_index]  # a different, readable sample comes back
-    assert clip.shape == (3, 8, 64, 64)
+    (clip,), _, _, attempts = dataset[bad_index]  # a different, readable sample comes back
+    assert clip.shape == (8, 64, 64, 3)
     assert attempts[0][:2] == (bad_index, video_dir["text"]) and attempts[0][2]
     assert attempts[1][0] != bad_index and attempts[1][2] == ""
     # known bad (from earlier in the run): the same substitute, without decoding the file
     dataset.known_bad = frozenset([bad_index])
-    again, _, _, known = dataset[bad_index]
-    assert torch.equal(clip, again) and known == attempts[1:]
+    (again,), _, _, known = dataset[bad_index]
+    assert (clip == again).all() and known == attempts[1:]
 
 
 def test_all_bad_never_recurses(video_dir, tmp_path):
@@ -271,8 +330,8 @@ def test_dataloader_workers(video_dir, tmp_path):
     loaded = list(loader)
     assert len(loaded) == 2
     assert loaded[0].attempts == [(0, "", ""), (1, "", "")]
-    assert loaded[0].video.shape == (2, 3, 8, 64, 64) and loaded[0].masked.shape[0] == 2
-    assert torch.equal(loaded[0].video[0], dataset[0][0])  # workers give what the main does
+    assert loaded[0].video.shape == (2, 8, 64, 64, 3) and loaded[0].masked.shape[0] == 2
+    assert (loaded[0].video[0].numpy() == dataset[0][0][0]).all()  # as the main process
 
 
 def test_decord_rejects_valid_file_pyav_reads_it(tmp_path):

@@ -16,9 +16,11 @@ PLUMBING = {"utils", "distributed", "checkpoint", "training", "errors", "outputs
             "stop_signals"}
 ALLOWED = {
     "datasets": {"motion_infusion", "masking_generator", "video_io", "video_transforms", "utils",
-                 "errors", "lists", "bad_files"},
+                 "errors", "lists", "bad_files", "object_banks", "rendering"},
     "lists": {"errors"},
-    "motion_infusion": {"errors"},
+    "motion_infusion": set(),
+    "object_banks": {"errors"},
+    "rendering": {"motion_infusion", "video_transforms"},
     "video_io": {"errors"},
     "modeling_pretrain": {"modeling_finetune"},
     "modeling_finetune": {"checkpoint"},
@@ -34,9 +36,9 @@ ALLOWED = {
     "engine_for_pretraining": {"utils"},
     "engine_for_finetuning": {"utils", "pictures"},
     "pictures": set(),
-    "batches": {"masking_generator"},
+    "batches": {"masking_generator", "rendering"},
     "run_smile_pretraining": {"datasets", "modeling_pretrain", "engine_for_pretraining",
-                              "motion_infusion", "masking_generator", "teachers",
+                              "motion_infusion", "object_banks", "masking_generator", "teachers",
                               "batches", "pictures", "video_transforms"} | PLUMBING,
     "run_class_finetuning": {"datasets", "modeling_finetune", "engine_for_finetuning",
                              "masking_generator", "batches", "hf_videomae",
@@ -53,7 +55,8 @@ BUDGET = {"run_smile_pretraining": 300, "run_class_finetuning": 350, "datasets":
           "utils": 250, "distributed": 250, "checkpoint": 300, "training": 300,
           "bad_files": 200, "errors": 60, "lists": 100, "video_io": 250, "teachers": 300,
           "video_transforms": 150, "outputs": 250, "stop_signals": 100, "launch": 100,
-          "batches": 100, "hf_videomae": 150, "pictures": 150}
+          "batches": 100, "hf_videomae": 150, "pictures": 150, "object_banks": 250,
+          "rendering": 150}
 
 
 def local_imports(module):

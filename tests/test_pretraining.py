@@ -37,9 +37,11 @@ def tiny_student(heads, frames=4, size=32):
 
 
 def loader_batch(video, mask):
-    """(video, mask) as the loader hands them to the step (batches.collate_pretraining)."""
+    """(video uint8 [B, 3, T, H, W], mask) as the loader hands them to the step
+    (batches.collate_pretraining: channels last, masks as token indices)."""
     visible, masked = (torch.from_numpy(i) for i in masking_generator.mask_indices(mask.numpy()))
-    return batches.PretrainingBatch(video, visible, masked, [])
+    channels_last = None if video is None else video.permute(0, 2, 3, 4, 1).contiguous()
+    return batches.PretrainingBatch(channels_last, visible, masked, [])
 
 
 def indices(mask):
@@ -294,16 +296,18 @@ class SyncsPerStep(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_training_steps_wait_on_the_host_only_to_print(tmp_path):
+@pytest.mark.parametrize("augment_on", ["workers", "device"])
+def test_training_steps_wait_on_the_host_only_to_print(tmp_path, augment_on):
     """Six steps of the real epoch loop (dataset, loader, collate, engine, fused AdamW,
     progress) with --print_freq 3: the steps in between read nothing back from the device;
     each print step reads the loss and gradient norm it prints (the mean over ranks is one
-    more read with several processes; the non-finite check's copy does not show on a CPU)."""
+    more read with several processes; the non-finite check's copy does not show on a CPU).
+    With --augment_on device the step renders the clips and their objects first."""
     from bad_files import BadFileLedger
     from media import pretrain_args
     from types import SimpleNamespace
     args = pretrain_args(background="black", num_frames=4, input_size=32,
-                         num_synthetic_clips=12, mask_type="tube", infusion_prob=0.0)
+                         num_synthetic_clips=12, augment_on=augment_on)
     dataset = datasets.build_pretraining_dataset(args)
     loader = torch.utils.data.DataLoader(dataset, batch_size=2,
                                          collate_fn=batches.collate_pretraining)

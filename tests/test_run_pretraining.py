@@ -210,6 +210,36 @@ def test_two_processes_match_one(tmp_path):
 
 
 @pytest.mark.slow
+def test_pixels_on_the_device_from_stride_baked_files_through_both_stages(video_dir, tmp_path):
+    """--augment_on device on a list prepared with --stride 2 (sampled at --sampling_rate 2):
+    stage 1 stopped by a signal mid-epoch and resumed ends with the weights of an
+    uninterrupted run; stage 2 starts from it on the same path."""
+    from tools import prepare_videos
+    listing = write_list(tmp_path / "src.csv", [(video_dir[f"clip{i}"], 0) for i in range(4)] * 6)
+    assert prepare_videos.main([listing, str(tmp_path / "baked"), "--stride", "2", "--workers",
+                                "1"]) == 0
+    data = [*TINY, "--background", "video", "--data_path", str(tmp_path / "baked" / "src.csv"),
+            "--sampling_rate", "2", "--augment_on", "device", "--repeated_sampling", "2",
+            "--batch_size", "4", "--epochs", "2"]
+    reference, stopped = str(tmp_path / "reference"), str(tmp_path / "stopped")
+    code, log = cli(*data, "--output_dir", reference)
+    assert code == 0, log
+    assert "24 videos, 6 steps/epoch x 2 epochs, batch 4 clips (2 per video)" in log
+    proc = cli(*data, "--output_dir", stopped, wait=False)
+    wait_for(os.path.join(stopped, "train.log"), "epoch 1/2 step 2/6", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "SIGTERM received: saved epoch 1 batch" in out, out
+    code, log = cli(*data, "--output_dir", stopped)
+    assert code == 0 and "resumed from" in log, log
+    assert_same_weights(final_weights(stopped, 2), final_weights(reference, 2))
+    code, log = cli(*data, "--epochs", "1", "--warmup_epochs", "0", "--first_stage_path",
+                    os.path.join(reference, "checkpoint-1.pth"), "--output_dir",
+                    str(tmp_path / "stage2"))
+    assert code == 0 and "stage 2: whole student from" in log and "mask tube" in log, log
+
+
+@pytest.mark.slow
 def test_deepspeed_two_process_cpu_step(tmp_path):
     pytest.importorskip("deepspeed")
     code, log = cli(*TINY, "--num_synthetic_clips", "16", "--batch_size", "4", "--epochs", "1",

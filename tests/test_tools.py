@@ -144,6 +144,31 @@ def test_prepare_videos_converts_names_failures_and_resumes_after_a_kill(video_d
     assert "(4 done before this run" in log
 
 
+def test_prepare_videos_bakes_a_stride_in_and_keeps_one_kind_of_file_per_folder(video_dir,
+                                                                               tmp_path):
+    """--stride 2: every other frame at half the frame rate (time is kept), and the new list
+    says so in its first line, which check_videos keeps in the clean list. A rerun into the
+    folder with other settings is refused: it would mix two kinds of files."""
+    import av
+
+    from tools import prepare_videos
+    listing = tmp_path / "train.csv"
+    listing.write_text(f"{video_dir['clip0']} 0\n{video_dir['clip1']} 1\n")
+    out = tmp_path / "s2"
+    assert prepare_videos.main([str(listing), str(out), "--stride", "2", "--workers", "1"]) == 0
+    lines = (out / "train.csv").read_text().splitlines()
+    assert lines[0] == "# frame_stride 2" and [line.split()[1] for line in lines[1:]] == ["0", "1"]
+    with av.open(str(out / lines[1].split()[0])) as converted:
+        stream = converted.streams.video[0]
+        assert stream.frames == 20 and stream.average_rate == 12.5  # 40 frames at 25 fps
+    code, log = run_script("tools/prepare_videos.py", str(listing), str(out), "--workers", "1")
+    assert code == 2 and "holds videos prepared with --stride 2 (now 1), --keyint 8 (now 16)" \
+        in log, log
+    code, log = run_script("tools/check_videos.py", str(out / "train.csv"), "--workers", "1")
+    assert code == 0 and "2 of 2 files are usable" in log, log
+    assert (out / "train.csv.clean").read_text().splitlines() == lines
+
+
 def test_check_videos_eta_leaves_out_the_pools_start_up():
     """The first result comes after every worker imported its decoders (seconds); the rate
     counts from there, and only once enough files were done after it."""

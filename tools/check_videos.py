@@ -1,10 +1,10 @@
 """Pre-flight check of a video list: run it before a long run, then train on LIST.clean.
 
-    python tools/check_videos.py LIST [--data_root ROOT] [--workers N] [--video_backend pyav]
+    python tools/check_videos.py LIST [--data_root ROOT] [--workers N] [--video_backend decord]
 
 Opens every file of LIST (VideoMAE 'PATH LABEL' lines or CSV 'PATH,LABEL', as the loader reads
 them) in parallel and decodes what training needs: the container, the video stream, its frame
-count, its first and last frames (decord, then PyAV, as in training). Writes LIST.clean (the
+count, its first and last frames (PyAV, then decord, as in training). Writes LIST.clean (the
 good lines, unchanged) and LIST.bad.tsv (path, reason), prints a summary, and exits 1 when any
 file is bad (0 when all are good, 2 for a list it cannot read).
 """
@@ -30,7 +30,7 @@ def get_args(argv=None):
                              "training)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
                         help="processes that open files at once (default: all cores)")
-    parser.add_argument("--video_backend", default="decord", choices=tuple(DECODERS))
+    parser.add_argument("--video_backend", default="pyav", choices=tuple(DECODERS))
     return parser.parse_args(argv)
 
 

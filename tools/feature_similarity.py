@@ -37,7 +37,7 @@ def get_args(argv=None):
     p.add_argument("--sampling_rate", type=int, default=4)
     p.add_argument("--input_size", type=int, default=224)
     p.add_argument("--tubelet_size", type=int, default=2)
-    p.add_argument("--video_backend", default="decord", choices=tuple(DECODERS))
+    p.add_argument("--video_backend", default="pyav", choices=tuple(DECODERS))
     p.add_argument("--output_dir", default="runs/feature_similarity")
     return p.parse_args(argv)
 

@@ -4,8 +4,9 @@
 
 Class names are sorted and numbered from 0 (written to classes.txt). Each class's videos are
 split into train.csv / val.csv (and test.csv; without a test split, test.csv repeats val.csv so
-fine-tuning finds all three) with a fixed seed. Every video is opened once (decord, or PyAV with
---video_backend pyav); unreadable files are left out and listed in unreadable.txt.
+fine-tuning finds all three) with a fixed seed. Every video is opened once (PyAV, then decord,
+as in training; --video_backend decord for decord first); unreadable files are left out and
+listed in unreadable.txt.
 """
 import argparse
 import os
@@ -28,7 +29,7 @@ def get_args(argv=None):
     parser.add_argument("--val_fraction", type=float, default=0.1)
     parser.add_argument("--test_fraction", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--video_backend", default="decord", choices=tuple(DECODERS))
+    parser.add_argument("--video_backend", default="pyav", choices=tuple(DECODERS))
     parser.add_argument("--no_check", action="store_true", help="skip opening each video")
     return parser.parse_args(argv)
 

@@ -1,14 +1,21 @@
 """Re-encode a video list for fast training: smaller frames, frequent keyframes, no audio.
 
-    python tools/prepare_videos.py LIST OUT_DIR [--short_side 320] [--keyint 16] [--workers N]
+    python tools/prepare_videos.py LIST OUT_DIR [--stride 4] [--short_side 320] [--workers N]
 
 Each video of LIST (VideoMAE 'PATH LABEL' lines or CSV, as the loader reads them) is decoded
 and written to OUT_DIR, keeping its path below the inputs' common folder, as H.264 with:
 - the short side scaled down to --short_side (VideoMAE's Kinetics convention; never scaled up),
-- a keyframe every --keyint frames: a clip's first frame is then at most keyint - 1 frames
-  from a keyframe, so a random seek decodes few frames it does not keep,
-- the frame rate of the source, and no audio.
-FFmpeg comes with PyAV: no system binary is needed.
+- with --stride N, only every N-th frame of the source (frames 0, N, 2N, ...; the frame rate
+  divided by N, so time is kept): a clip sampled every --sampling_rate frames, a multiple of
+  N, then decodes no frame it does not keep. The new list says so in its first line
+  (`# frame_stride N`), and the loader samples --sampling_rate / N of the kept frames: the
+  same frames as from the source, up to the stride's phase,
+- a keyframe every --keyint kept frames (default 16, with a stride 8): a clip's first frame
+  is then at most keyint - 1 frames from a keyframe, so a random seek decodes few it drops,
+- x264's fastdecode tuning (no CABAC, no deblocking filter): decoding takes about a third
+  less CPU, for files about a tenth larger (bench/bench_data.py measures both); B-frames that
+  nothing references, which PyAV skips when it does not keep them,
+- no audio. FFmpeg comes with PyAV: no system binary is needed.
 
 Resumable: an output is written as NAME.partial.mp4 and renamed when complete, so a run killed
 midway redoes only the files it was writing; finished outputs are skipped. Writes
@@ -17,6 +24,7 @@ OUT_DIR/<LIST's name>.failed.tsv (path, reason) naming every input that could no
 Exits 0 when every file converted, 1 when some failed, 2 for a list it cannot read.
 """
 import argparse
+import json
 import multiprocessing
 import os
 import sys
@@ -40,9 +48,15 @@ def get_args(argv=None):
                         help="folder relative paths start from (default: the list's folder)")
     parser.add_argument("--short_side", type=int, default=320,
                         help="scale frames down so their short side is this (pixels)")
-    parser.add_argument("--keyint", type=int, default=16, help="frames between keyframes")
+    parser.add_argument("--stride", type=int, default=1,
+                        help="keep every N-th frame (a divisor of the --sampling_rate you train "
+                             "with, e.g. 4 for K400's 4 or 2 for SSv2's 2)")
+    parser.add_argument("--keyint", type=int, default=None,
+                        help="kept frames between keyframes (default 16; 8 with --stride)")
     parser.add_argument("--crf", type=int, default=23, help="x264 quality (lower = larger)")
     parser.add_argument("--preset", default="veryfast", help="x264 speed preset")
+    parser.add_argument("--tune", default="fastdecode", choices=("fastdecode", "none"),
+                        help="x264 tuning: fastdecode decodes faster, for larger files")
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
                         help="videos converted at once (default: all cores)")
     return parser.parse_args(argv)
@@ -72,7 +86,7 @@ def convert(job):
         return source, f"{type(err).__name__}: {' '.join(str(err).split())}"
 
 
-def encode(source, partial, opts):
+def encode(source, partial, opts):  # -> frames written
     import av
     av.logging.set_level(av.logging.PANIC)
     os.makedirs(os.path.dirname(partial), exist_ok=True)
@@ -86,13 +100,17 @@ def encode(source, partial, opts):
                                     in_stream.codec_context.height, opts.short_side)
         count = 0
         with av.open(partial, mode="w", format="mp4") as out:
-            rate = Fraction(rate).limit_denominator(1001)
+            rate = Fraction(rate).limit_denominator(1001) / opts.stride
             stream = out.add_stream("libx264", rate=rate)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.options = {"crf": str(opts.crf), "preset": opts.preset,
                               "x264-params": f"keyint={opts.keyint}:min-keyint={opts.keyint}"
-                                             ":scenecut=0"}
-            for frame in inp.decode(in_stream):
+                                             ":scenecut=0:b-pyramid=none",
+                              **({} if opts.tune == "none" else {"tune": opts.tune})}
+            out.metadata["comment"] = f"one frame in {opts.stride} of {source}"
+            for i, frame in enumerate(inp.decode(in_stream)):
+                if i % opts.stride:
+                    continue
                 frame = frame.reformat(width=width, height=height, format="yuv420p",
                                        interpolation="AREA")
                 frame.pts, frame.time_base = count, 1 / rate  # constant frame rate out
@@ -104,10 +122,29 @@ def encode(source, partial, opts):
     return count
 
 
+def same_settings(out_dir, args):
+    """Finished files are skipped at a rerun: a rerun with other settings would mix two kinds
+    of files in one folder, so OUT_DIR/prepare_settings.json keeps what made them."""
+    settings = {k: getattr(args, k) for k in ("short_side", "stride", "keyint", "crf", "preset",
+                                              "tune")}
+    path = os.path.join(out_dir, "prepare_settings.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            before = json.load(f)
+        if changed := [f"--{k} {before.get(k)} (now {v})" for k, v in settings.items()
+                       if before.get(k) != v]:
+            exit_usage(f"OUT_DIR {out_dir} holds videos prepared with {', '.join(changed)}; "
+                       "choose another OUT_DIR")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(settings, f)
+
+
 def main(argv=None):
     args = get_args(argv)
-    if args.short_side < 2 or args.keyint < 1:
-        exit_usage("--short_side must be >= 2 and --keyint >= 1")
+    args.keyint = args.keyint or (8 if args.stride > 1 else 16)
+    if args.short_side < 2 or args.keyint < 1 or args.stride < 1:
+        exit_usage("--short_side must be >= 2, --keyint and --stride >= 1")
     try:  # as the loader reads it: relative paths from --data_root, else the list's folder
         entries = read_list(args.list, args.data_root, require_label=False)
     except (UsageError, FileNotFoundError) as err:
@@ -116,6 +153,7 @@ def main(argv=None):
     common = os.path.commonpath([os.path.dirname(p) for p, _ in entries])
     if any(os.path.abspath(p).startswith(out_dir + os.sep) for p, _ in entries):
         exit_usage(f"OUT_DIR {args.out_dir} holds inputs of the list; choose another")
+    same_settings(out_dir, args)
     relative = {p: os.path.splitext(os.path.relpath(p, common))[0] + ".mp4" for p, _ in entries}
     jobs = [(p, os.path.join(out_dir, relative[p]), args) for p in dict.fromkeys(relative)]
     done_before = sum(os.path.isfile(target) for _, target, _ in jobs)
@@ -130,6 +168,7 @@ def main(argv=None):
     name = os.path.basename(args.list)
     new_list, failed_tsv = os.path.join(out_dir, name), os.path.join(out_dir, name + ".failed.tsv")
     with open(new_list, "w", encoding="utf-8") as f:
+        f.write(f"# frame_stride {args.stride}\n" if args.stride > 1 else "")
         f.writelines(relative[p] + ("" if label < 0 else f" {label}") + "\n"
                      for p, label in entries if p not in failed)
     with open(failed_tsv, "w", encoding="utf-8") as f:

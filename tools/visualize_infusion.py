@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import datasets  # noqa: E402
 import masking_generator  # noqa: E402
 import motion_infusion  # noqa: E402
+import object_banks  # noqa: E402
 from errors import exit_usage  # noqa: E402
 from pictures import mask_overlay  # noqa: E402
 from utils import settled  # noqa: E402
@@ -25,7 +26,7 @@ from utils import settled  # noqa: E402
 def get_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    for module in (datasets, motion_infusion, masking_generator):
+    for module in (datasets, motion_infusion, object_banks, masking_generator):
         module.add_args(parser)
     datasets.add_pretraining_args(parser)
     parser.add_argument("--output_dir", default="runs/visualize")
