@@ -220,7 +220,7 @@ class PretrainingDataset(_RetryingDataset):
 
     A sample is ([R clips], masks [R, N] or [R, K, N], object tokens [R, N], attempts) for
     --repeated_sampling R: each clip is uint8 [T, S, S, 3] (channels last, as decoded), or with
-    --augment_on device its rendering.ClipPlan (the training device draws it)."""
+    --augment_on device its rendering.ClipPlan (the training device renders it)."""
 
     def __init__(self, args, entries, infuser, mask_generator):
         super().__init__(args.seed, args.max_retries)
