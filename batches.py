@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate, get_worker_info
+from torch.utils.data import default_collate
 
 import masking_generator
 from rendering import pack_plans, render_batch
@@ -58,24 +58,17 @@ def collate_classification(samples):
 
 def collate_pretraining(samples):
     """datasets.PretrainingDataset's samples (R clips each) -> one batch of their clips, the
-    masks as token indices (made here, in the loader's workers) and the files tried. Rendered
-    clips are stacked once, straight into the shared memory the workers hand batches over in;
-    the boolean masks and the object tokens stay with the samples (pictures read them there)."""
+    masks as token indices (made here, in the loader's workers) and the files tried. The
+    dataset's batched fetch renders the clips straight into the batch (`samples.video`);
+    single samples are stacked once, into the shared memory the workers hand batches over in.
+    The boolean masks and the object tokens stay with the samples (pictures read them)."""
     clips = [clip for sample in samples for clip in sample[0]]
     masks = np.concatenate([sample[1] for sample in samples])
     visible, masked = (torch.from_numpy(i) for i in masking_generator.mask_indices(masks))
     attempts = [attempt for sample in samples for attempt in sample[-1]]
+    if getattr(samples, "video", None) is not None:  # rendered into the batch already
+        return PretrainingBatch(samples.video, visible, masked, attempts)
     if isinstance(clips[0], np.ndarray):
         video = default_collate([torch.from_numpy(clip) for clip in clips])
         return PretrainingBatch(video, visible, masked, attempts)
-    return PlannedBatch(*pack_plans(clips, shared_zeros), visible, masked, attempts)
-
-
-def shared_zeros(shape):
-    """A zero uint8 tensor that a loader worker hands over without a copy: allocated in shared
-    memory as default_collate allocates its output (torch's storage API, the one private call
-    here), plain memory outside a worker."""
-    if get_worker_info() is None:
-        return torch.zeros(shape, dtype=torch.uint8)
-    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
-    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape).zero_()
+    return PlannedBatch(*pack_plans(clips), visible, masked, attempts)

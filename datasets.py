@@ -17,10 +17,10 @@ import masking_generator
 import motion_infusion
 import object_banks
 from bad_files import NOTE
-from errors import BadInputError, DataAbort, UsageError
-from lists import (DATASET_CLASSES, labelled_list, pretraining_list,  # noqa: F401
+from errors import BadInputError, DataAbort
+from lists import (DATASET_CLASSES, frame_step, labelled_list, pretraining_list,  # noqa: F401
                    read_list)  # (re-exported for the entry points and tests)
-from rendering import paste_objects, plan_clip, render_clip
+from rendering import paste_objects, plan_clip, render_clip, shared_uint8
 from utils import IMAGENET_MEAN, normalize_video, settled
 from video_io import (DECODERS, VideoDecodeError, check_backend, dense_indices, list_images,
                       read_clip, read_image, segment_indices)
@@ -203,18 +203,6 @@ class _RetryingDataset(Dataset):
                         f"them known bad from earlier); last: {'; '.join(failed) or 'none'}")
 
 
-def frame_step(entries, sampling_rate):
-    """--sampling_rate counted in the list's own frames: the videos of a list prepared with
-    --stride s keep one frame in s, so the same real-time stride is sampling_rate / s."""
-    stride = getattr(entries, "frame_stride", 1)
-    if sampling_rate % stride:
-        raise UsageError(f"--sampling_rate {sampling_rate} is not a multiple of the frame stride "
-                         f"{stride} of {entries.path} (its videos keep one frame in {stride}: "
-                         "tools/prepare_videos.py --stride): use a multiple of it, or a list "
-                         "prepared with a stride that divides --sampling_rate")
-    return sampling_rate // stride
-
-
 class PretrainingDataset(_RetryingDataset):
     """Clips for SMILE pretraining from a video list or a synthetic background.
 
@@ -270,19 +258,42 @@ class PretrainingDataset(_RetryingDataset):
         return dict(original=original, infused=paste_objects(original.copy(), plan.objects),
                     objects=objects, mask=mask, object_tokens=object_tokens)
 
-    def clips(self, index, rng):
+    def clips(self, index, rng, out=None):
         """--repeated_sampling R clips from one decode (MAE-ST's repeat_aug), each with its own
-        crop, objects and mask(s); rendered here unless the device renders them."""
+        crop, objects and mask(s); rendered here (into `out` [R, T, S, S, 3] when given)
+        unless the device renders them."""
         decoded = self.decode(index, rng)
         planned = [self.plan(decoded, rng) for _ in range(self.args.repeated_sampling)]
         on_device = self.args.augment_on == "device"
-        return ([plan if on_device else render_clip(plan) for plan, _, _ in planned],
+        rows = [None] * len(planned) if out is None else out
+        return ([plan if on_device else render_clip(plan, out=row)
+                 for (plan, _, _), row in zip(planned, rows)],
                 np.stack([mask for _, mask, _ in planned]),
                 np.stack([tokens for _, _, tokens in planned]))
 
-    def __getitem__(self, index):
-        (clips, masks, object_tokens), attempts = self.retrying(index, self.clips)
+    def __getitem__(self, index, out=None):
+        (clips, masks, object_tokens), attempts = self.retrying(
+            index, lambda i, rng: self.clips(i, rng, out))
         return clips, masks, object_tokens, attempts
+
+    def __getitems__(self, indices):
+        """A batch's samples (torch's batched fetch): the workers' clips are rendered straight
+        into one array, which batches.collate_pretraining hands on as the batch's video."""
+        a = self.args
+        if a.augment_on == "device":
+            return [self[i] for i in indices]
+        r = a.repeated_sampling
+        rows, video = shared_uint8((len(indices) * r, a.num_frames, a.input_size, a.input_size,
+                                    3), zeros=False)
+        samples = Batch(self.__getitem__(i, rows[k * r:(k + 1) * r])
+                        for k, i in enumerate(indices))
+        samples.video = video
+        return samples
+
+
+class Batch(list):
+    """A batch's samples, with the array their clips were rendered into (`video`)."""
+    video = None
 
 
 class VideoClsDataset(_RetryingDataset):

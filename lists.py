@@ -86,6 +86,18 @@ def read_list(path, root="", require_label=True):
     return entries
 
 
+def frame_step(entries, sampling_rate):
+    """--sampling_rate counted in the list's own frames: the videos of a list prepared with
+    --stride s keep one frame in s, so the same real-time stride is sampling_rate / s."""
+    stride = getattr(entries, "frame_stride", 1)
+    if sampling_rate % stride:
+        raise UsageError(f"--sampling_rate {sampling_rate} is not a multiple of the frame stride "
+                         f"{stride} of {entries.path} (its videos keep one frame in {stride}: "
+                         "tools/prepare_videos.py --stride): use a multiple of it, or a list "
+                         "prepared with a stride that divides --sampling_rate")
+    return sampling_rate // stride
+
+
 def labelled_list(args, split):
     """(entries of DATA_PATH/split, number of classes), every label checked against it."""
     path = os.path.join(args.data_path, split)

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from torch.utils.data import get_worker_info
+
 from motion_infusion import paste_objects, still_frame
 from video_transforms import crop_resize, multi_scale_box
 
@@ -38,12 +40,29 @@ def plan_clip(decoded, background, infuser, infusion_prob, num_frames, size, rng
     return ClipPlan(source, box, objects, num_frames, size)
 
 
-def render_clip(plan, objects=True):
-    """uint8 [T, size, size, 3] in the worker (without `objects`: the background alone)."""
-    frames = crop_resize(plan.source, plan.box, plan.size)
-    if len(frames) < plan.num_frames:  # a still background
-        frames = np.repeat(frames, plan.num_frames, axis=0)
+def render_clip(plan, objects=True, out=None):
+    """uint8 [T, size, size, 3] in the worker, written into `out` when given (a row of the
+    batch: the resize is then the one copy between the decoded frames and the batch);
+    without `objects` the background alone."""
+    if len(plan.source) == plan.num_frames:
+        frames = crop_resize(plan.source, plan.box, plan.size, out)
+    else:  # a still background
+        frames = np.empty((plan.num_frames, plan.size, plan.size, 3), np.uint8) if out is None \
+            else out
+        frames[:] = crop_resize(plan.source, plan.box, plan.size)
     return paste_objects(frames, plan.objects) if objects else frames
+
+
+def shared_uint8(shape, zeros=True):
+    """A uint8 array that a loader worker hands over without a copy: in shared memory, as
+    default_collate allocates its output (torch's storage API, the one private call here);
+    plain memory outside a worker. (numpy view, tensor)"""
+    if get_worker_info() is None:
+        tensor = (torch.zeros if zeros else torch.empty)(shape, dtype=torch.uint8)
+    else:  # a new shared file reads as zeros already
+        tensor = torch.empty(0, dtype=torch.uint8).set_(
+            torch.UntypedStorage._new_shared(int(np.prod(shape)))).view(shape)
+    return tensor.numpy(), tensor
 
 
 def object_from_frame(matrices):
@@ -52,10 +71,9 @@ def object_from_frame(matrices):
     return np.concatenate([linear, -linear @ matrices[..., 2:]], axis=-1).astype(np.float32)
 
 
-def pack_plans(plans, zeros):
-    """ClipPlans as render_batch's padded tensors; `zeros(shape)` allocates the frames (a
-    loader worker's shared memory). The clips cut from one decode share its frames, which
-    travel once, cut down to the union of their boxes."""
+def pack_plans(plans):
+    """ClipPlans as render_batch's padded tensors. The clips cut from one decode share its
+    frames, which travel once (in a worker's shared memory), cut to the union of their boxes."""
     groups = {}  # the clips of each source
     for i, plan in enumerate(plans):
         groups.setdefault(id(plan.source), (plan.source, []))[1].append(i)
@@ -67,9 +85,9 @@ def pack_plans(plans, zeros):
         crops.append(source[:, y0:y1, x0:x1])
         source_of[members] = g
         boxes[members, :2] -= (x0, y0)
-    sources = zeros((len(crops), *np.max([c.shape for c in crops], axis=0)))
-    for target, crop in zip(sources, crops):
-        target[:crop.shape[0], :crop.shape[1], :crop.shape[2]] = torch.from_numpy(crop)
+    padded, sources = shared_uint8((len(crops), *np.max([c.shape for c in crops], axis=0)))
+    for target, crop in zip(padded, crops):
+        target[:crop.shape[0], :crop.shape[1], :crop.shape[2]] = crop
     k = max(len(plan.objects) for plan in plans)
     rgba = [o.rgba for plan in plans for o in plan.objects] or [np.zeros((1, 1, 4), np.uint8)]
     objects = torch.zeros((len(plans), k, *np.max([o.shape for o in rgba], axis=0)),

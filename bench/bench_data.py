@@ -9,13 +9,14 @@ panning and zooming over texture, with grain; 10 s of 640x360 at 30 fps, x264 at
 what Kinetics downloads average, a keyframe every 250 frames as x264's default) and prepares
 them with tools/prepare_videos.py (short side 256), once as they are and once with --stride 4.
 Objects: `--objects_count` RGBA PNGs of 256-600 px (--objects DIR for yours, `procedural`
-for the built-in bank).
+for the built-in bank), which this code reads from the bundle tools/prepare_objects.py makes
+of them (--objects_as folder: from the folder).
 
 Each pipeline is the stage-1 sample of the recipe (16 frames of 224², --sampling_rate 4, 2
-objects, trajectory mask) as a loader worker makes it, the collate included, timed in CPU
-seconds (time.process_time) of a process with one thread; `device` is --augment_on device,
-whose render (timed apart) is the device's share. `decode` is the decode of the clip's frames
-alone. With --baseline REV the same samples run through that commit's code too (git archive
+objects, trajectory mask) as a loader worker makes it (the batched fetch where the code has
+one, and the collate), timed in CPU seconds (time.process_time) of a process with one
+thread; `device` is --augment_on device, whose render (timed apart) is the device's share.
+`decode` is the decode of the clip's frames alone. With --baseline REV the same samples run through that commit's code too (git archive
 into a temporary folder; it cannot read stride-baked lists), and on `prepared then`: the
 videos prepared by that commit's own tools/prepare_videos.py. Every pipeline runs in a child
 process of its code; samples are handed out in rounds, so drift in the machine's load hits
@@ -72,9 +73,11 @@ def serve(tree, specs):
                 video_io.read_clip(dataset.entries[i % videos][0], spec["backend"],
                                    lambda n: video_io.dense_indices(n, 16, dataset.step, rng))
             else:
-                sample = dataset[i % videos]
-                batch = (collate([sample]) if "repeats" not in collate.__code__.co_varnames
-                         else collate([sample], repeats=spec["repeats"]))
+                # as a loader worker fetches: torch's batched fetch where the code has one
+                fetch = getattr(dataset, "__getitems__", lambda ids: [dataset[k] for k in ids])
+                samples = fetch([i % videos])
+                batch = (collate(samples) if "repeats" not in collate.__code__.co_varnames
+                         else collate(samples, repeats=spec["repeats"]))
             worker += time.process_time() - start
             if spec["augment_on"] == "device" and not spec["decode_only"]:
                 start = time.perf_counter() if device.type == "cuda" else time.process_time()

@@ -210,6 +210,10 @@ def test_repeated_sampling_cuts_clips_from_one_decode(video_dir, tmp_path, monke
     assert batch.video_on(torch.device("cpu")).shape == (6, 3, 8, 64, 64)
     assert visible.shape == (6, 64 - 48) and masked.shape == (6, 48)
     assert torch.equal(torch.gather(mask, 1, masked), torch.ones(6, 48, dtype=torch.bool))
+    # torch's batched fetch renders the clips straight into the batch's array: no stacking
+    samples = dataset.__getitems__([0, 1])
+    fetched = batches.collate_pretraining(samples)
+    assert fetched.video is samples.video and torch.equal(fetched.video, video)
 
 
 @pytest.mark.parametrize("background", ["frame", "image", "black", "noise"])
