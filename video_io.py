@@ -100,12 +100,12 @@ def decode_pyav(path, choose_indices):
         indices = choose_indices(_length(path, len(packets)))
         wanted = set(int(i) for i in indices)
         timestamps = sorted(pts for pts, _ in packets if pts is not None)
-        if len(set(timestamps)) == len(packets):
+        if seekable := len(set(timestamps)) == len(packets):
             frame_at = {pts: i for i, pts in enumerate(timestamps)}
             keys = [frame_at[pts] for pts, key in packets if key and frame_at[pts] <= min(wanted)]
             container.seek(timestamps[max(keys, default=0)], stream=stream)
             decoded = _decode_wanted(container, stream, wanted, frame_at.get)
-    if len(set(timestamps)) < len(packets):  # e.g. a raw H.264 stream, which cannot seek
+    if not seekable:  # e.g. a raw H.264 stream: no timestamps, and it cannot seek
         with av.open(path) as container:
             decoded = _decode_wanted(container, container.streams.video[0], wanted, None)
     if missing := wanted.difference(decoded):

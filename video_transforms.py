@@ -39,10 +39,6 @@ def crop_resize(frames, box, size, out=None):
     return resize(frames[:, y0:y0 + h, x0:x0 + w], size, size, out)
 
 
-def multi_scale_crop(frames, size, rng):
-    return crop_resize(frames, multi_scale_box(*frames.shape[1:3], size, rng), size)
-
-
 def random_resized_crop(frames, size, rng, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3)):
     """Same crop for every frame: area fraction in `scale`, log-uniform aspect in `ratio`."""
     height, width = frames.shape[1:3]
