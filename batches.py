@@ -28,8 +28,8 @@ class PlannedBatch(NamedTuple):
     """--augment_on device: what the workers decoded and drew, rendered on the device
     (rendering.render_batch has the fields' shapes)."""
     sources: torch.Tensor
-    source_of: torch.Tensor
-    boxes: torch.Tensor
+    source_of: list
+    boxes: list
     objects: torch.Tensor
     inverse: torch.Tensor
     num_frames: int

@@ -67,18 +67,9 @@ class FolderObjectBank:
     discarding clips mid-run."""
 
     def __init__(self, root, list_file=None, log=print, threads=8, max_side=None, cache_mb=256):
-        paths = self.listed(root, list_file)
-        self.paths, bad = [], []
-        with ThreadPoolExecutor(threads) as pool:  # cv2 decodes outside the GIL
-            for i, (path, reason) in enumerate(pool.map(self.check, paths), 1):
-                (bad.append((path, reason)) if reason else self.paths.append(path))
-                if len(paths) >= 5000 and (i % 5000 == 0 or i == len(paths)):
-                    log(f"objects: {i}/{len(paths)} checked, {len(bad)} unusable")
-        for path, reason in bad:
-            log(f"object left out: {path} ({reason})")
-        if not self.paths:
-            raise FileNotFoundError(f"none of the {len(paths)} images under {root} is a usable "
-                                    f"object (e.g. {bad[0][0]}: {bad[0][1]})")
+        usable, _ = read_objects(root, self.listed(root, list_file), lambda rgba: None, threads,
+                                 log)
+        self.paths = [path for path, _ in usable]
         self.max_side, self.cache_bytes = max_side, cache_mb << 20
         self.cache, self.cached_bytes = OrderedDict(), 0
 
@@ -97,14 +88,6 @@ class FolderObjectBank:
             raise FileNotFoundError(f"no objects under {root}: expected RGBA PNGs laid out "
                                     "<category>/<instance>.png")
         return paths
-
-    @classmethod
-    def check(cls, path):
-        try:
-            cls.load(path)
-            return path, ""
-        except ObjectImageError as err:
-            return path, err.reason
 
     def __len__(self):
         return len(self.paths)
@@ -134,6 +117,31 @@ class FolderObjectBank:
         while self.cached_bytes > self.cache_bytes:  # least recently used out first
             self.cached_bytes -= self.cache.popitem(last=False)[1].nbytes
         return rgba
+
+
+def read_objects(root, paths, keep, threads, log):
+    """Every object file decoded and checked, in threads (cv2 decodes outside the GIL), with a
+    progress line every 5,000 and one line naming each unusable file -> ([(path, keep(rgba))]
+    of the usable ones, in order, [(path, why)] of the others); FileNotFoundError when none
+    is usable."""
+    def read(path):
+        try:
+            return path, keep(FolderObjectBank.load(path)), ""
+        except ObjectImageError as err:
+            return path, None, err.reason
+
+    usable, bad = [], []
+    with ThreadPoolExecutor(max(threads, 1)) as pool:
+        for i, (path, kept, reason) in enumerate(pool.map(read, paths), 1):
+            (bad.append((path, reason)) if reason else usable.append((path, kept)))
+            if len(paths) >= 5000 and (i % 5000 == 0 or i == len(paths)):
+                log(f"objects: {i}/{len(paths)} read, {len(bad)} unusable")
+    for path, reason in bad:
+        log(f"object left out: {path} ({reason})")
+    if not usable:
+        raise FileNotFoundError(f"none of the {len(paths)} images under {root} is a usable "
+                                f"object (e.g. {bad[0][0]}: {bad[0][1]})")
+    return usable, bad
 
 
 class BundleObjectBank:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from torch.utils.data import get_worker_info
 
 from motion_infusion import paste_objects, still_frame

@@ -19,14 +19,13 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from errors import exit_usage  # noqa: E402
 from motion_infusion import largest_side  # noqa: E402
-from object_banks import BUNDLE, FolderObjectBank, ObjectImageError, premultiplied  # noqa: E402
+from object_banks import BUNDLE, FolderObjectBank, premultiplied, read_objects  # noqa: E402
 
 
 def get_args(argv=None):
@@ -44,26 +43,14 @@ def get_args(argv=None):
 def main(argv=None):
     args = get_args(argv)
     max_side = largest_side(args.num_frames, args.input_size)
+    start = time.time()
     try:
         paths = FolderObjectBank.listed(args.objects_path, args.object_list)
+        objects, failed = read_objects(args.objects_path, paths,
+                                       lambda rgba: premultiplied(rgba, max_side), args.workers,
+                                       lambda line: print(line, flush=True))
     except (FileNotFoundError, OSError) as err:
         exit_usage(err)
-
-    def load(path):
-        try:
-            return path, premultiplied(FolderObjectBank.load(path), max_side), ""
-        except ObjectImageError as err:
-            return path, None, err.reason
-
-    start, failed, objects = time.time(), [], []
-    with ThreadPoolExecutor(max(args.workers, 1)) as pool:  # cv2 decodes outside the GIL
-        for i, (path, rgba, reason) in enumerate(pool.map(load, paths), 1):
-            (failed.append((path, reason)) if reason else objects.append((path, rgba)))
-            if i % 5000 == 0 or i == len(paths):
-                print(f"{i}/{len(paths)} objects read, {len(failed)} left out", flush=True)
-    if not objects:
-        exit_usage(f"none of the {len(paths)} images under {args.objects_path} is a usable "
-                   f"object (e.g. {failed[0][0]}: {failed[0][1]})")
     os.makedirs(args.out_dir, exist_ok=True)
     sizes = [rgba.size for _, rgba in objects]
     offsets = np.concatenate([[0], np.cumsum(sizes)])

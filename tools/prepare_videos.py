@@ -142,9 +142,10 @@ def same_settings(out_dir, args):
 
 def main(argv=None):
     args = get_args(argv)
-    args.keyint = args.keyint or (8 if args.stride > 1 else 16)
-    if args.short_side < 2 or args.keyint < 1 or args.stride < 1:
+    if args.short_side < 2 or (args.keyint is not None and args.keyint < 1) or args.stride < 1:
         exit_usage("--short_side must be >= 2, --keyint and --stride >= 1")
+    args = argparse.Namespace(**{**vars(args), "keyint": args.keyint or (
+        8 if args.stride > 1 else 16)})  # the default depends on --stride
     try:  # as the loader reads it: relative paths from --data_root, else the list's folder
         entries = read_list(args.list, args.data_root, require_label=False)
     except (UsageError, FileNotFoundError) as err:
