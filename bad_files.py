@@ -57,7 +57,7 @@ class BadFileLedger:
 
     def __init__(self, paths, max_fraction, output_dir, dist_info):
         self.max_fraction, self.dist = max_fraction, dist_info
-        self.indices = {}  # path -> its indices (a path may be listed twice)
+        self.paths, self.indices = paths, {}  # path -> its indices (a path may be listed twice)
         for i, path in enumerate(paths):
             self.indices.setdefault(path, []).append(i)
         self.tried, self.bad = np.zeros((2, len(paths)), np.uint8)
@@ -90,6 +90,23 @@ class BadFileLedger:
             if reason and path not in self.listed:
                 self.listed.add(path)
                 self.new.append((index, path, " ".join(reason.split()), epoch, self.dist.rank))
+
+    def describe(self, index):
+        """The file behind sample `index`, for messages."""
+        return self.paths[index] if 0 <= index < len(self.paths) else f"sample {index}"
+
+    def write_now(self, hung=(), epoch=-1):
+        """Append this rank's unmerged findings and `hung` [(path, reason)] to the TSV without
+        a collective: the process is about to end (guard.DataWatch, a lost peer)."""
+        rows = [(path, reason, epoch, rank) for _, path, reason, epoch, rank in self.new
+                if not reason.startswith(NOTE)] + [(p, r, epoch, self.dist.rank) for p, r in hung]
+        rows = [row for row in rows if row[0] not in self.written]
+        if rows:
+            header = not os.path.isfile(self.tsv)
+            with open(self.tsv, "a", encoding="utf-8") as f:
+                f.write(TSV_HEADER if header else "")
+                f.writelines("\t".join(map(str, row)) + "\n" for row in rows)
+            self.written.update(row[0] for row in rows)
 
     def counts(self):
         return int(self.bad.sum()), int(self.tried.sum())

@@ -5,6 +5,7 @@ kept uint8 to the training device (a quarter of the bytes). Fine-tuning: decode 
 (train) or resize + crop views (eval) -> normalised float clip [3, T, H, W].
 """
 import argparse
+import contextlib
 import logging
 import os
 import random
@@ -165,6 +166,7 @@ class _RetryingDataset(Dataset):
         self.known_bad = frozenset()
         self.notes = []  # what the current sample's files told besides failing
         self.file_paths = []  # the file behind each sample index (none for synthetic samples)
+        self.board = None
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -188,9 +190,10 @@ class _RetryingDataset(Dataset):
             if index in self.known_bad:
                 skipped += 1
             else:
-                try:
+                try:  # the run's watch (guard.ReadBoard) sees what is being read
                     self.notes = []
-                    out = load(index, self.rng(index, attempt))
+                    with self.board.reading(index) if self.board else contextlib.nullcontext():
+                        out = load(index, self.rng(index, attempt))
                     attempts += [(index, "", "")] + self.notes
                     return out, attempts
                 except BadInputError as err:
@@ -309,12 +312,10 @@ class VideoClsDataset(_RetryingDataset):
 
     def __init__(self, args, entries, mode, segment_sampling, flip, views=None):
         super().__init__(args.seed, args.max_retries)
-        self.eval_failures = {}  # path -> reason
-        self.file_paths = [p for p, _ in entries]
+        self.file_paths, self.eval_failures = [p for p, _ in entries], {}  # path -> reason
         self.list_digest = getattr(entries, "digest", None)  # what a resume compares
-        self.args, self.entries, self.mode = args, entries, mode
-        self.segment_sampling, self.flip = segment_sampling, flip
-        self.step = frame_step(entries, args.sampling_rate)
+        self.args, self.entries, self.mode, self.flip = args, entries, mode, flip
+        self.segment_sampling, self.step = segment_sampling, frame_step(entries, args.sampling_rate)
         self.num_segments, self.num_crops = (1, 1) if mode != "test" else views or (
             args.test_num_segment, args.test_num_crop)
         self.rand_augment = self.random_erasing = None
@@ -378,10 +379,8 @@ class VideoClsDataset(_RetryingDataset):
 def build_pretraining_dataset(args):
     grid = masking_generator.token_grid(args.num_frames, args.input_size, args.patch_size,
                                         args.tubelet_size)
-    entries = None
-    if args.background in ("video", "frame"):
-        entries = read_list(pretraining_list(args.data_path), args.data_root,
-                            require_label=False)
+    entries = read_list(pretraining_list(args.data_path), args.data_root, require_label=False
+                        ) if args.background in ("video", "frame") else None
     objects = object_banks.build_object_bank(
         args.objects_path, args.object_list, log.info,
         max_side=motion_infusion.largest_side(args.num_frames, args.input_size),

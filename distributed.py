@@ -1,9 +1,11 @@
 """Processes: process groups, collectives, seeding, the resumable sampler and training loader,
 model wrapping, DataLoader workers that outlive stop signals."""
+import datetime
 import gc
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -28,10 +30,12 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device_name, local_rank_arg=-1, use_deepspeed=False):
+def init_distributed(device_name, local_rank_arg=-1, use_deepspeed=False, timeout_s=None):
     """One process or many: torchrun (RANK/WORLD_SIZE/LOCAL_RANK, else the old launcher's
     --local_rank) or SLURM srun (SLURM_PROCID/NTASKS/LOCALID; MASTER_ADDR/PORT from the
-    environment or the job's first node). NCCL on GPUs, gloo on CPUs."""
+    environment or the job's first node). NCCL on GPUs, gloo on CPUs. A collective that waits
+    over `timeout_s` for a peer raises (guard.failure_line names it); NCCL's asynchronous
+    error handling aborts its communicators and raises in this process instead of hanging."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
@@ -55,8 +59,10 @@ def init_distributed(device_name, local_rank_arg=-1, use_deepspeed=False):
         # in default arguments: imported after it, they keep it alive into teardown (-6 there).
         if use_deepspeed:
             import deepspeed.comm  # noqa: F401
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")  # 2: clean up, raise
         dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
-                                rank=rank, world_size=world)
+                                rank=rank, world_size=world,
+                                timeout=timeout_s and datetime.timedelta(seconds=timeout_s))
     return Dist(rank, world, local, device)
 
 
@@ -102,6 +108,15 @@ def first_of_ranks(value, dist_info):
     return next(filter(lambda v: v is not None, all_gather_objects(value, dist_info)), None)
 
 
+def host_and_address():
+    """(host name, IP address) of this process's node, to name a peer that went away."""
+    host = socket.gethostname()
+    try:
+        return host, socket.gethostbyname(host)
+    except OSError:
+        return host, ""
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -116,6 +131,7 @@ def seed_worker(worker_id):
     if stop_signals.is_installed():  # the entry points; a tool's workers keep torch's
         for sig in stop_signals.STOP_SIGNALS:
             signal.signal(sig, stop_signals.stop_flag().handle)
+    signal.set_wakeup_fd(-1)  # the parent's (guard.DataWatch) is for its own signals
     signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals.STOP_SIGNALS)  # see start_workers
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)

@@ -1,16 +1,19 @@
 """What can go wrong in a run, as exception types, and the exit code each one ends with.
 
-Exit codes (documented in the README; the SLURM scripts requeue on none of them but 0 with an
-unfinished run):
+Exit codes (documented in the README; the SLURM scripts requeue on 0 with an unfinished run,
+and on 5 at most 3 times in a row):
     0  finished, or stopped by a signal after saving (run the same command to resume)
     1  the training itself failed (e.g. a non-finite loss): the last checkpoint is intact
     2  a usage error: a flag, list, folder or checkpoint that cannot work, found before work
     3  a data abort: too much of the data cannot be read (see OUTPUT_DIR/bad_files.tsv)
     4  a file could not be written (a full disk, a quota): the last checkpoint is intact
+    5  interrupted by what a new allocation may not meet: a read that never returned, a peer
+       process lost or frozen, a data worker killed, memory exhausted; the last completed
+       step was saved where the process could (run the same command to resume)
 """
 import sys
 
-EXIT_FAILED, EXIT_USAGE, EXIT_DATA, EXIT_WRITE = 1, 2, 3, 4
+EXIT_FAILED, EXIT_USAGE, EXIT_DATA, EXIT_WRITE, EXIT_RETRY = 1, 2, 3, 4, 5
 
 
 def exit_usage(line):
@@ -53,3 +56,13 @@ class WriteError(RuntimeError):
     naming the folder, the bytes needed and the bytes free; nothing else is lost."""
 
     exit_code = EXIT_WRITE
+
+
+class OutsideFailure(RuntimeError):
+    """The run was interrupted from outside its step (a hung read, a lost peer or worker,
+    memory) and saved what it could: one line, exit 5 where a retry can succeed (the SLURM
+    scripts requeue), 1 where the remedy is the user's (memory)."""
+
+    def __init__(self, line, exit_code=EXIT_RETRY):
+        super().__init__(line)
+        self.exit_code = exit_code

@@ -160,6 +160,7 @@ MACHINERY = {"num_workers", "print_freq", "pin_mem", "device", "precision", "com
              "use_checkpoint", "enable_deepspeed", "output_dir", "log_dir", "save_ckpt_freq",
              "keep_last", "auto_resume", "resume", "local_rank", "config", "video_backend",
              "augment_on", "object_cache_mb",  # where and how fast, not which clips
+             "data_warn_s", "data_timeout_s", "dist_timeout_s",
              "max_bad_fraction", "max_retries", "dist_eval", "new_data_list", "vis_freq",
              "test_num_segment", "test_num_crop", "short_side_size",  # evaluation only
              # the list is compared by its content (data_list), not where it lies

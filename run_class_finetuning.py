@@ -33,6 +33,7 @@ import hf_videomae
 import modeling_finetune
 import outputs
 import pictures
+import guard
 import training
 import utils
 from errors import DataAbort
@@ -248,7 +249,8 @@ def test(model, args, dist_info, nb_classes, mode):
 
 
 def main(args):
-    dist_info = distributed.init_distributed(args.device, args.local_rank, args.enable_deepspeed)
+    dist_info = distributed.init_distributed(args.device, args.local_rank, args.enable_deepspeed,
+                                             args.dist_timeout_s)
     outputs.open_output_dir(args, dist_info)
     args = utils.run_settings(args, dist_info.world_size)  # read-only from here on
     log.info("%s", utils.run_header(args, dist_info))
@@ -307,4 +309,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    sys.exit(training.run_cli(main, utils.parse_with_config(get_args_parser()), check_args))
+    sys.exit(guard.run_cli(main, utils.parse_with_config(get_args_parser()), check_args))

@@ -26,6 +26,7 @@ import object_banks
 import outputs
 import pictures
 import teachers
+import guard
 import training
 import utils
 from engine_for_pretraining import target_and_prediction, train_loss
@@ -92,7 +93,8 @@ def settle(args, world_size=1):
 
 
 def main(args):
-    dist_info = distributed.init_distributed(args.device, args.local_rank, args.enable_deepspeed)
+    dist_info = distributed.init_distributed(args.device, args.local_rank, args.enable_deepspeed,
+                                             args.dist_timeout_s)
     outputs.open_output_dir(args, dist_info)
     args = settle(args, dist_info.world_size)  # read-only from here on
     log.info("%s", utils.run_header(args, dist_info))
@@ -181,4 +183,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    sys.exit(training.run_cli(main, parse_args(), check_args))
+    sys.exit(guard.run_cli(main, parse_args(), check_args))

@@ -1,5 +1,5 @@
-"""Stop signals: SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 ask a run to save and stop, however many
-arrive and whichever processes of the job they reach.
+"""Stop signals: SIGTERM, SIGINT (Ctrl-C), SIGUSR1 and SIGHUP (a dropped ssh session) ask a run
+to save and stop, however many arrive and whichever processes of the job they reach.
 
 The entry points install it with their first line, `from stop_signals import installed` (it
 imports nothing heavy), so that a signal that comes while torch is still being imported is
@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 INTERRUPT_AGAIN_AFTER_S = 2.0  # a forwarded copy of a Ctrl-C (torchrun) comes within ms
 
 

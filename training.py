@@ -3,27 +3,24 @@
     fit(args, dist_info, Job): resume -> wrap -> schedule -> epochs of steps (bad files
          judged, progress with ETA, stop signals) -> save -> numbered copy -> validation
     train_step: set the LR -> the engine's loss -> backward, optimiser step -> EMA
-    run_cli: a user's mistake or a data abort as one `error:` line and its exit code
 """
 import dataclasses
-import errno
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Callable, Optional
 
 import torch
 
 import checkpoint
 import distributed
+import guard
 import outputs
 import stop_signals
-from bad_files import BadFileLedger, data_abort_line
-from errors import EXIT_USAGE, EXIT_WRITE, DataAbort, NonFiniteLossError, UsageError, WriteError
+from bad_files import BadFileLedger
+from errors import NonFiniteLossError, OutsideFailure, WriteError
 from utils import MetricLogger, cosine_lr, format_eta
 
 log = logging.getLogger("smile")
@@ -115,24 +112,42 @@ def train_step(job, batch, lr, update):
     return {"loss": loss.detach(), **grad, **{k: v.detach() for k, v in metrics.items()}}
 
 
-def train_one_epoch(job, lr_at, epoch, first_batch, run, logger, stop_flag, ledger):
-    """One epoch from batch `first_batch` -> (mean metrics, the batch after a stop or None).
-    `run`: steps_per_epoch, epochs, print_freq, clips_per_step and dist."""
+@dataclass
+class Run:
+    """What an epoch needs of the run around it (fit makes it): the processes, the schedule
+    lr_at(epoch, batch), where metrics, bad files and stop signals go, and the data watch."""
+    dist: distributed.Dist
+    steps_per_epoch: int
+    epochs: int
+    print_freq: int
+    clips_per_step: int
+    lr_at: Callable
+    logger: MetricLogger
+    ledger: BadFileLedger
+    stop_flag: stop_signals.StopFlag
+    watch: guard.DataWatch
+
+
+def train_one_epoch(job, run, epoch, first_batch):
+    """One epoch from batch `first_batch` -> (mean metrics, the batch after a stop or None)."""
     job.model.train()
     totals, counts, data_time, start = {}, {}, 0.0, time.time()
     window_start, window_data, window_steps = start, 0.0, 0
+    run.watch.update_done((epoch, first_batch))
     batches = distributed.start_workers(job.loader)
     try:
         wait_start, bad_step, stopping = time.time(), None, False
-        for i, batch in enumerate(batches, start=first_batch):
+        for i, batch in enumerate(run.watch.batches(batches), start=first_batch):
             waited = time.time() - wait_start
             data_time, window_data = data_time + waited, window_data + waited
-            ledger.record(batch.attempts, epoch)
+            run.ledger.record(batch.attempts, epoch)
             step = epoch * run.steps_per_epoch + i
             # an update every `accumulation` batches, and at the epoch's end (no gradient of
             # one epoch leaks into the next)
             boundary = (i + 1) % job.accumulation == 0 or i + 1 == run.steps_per_epoch
-            metrics = train_step(job, batch, lr := lr_at(epoch, i), update=boundary)
+            metrics = train_step(job, batch, lr := run.lr_at(epoch, i), update=boundary)
+            if boundary:  # what a save holds from here on
+                run.watch.update_done((epoch, i + 1))
             for key, value in metrics.items():
                 totals[key], counts[key] = totals.get(key, 0.0) + value, counts.get(key, 0) + 1
             window_steps += 1
@@ -143,22 +158,22 @@ def train_one_epoch(job, lr_at, epoch, first_batch, run, logger, stop_flag, ledg
             printing = (i + 1) % run.print_freq == 0 or i + 1 == run.steps_per_epoch
             if printing:
                 stop_if_not_finite(bad_step, metrics, run.dist)
-                ledger.check()
+                run.ledger.check()
                 elapsed = time.time() - window_start
                 _log_progress(run, epoch, i, lr, metrics, elapsed / window_steps,
                               run.clips_per_step * window_steps / elapsed,
-                              window_data / elapsed, logger)
+                              window_data / elapsed)
                 window_start, window_data, window_steps = time.time(), 0.0, 0
             # ranks agree on stopping where they meet anyway (an all-reduce is a host sync),
             # then stop together at the next update: a resume never starts mid-accumulation
             stopping = stopping or (printing or run.dist.world_size == 1) and (
-                distributed.all_reduce_mean(float(bool(stop_flag)), run.dist) > 0)
+                distributed.all_reduce_mean(float(bool(run.stop_flag)), run.dist) > 0)
             if stopping and boundary:
                 return _means(totals, counts, run, data_time, start), i + 1
             wait_start = time.time()
     finally:
         distributed.stop_workers(batches)
-    ledger.check(epoch_end=True)
+    run.ledger.check(epoch_end=True)
     return _means(totals, counts, run, data_time, start), None
 
 
@@ -172,12 +187,12 @@ def stop_if_not_finite(bad_step, metrics, dist_info):
                                  "(the last checkpoint is intact)")
 
 
-def _log_progress(run, epoch, i, lr, metrics, step_time, clips_per_s, data_fraction, logger):
+def _log_progress(run, epoch, i, lr, metrics, step_time, clips_per_s, data_fraction):
     step = epoch * run.steps_per_epoch + i
     values = {k: float(v) for k, v in metrics.items()}  # the device is read here only
     values.update(loss=distributed.all_reduce_mean(values["loss"], run.dist), lr=lr,
                   clips_per_s=clips_per_s, data_wait_fraction=data_fraction)
-    logger.scalars(step, values)
+    run.logger.scalars(step, values)
     left_epoch = (run.steps_per_epoch - i - 1) * step_time
     left_total = left_epoch + (run.epochs - epoch - 1) * run.steps_per_epoch * step_time
     grad = f"  grad {values['grad_norm']:.3f}" if "grad_norm" in values else ""
@@ -215,18 +230,22 @@ def fit(args, dist_info, job):
     model, optimizer, net = distributed.wrap_for_training(job.model, job.optimizer, args,
                                                           dist_info, accumulation)
     job = dataclasses.replace(job, model=model, optimizer=optimizer)
-    lr_at = lr_schedule(args, steps_per_epoch, accumulation)
+    latest, saved = os.path.join(args.output_dir, checkpoint.LATEST), [(start_epoch, first_batch)]
+    hosts = distributed.all_gather_objects(distributed.host_and_address(), dist_info)
+
+    def write(position):
+        checkpoint.save_checkpoint(latest, checkpoint.training_state(
+            net, optimizer, *position, steps_per_epoch, args, job.scaler, job.model_ema,
+            kind=job.kind, model_kwargs=job.model_kwargs, bad_files=ledger.state_dict(),
+            data_list=data_list, history=history))
+        saved[0] = position
 
     def save(epoch, next_batch):  # by rank 0; every rank learns if it failed
         ledger.merge()  # every rank's findings in the saved ledger
         failed = None
         if dist_info.is_main:
             try:
-                checkpoint.save_checkpoint(
-                    os.path.join(args.output_dir, checkpoint.LATEST), checkpoint.training_state(
-                        net, optimizer, epoch, next_batch, steps_per_epoch, args, job.scaler,
-                        job.model_ema, kind=job.kind, model_kwargs=job.model_kwargs,
-                        bad_files=ledger.state_dict(), data_list=data_list, history=history))
+                write((epoch, next_batch))
                 if not next_batch:
                     checkpoint.keep_epoch_checkpoint(args.output_dir, epoch - 1, args.epochs,
                                                      args.save_ckpt_freq, args.keep_last)
@@ -235,60 +254,65 @@ def fit(args, dist_info, job):
         if line := distributed.first_of_ranks(failed and str(failed), dist_info):
             raise failed or WriteError(line)  # rank 0's has the cause, for train.log
 
-    run = SimpleNamespace(steps_per_epoch=steps_per_epoch, epochs=args.epochs, dist=dist_info,
-                          print_freq=args.print_freq,
-                          clips_per_step=args.batch_size * dist_info.world_size)
-    logger = MetricLogger(args.output_dir, args.log_dir, dist_info.is_main)
+    def save_alone(hung=()):
+        """The last completed update, by this rank without a collective (a peer may be
+        gone, or the main thread stuck): ranks hold the same weights. -> what it did."""
+        position = watch.completed or saved[0]
+        try:
+            ledger.write_now(hung, position[0])
+            if position == saved[0]:
+                return (f"; nothing to save since epoch {position[0] + 1} batch {position[1]}, "
+                        "run the same command to resume")
+            write(position)
+        except WriteError as err:
+            return f"; the save failed too: {err}"
+        return (f"; saved epoch {position[0] + 1} batch {position[1]} to {latest}, run the same "
+                "command to resume")
+
+    def bail(code, line, hung):  # the watch's thread: the loop is blocked
+        guard.end_process(code, ("" if code == 0 else "error: ") + line + save_alone(hung))
+
     stop_flag = stop_signals.stop_flag()  # installed at import by the entry points
+    job.dataset.board = guard.ReadBoard(job.loader.num_workers)  # the workers inherit it
+    watch = guard.DataWatch(job.dataset.board, ledger.describe, args.data_warn_s,
+                            args.data_timeout_s, stop_flag, bail, dist_info.rank)
+    run = Run(dist_info, steps_per_epoch, args.epochs, args.print_freq,
+              args.batch_size * dist_info.world_size,
+              lr_schedule(args, steps_per_epoch, accumulation),
+              MetricLogger(args.output_dir, args.log_dir, dist_info.is_main), ledger, stop_flag,
+              watch)
+    try:
+        with watch:
+            return _epochs(args, job, run, start_epoch, first_batch, net, save, latest)
+    except Exception as err:  # from outside the step: a peer, a worker, memory
+        if (failure := guard.failure_line(err, args, hosts, dist_info.rank)) is None:
+            raise
+        line, code = failure
+        log.debug("%s", line, exc_info=True)
+        if stop_flag:  # a peer that had the signal too ended first
+            log.info("%s received, then %s%s", stop_flag.signal, line, save_alone())
+            return None
+        raise OutsideFailure(line + save_alone(), code) from err
+
+
+def _epochs(args, job, run, start_epoch, first_batch, net, save, latest):
     for epoch in range(start_epoch, args.epochs):
         job.dataset.set_epoch(epoch)
-        job.dataset.known_bad = ledger.known_bad()  # workers are forked per epoch: they see it
+        job.dataset.known_bad = run.ledger.known_bad()  # workers are forked per epoch
         job.sampler.set_epoch(epoch, skip_batches=first_batch)
-        stats, stopped_at = train_one_epoch(job, lr_at, epoch, first_batch, run, logger,
-                                            stop_flag, ledger)
-        first_batch, mid_epoch = 0, stopped_at is not None and stopped_at < steps_per_epoch
+        stats, stopped_at = train_one_epoch(job, run, epoch, first_batch)
+        first_batch, mid_epoch = 0, stopped_at is not None and stopped_at < run.steps_per_epoch
         position = (epoch, stopped_at) if mid_epoch else (epoch + 1, 0)
         save(*position)  # at an epoch's end also when the signal came at its last step
         if not mid_epoch:
-            extra = job.after_epoch(net, epoch, logger) if job.after_epoch else {}
-            logger.epoch({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}, **extra})
+            extra = job.after_epoch(net, epoch, run.logger) if job.after_epoch else {}
+            run.logger.epoch({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()},
+                              **extra})
             log.info("epoch %d done: loss %.4f", epoch + 1, stats.get("loss", float("nan")))
         if stopped_at is not None and position[0] < args.epochs:
             log.info("%s received: saved epoch %d batch %d to %s; run the same command to "
-                     "resume", stop_flag.signal, position[0] + 1, position[1],
-                     os.path.join(args.output_dir, checkpoint.LATEST))
+                     "resume", run.stop_flag.signal, position[0] + 1, position[1], latest)
             return None
-    logger.close()
+    run.logger.close()
     log.info("finished %d epochs; checkpoints and logs in %s", args.epochs, args.output_dir)
     return net
-
-
-def run_cli(main, args, check_args):
-    """Check, run, and turn what a user can fix into one `error:` line with its exit code
-    (errors.py); every traceback, these and any other, goes to OUTPUT_DIR/train.log."""
-    try:  # stop signals mean "save and stop" from the entry point's first import on
-        check_args(args)
-    except ValueError as err:
-        return _fail(f"error: {err}", EXIT_USAGE)
-    try:
-        code = main(args)
-    except (UsageError, FileNotFoundError, DataAbort, NonFiniteLossError, WriteError) as err:
-        line = data_abort_line(err) if isinstance(err, DataAbort) else str(err)
-        return _fail(f"error: {line}", getattr(err, "exit_code", EXIT_USAGE))
-    except BaseException as err:
-        log.debug("uncaught", exc_info=True)
-        if not (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)):
-            raise
-        return _fail(f"error: could not write {err.filename}: {err.strerror}; free space (or "
-                     "raise the quota) and run the same command to resume", EXIT_WRITE)
-    finally:
-        outputs.release_output_dirs()
-    if code == 0:  # every rank returns 0 together; one that failed alone just exits
-        distributed.close_distributed()
-    return code
-
-
-def _fail(line, code):
-    log.debug("%s", line, exc_info=True)  # DEBUG goes to train.log only (utils.setup_logging)
-    print(line, file=sys.stderr, flush=True)
-    return code

@@ -80,6 +80,16 @@ def add_run_args(parser):
                    help="set by torch.distributed.launch; torchrun uses LOCAL_RANK instead")
     g.add_argument("--enable_deepspeed", action="store_true",
                    help="DeepSpeed engine (ZeRO stage 0) instead of DDP")
+    g = parser.add_argument_group("what may stall a run (README: Stopping and resuming)")
+    g.add_argument("--data_warn_s", type=float, default=60,
+                   help="warn every this many seconds without a batch, naming the files read")
+    g.add_argument("--data_timeout_s", type=float, default=600,
+                   help="without a batch this long, save the last update, list the file being "
+                        "read in bad_files.tsv and exit 5 (requeued; the resume skips it)")
+    g.add_argument("--dist_timeout_s", type=float, default=1200,
+                   help="a collective waiting this long for a peer ends the run: save, one "
+                        "line, exit 5; keep it above --data_timeout_s, so that the rank whose "
+                        "read hangs names its file first")
     return parser
 
 
@@ -114,6 +124,9 @@ def check_run_args(args):
     if not 0 <= args.warmup_epochs < args.epochs:
         raise ValueError(f"--warmup_epochs must be in [0, --epochs {args.epochs}), got "
                          f"{args.warmup_epochs}: the run would never leave its warm-up")
+    for name in ("data_warn_s", "data_timeout_s", "dist_timeout_s"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name} must be > 0 (seconds)")
     if args.keep_last < 0:
         raise ValueError("--keep_last must be >= 0 (0 keeps every numbered checkpoint)")
     if args.precision in ("bf16", "fp16") and args.device == "cpu":

@@ -6,6 +6,7 @@ so the dataset can skip it and the run can count it (bad_files.py).
 """
 import glob
 import os
+import stat
 
 import cv2
 import numpy as np
@@ -155,14 +156,30 @@ def check_backend(backend):
                          f"{str(err).splitlines()[0][:200]}); use decord or pyav") from err
 
 
+def unreadable(path):
+    """Why `path` cannot be a video or image without opening it, else '': opening a FIFO
+    would block until a writer comes, and a folder or device is no file either."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as err:
+        return err.strerror
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO (named pipe)"
+                if stat.S_ISFIFO(info.st_mode) else "a device or socket")
+        return f"not a regular file: it is {kind}"
+    return "" if info.st_size else "empty file"
+
+
 def read_clip(path, backend, choose_indices):
     """uint8 [T, H, W, 3] of the frames `choose_indices(video_length)` picks.
 
     A file one decoder cannot read is tried once more with another before it counts as bad:
     decord rejects some valid streams (e.g. certain small frame sizes) that PyAV reads, PyAV
     (or torchcodec) some that decord reads."""
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        raise VideoDecodeError(path, "empty file" if os.path.isfile(path) else "file not found")
+    if reason := unreadable(path):
+        raise VideoDecodeError(path, reason)
     try:
         frames = decode(backend, path, choose_indices)
     except VideoDecodeError as err:
@@ -190,6 +207,8 @@ def list_images(folder):
 
 
 def read_image(path):
+    if reason := unreadable(path):
+        raise VideoDecodeError(path, reason)
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise VideoDecodeError(path, "not a readable image")

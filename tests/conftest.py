@@ -51,15 +51,16 @@ def rng():
 
 
 def run_script(script, *argv, processes=1, wait=True, timeout=600, new_session=False,
-               launcher=None, file_size_limit=None):
+               launcher=None, file_size_limit=None, env=None):
     """Run a project script as a user would (torchrun for several processes, or the given
     `launcher` command). With wait, the (exit code, stdout + stderr); without, the running
     Popen. new_session: in a process group of its own, to be signalled as a whole.
-    file_size_limit: bytes no file written may exceed (RLIMIT_FSIZE: a disk that fills up)."""
+    file_size_limit: bytes no file written may exceed (RLIMIT_FSIZE: a disk that fills up).
+    env: variables added to the environment."""
     if launcher is None:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     if len(launcher) > 1:  # each rank reports at exit its process group and gloo threads
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [EXIT_PROBE, env.get("PYTHONPATH")]))
 

@@ -15,6 +15,7 @@ import checkpoint
 import outputs
 import run_smile_pretraining as run
 import stop_signals
+import guard
 import training
 from conftest import ROOT, signal_every_process, write_list
 from test_run_pretraining import TINY, assert_same_weights, cli, final_weights, wait_for
@@ -211,7 +212,7 @@ def test_every_uncaught_error_reaches_train_log(tmp_path):
         raise ZeroDivisionError("a bug")
 
     with pytest.raises(ZeroDivisionError):
-        training.run_cli(main, args, lambda a: None)
+        guard.run_cli(main, args, lambda a: None)
     assert "ZeroDivisionError: a bug" in open(tmp_path / "train.log").read()
 
 

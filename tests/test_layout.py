@@ -12,7 +12,7 @@ from conftest import ROOT
 LOCAL = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*.py"))}
 # what each top-level file may import from the project (anything not listed: nothing)
 # errors.py (the exception types and exit codes) may be imported by anything
-PLUMBING = {"utils", "distributed", "checkpoint", "training", "errors", "outputs",
+PLUMBING = {"utils", "distributed", "checkpoint", "training", "errors", "outputs", "guard",
             "stop_signals"}
 ALLOWED = {
     "datasets": {"motion_infusion", "masking_generator", "video_io", "video_transforms", "utils",
@@ -32,7 +32,8 @@ ALLOWED = {
     "stop_signals": set(),
     "launch": {"stop_signals"},
     "training": {"distributed", "checkpoint", "outputs", "stop_signals", "bad_files", "errors",
-                 "utils"},
+                 "utils", "guard"},
+    "guard": {"stop_signals", "errors", "distributed", "outputs", "bad_files"},
     "engine_for_pretraining": {"utils"},
     "engine_for_finetuning": {"utils", "pictures"},
     "pictures": set(),
@@ -46,17 +47,18 @@ ALLOWED = {
     "hf_videomae": {"modeling_finetune"},
     "video_transforms": set(),
 }
-# training.py: the epoch loop and the update both engines used to make (they return a loss);
+# training.py: the epoch loop and the update both engines used to make (they return a loss),
+# and the saves a stalled run makes without its peers (guard.py watches);
 # checkpoint.py: the one reader and reporter of weights that four files used to write each;
 # teachers.py: the table of targets the student regresses
 BUDGET = {"run_smile_pretraining": 300, "run_class_finetuning": 350, "datasets": 400,
           "motion_infusion": 400, "masking_generator": 250, "modeling_finetune": 250,
           "modeling_pretrain": 400, "engine_for_pretraining": 250, "engine_for_finetuning": 300,
-          "utils": 250, "distributed": 250, "checkpoint": 300, "training": 300,
-          "bad_files": 200, "errors": 60, "lists": 120, "video_io": 250, "teachers": 300,
+          "utils": 250, "distributed": 250, "checkpoint": 300, "training": 330,
+          "bad_files": 200, "errors": 80, "lists": 120, "video_io": 250, "teachers": 300,
           "video_transforms": 150, "outputs": 250, "stop_signals": 100, "launch": 100,
           "batches": 100, "hf_videomae": 150, "pictures": 150, "object_banks": 250,
-          "rendering": 150}
+          "rendering": 150, "guard": 300}
 
 
 def local_imports(module):

@@ -305,7 +305,7 @@ def test_training_steps_wait_on_the_host_only_to_print(tmp_path, augment_on):
     With --augment_on device the step renders the clips and their objects first."""
     from bad_files import BadFileLedger
     from media import pretrain_args
-    from types import SimpleNamespace
+    import guard
     args = pretrain_args(background="black", num_frames=4, input_size=32,
                          num_synthetic_clips=12, augment_on=augment_on)
     dataset = datasets.build_pretraining_dataset(args)
@@ -323,15 +323,14 @@ def test_training_steps_wait_on_the_host_only_to_print(tmp_path, augment_on):
                                  torch.device("cpu"), "fp32")
 
     dist_info = distributed.Dist(0, 1, 0, torch.device("cpu"))
-    run = SimpleNamespace(steps_per_epoch=6, epochs=1, dist=dist_info, print_freq=3,
-                          clips_per_step=2)
-    logger = utils.MetricLogger(str(tmp_path), None, False)
-    ledger = BadFileLedger([], 0.05, str(tmp_path), dist_info)
+    ledger, flag = BadFileLedger([], 0.05, str(tmp_path), dist_info), stop_signals.stop_flag()
+    watch = guard.DataWatch(guard.ReadBoard(0), ledger.describe, 60, 600, flag, None)
+    run = training.Run(dist_info, 6, 1, 3, 2, lambda epoch, i: 1e-3,
+                       utils.MetricLogger(str(tmp_path), None, False), ledger, flag, watch)
     job = training.Job("stage-1 pretraining", student, optimizer, loss_fn, loader, sampler=None,
                        dataset=dataset)
-    with counter:
-        stats, _ = training.train_one_epoch(job, lambda epoch, i: 1e-3, 0, 0, run, logger,
-                                            stop_signals.stop_flag(), ledger)
+    with watch, counter:  # the run's watch thread reads nothing from the device either
+        stats, _ = training.train_one_epoch(job, run, 0, 0)
     assert stats["steps"] == 6
     reads = ["aten._local_scalar_dense"] * 2  # the printed loss and gradient norm
     assert counter.syncs == {2: reads, 5: reads + reads}, counter.syncs  # 5: + epoch means

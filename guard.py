@@ -1,0 +1,265 @@
+"""What stops a run from outside, turned into a save and one line: data that does not come, a
+stop signal while it does not, a lost peer, a killed loader worker, memory.
+
+    ReadBoard: what each loader process is reading now, and since when (shared memory the
+        forked workers write; slot 0 is the main process, slot k + 1 worker k)
+    DataWatch: a thread beside the training loop. While the loop waits for a batch it warns
+        every --data_warn_s, naming the files being read; past --data_timeout_s, or 2 s after
+        a stop signal, it saves the last completed update and ends the process itself (the
+        main thread may be blocked in the kernel, where no Python code of it can run). A stop
+        signal during a step that lasts over 20 s (a collective waiting for a frozen peer) is
+        acted on the same way: a step applies its update only after its collectives
+    failure_line: what an exception from outside means, with its remedy and exit code
+    run_cli: the entry points' whole run, every failure a user can act on as one `error:`
+        line with its exit code (errors.py)
+"""
+import contextlib
+import errno
+import logging
+import multiprocessing
+import os
+import re
+import select
+import shutil
+import signal
+import sys
+import threading
+import time
+
+import psutil
+import torch
+
+import distributed
+import outputs
+import stop_signals
+from bad_files import data_abort_line
+from errors import (EXIT_FAILED, EXIT_RETRY, EXIT_USAGE, EXIT_WRITE, DataAbort,
+                    NonFiniteLossError, OutsideFailure, UsageError, WriteError)
+
+log = logging.getLogger("smile")
+STOP_GRACE_S = {"data": 2.0, "step": 20.0}  # a stop signal this long into a phase: act here
+
+
+class ReadBoard:
+    """Which sample each loader process is reading, since when (wall clock: the workers' and
+    the main process's clocks agree)."""
+
+    def __init__(self, num_workers):
+        self.slots = multiprocessing.RawArray("d", 2 * (num_workers + 1))
+
+    @staticmethod
+    def _slot():
+        info = torch.utils.data.get_worker_info()
+        return 0 if info is None else info.id + 1
+
+    @contextlib.contextmanager
+    def reading(self, index):
+        """Around the read of sample `index` in this process."""
+        slot = self._slot()
+        self.slots[2 * slot + 1], self.slots[2 * slot] = index, time.time()
+        try:
+            yield
+        finally:
+            self.slots[2 * slot] = 0.0
+
+    def reads(self):
+        """[(slot, sample index, seconds)] of the reads under way, the oldest first."""
+        now, slots = time.time(), self.slots[:]
+        return sorted(((k // 2, int(slots[k + 1]), now - slots[k])
+                       for k in range(0, len(slots), 2) if slots[k]), key=lambda r: -r[2])
+
+
+class DataWatch:
+    """The training loop's watchdog (the module's docstring). The loop draws its batches
+    through `batches()` and calls `update_done((epoch, next batch))` after each update.
+
+    bail(code, line, hung): save the last completed update, list `hung` [(path, reason)] as
+    bad, print `line` and end the process with `code`. It runs in this thread, holding the
+    lock the loop needs to go on, so no step starts meanwhile."""
+
+    def __init__(self, board, path_of, warn_s, timeout_s, stop_flag, bail, rank=0):
+        self.board, self.path_of, self.warn_s, self.timeout_s = board, path_of, warn_s, timeout_s
+        self.stop_flag, self.bail, self.rank = stop_flag, bail, rank
+        self.lock, self.ended = threading.Lock(), threading.Event()
+        self.phase, self.since, self.next_warning, self.signal = None, 0.0, 0.0, None
+        self.completed = None
+
+    def __enter__(self):
+        # the kernel-level handler writes each signal's number here, also while the main
+        # thread is stuck in a system call and the Python handler cannot run
+        self.pipe = os.pipe()
+        os.set_blocking(self.pipe[1], False)
+        self.old_fd = signal.set_wakeup_fd(self.pipe[1], warn_on_full_buffer=False)
+        self.thread = threading.Thread(target=self._watch, name="data-watch", daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.ended.set()
+        self.thread.join()
+        signal.set_wakeup_fd(self.old_fd)
+        for fd in self.pipe:
+            os.close(fd)
+
+    def _enter(self, phase):
+        with self.lock:  # blocks for good once the watch bails: no step starts after it
+            self.phase, self.since = phase, time.monotonic()
+            self.next_warning = self.since + self.warn_s
+
+    def batches(self, iterable):
+        """The loader's batches, each waited for under the watch; the loop's body between
+        them is the step phase."""
+        it = iter(iterable)
+        try:
+            while True:
+                self._enter("data")
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                self._enter("step")
+                yield batch
+        finally:
+            self._enter(None)
+
+    def update_done(self, position):
+        """After an update: (epoch, next batch) is what a save now holds."""
+        with self.lock:
+            self.completed = position
+
+    def reads(self):
+        """What the loader processes are reading: [(phrase, path, seconds)], oldest first."""
+        return [(f"{'the main process' if slot == 0 else f'worker {slot - 1}'} has been reading "
+                 f"{self.path_of(index)} for {seconds:.0f} s", self.path_of(index), seconds)
+                for slot, index, seconds in self.board.reads()]
+
+    def _watch(self):
+        while not self.ended.is_set():
+            ready, _, _ = select.select([self.pipe[0]], [], [], 1.0)
+            if ready:
+                for signum in os.read(self.pipe[0], 64):
+                    if self.signal is None and signum in stop_signals.STOP_SIGNALS:
+                        self.signal = signal.Signals(signum).name
+            with self.lock:
+                if self.phase is not None:
+                    self._look(time.monotonic() - self.since)
+
+    def _look(self, waited):
+        stop = self.signal or self.stop_flag.signal
+        if stop and waited >= STOP_GRACE_S[self.phase]:
+            what = ("in a step (a collective waiting for a peer?)" if self.phase == "step" else
+                    "while waiting for data" + "".join(f"; {r[0]}" for r in self.reads()[:1]))
+            self.bail(0, f"{stop} received {waited:.0f} s {what}", [])
+        if self.phase != "data":
+            return
+        reads = self.reads()
+        if waited >= self.timeout_s:
+            hung = [(path, f"a read that did not return in {self.timeout_s:g} s "
+                           "(--data_timeout_s)") for _, path, seconds in reads
+                    if seconds >= min(self.warn_s, self.timeout_s)]
+            what = reads[0][0] if reads else "no read is under way"
+            self.bail(EXIT_RETRY, f"no batch for {waited:.0f} s (--data_timeout_s "
+                      f"{self.timeout_s:g}): {what}" + (
+                          ". The file is listed in bad_files.tsv and left out when the run "
+                          "resumes" if hung else ""), hung)
+        elif time.monotonic() >= self.next_warning:
+            self.next_warning += self.warn_s
+            where = "; ".join(r[0] for r in reads) or "no read is under way"
+            log.log(logging.WARNING if self.rank == 0 else logging.ERROR,
+                    "WARNING: %sno batch for %.0f s: %s (the run saves and exits at "
+                    "--data_timeout_s %g)", f"rank {self.rank}: " if self.rank else "",
+                    waited, where, self.timeout_s)
+
+
+def end_process(code, line):
+    """From the watch's thread: the line on stderr (and train.log), the loader's workers
+    killed (one may be stuck in the kernel, and holds the job's output open), then exit
+    without unwinding the main thread, which may be stuck too."""
+    log.debug("%s", line)
+    print(line, file=sys.stderr, flush=True)
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)
+
+
+# ---------------------------------------------------------------- failures from outside
+PEER_WORDS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+              "Timed out", "timed out", "NCCL", "Gloo", "gloo")
+
+
+def failure_line(err, args, hosts=(), rank=0):
+    """(one line, exit code) for an exception that came from outside the step's own code:
+    a lost or frozen peer, a killed loader worker, shared memory or memory exhausted; None
+    for any other. hosts: (host name, address) of every rank, to name a peer."""
+    text = str(err)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")[:300]
+    if "DataLoader worker" in text and ("killed by signal" in text or "exited unexpectedly"
+                                        in text):
+        return (f"a data loader worker died ({first}); when the kernel log (dmesg) names the "
+                "out-of-memory killer, lower --num_workers or --batch_size, or ask for more "
+                "memory", EXIT_RETRY)
+    if "shared memory" in text or "/dev/shm" in text:
+        free = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
+        return (f"shared memory ran out ({first}); /dev/shm has {free / 2**20:.0f} MiB free "
+                f"and the {args.num_workers} loader workers hand their batches over there: "
+                "lower --num_workers, or give the job a larger /dev/shm (docker --shm-size; "
+                "under SLURM it counts against the job's memory)", EXIT_FAILED)
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)) or (
+            isinstance(err, OSError) and err.errno == errno.ENOMEM):
+        return (f"out of memory ({type(err).__name__}: {first}); lower --batch_size (raise "
+                "--update_freq to keep the effective batch) or --num_workers", EXIT_FAILED)
+    if isinstance(err, torch.distributed.DistError) or (
+            isinstance(err, RuntimeError) and any(w in text for w in PEER_WORDS)):
+        return (f"lost contact with another process of this run{_peer(text, hosts, rank)}: a "
+                "process or its node died, or froze past --dist_timeout_s "
+                f"{getattr(args, 'dist_timeout_s', '?'):g} ({first})", EXIT_RETRY)
+    return None
+
+
+def _peer(text, hosts, rank):
+    """' (rank 1 on host h)' when the message's address is one rank's node, else ''."""
+    address = re.search(r"\[([0-9a-fA-F.:]+)\]:\d+", text)
+    ranks = [r for r, (_, ip) in enumerate(hosts) if address and ip == address.group(1)
+             and r != rank]
+    if not ranks:
+        return ""
+    which = ", ".join(map(str, ranks))
+    return f" (rank{'s' if len(ranks) > 1 else ''} {which} on host {hosts[ranks[0]][0]})"
+
+
+# ---------------------------------------------------------------- the process's end
+def run_cli(main, args, check_args):
+    """Check, run, and turn what a user can fix into one `error:` line with its exit code
+    (errors.py); every traceback, these and any other, goes to OUTPUT_DIR/train.log."""
+    try:  # stop signals mean "save and stop" from the entry point's first import on
+        check_args(args)
+    except ValueError as err:
+        return _fail(f"error: {err}", EXIT_USAGE)
+    try:
+        code = main(args)
+    except (UsageError, FileNotFoundError, DataAbort, NonFiniteLossError, WriteError,
+            OutsideFailure) as err:
+        line = data_abort_line(err) if isinstance(err, DataAbort) else str(err)
+        return _fail(f"error: {line}", getattr(err, "exit_code", EXIT_USAGE))
+    except BaseException as err:
+        log.debug("uncaught", exc_info=True)
+        if not (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)):
+            raise
+        return _fail(f"error: could not write {err.filename}: {err.strerror}; free space (or "
+                     "raise the quota) and run the same command to resume", EXIT_WRITE)
+    finally:
+        outputs.release_output_dirs()
+    if code == 0:  # every rank returns 0 together; one that failed alone just exits
+        distributed.close_distributed()
+    return code
+
+
+def _fail(line, code):
+    log.debug("%s", line, exc_info=True)  # DEBUG goes to train.log only (utils.setup_logging)
+    print(line, file=sys.stderr, flush=True)
+    return code
