@@ -132,6 +132,8 @@ def seed_worker(worker_id):
         for sig in stop_signals.STOP_SIGNALS:
             signal.signal(sig, stop_signals.stop_flag().handle)
     signal.set_wakeup_fd(-1)  # the parent's (guard.DataWatch) is for its own signals
+    if board := getattr(torch.utils.data.get_worker_info().dataset, "board", None):
+        board.in_worker()  # a batch lost on its way out is reported (guard.ReadBoard)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals.STOP_SIGNALS)  # see start_workers
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
@@ -141,25 +143,33 @@ def seed_worker(worker_id):
 def start_workers(loader):
     """iter(loader) with the stop signals blocked while the workers are forked: one that
     arrives before a worker has run seed_worker waits, and is then ignored by it. The main
-    process gets its own copy as soon as the workers exist."""
+    process gets its own copy as soon as the workers exist. A worker that dies is found where
+    the loop waits for data (torch looks every 5 s), never by torch's SIGCHLD handler in the
+    middle of a step, whose update a save would then catch half-recorded."""
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals.STOP_SIGNALS)
     try:
-        return iter(loader)
+        batches = iter(loader)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals.STOP_SIGNALS)
+    unwatch_workers(batches)
+    return batches
+
+
+def unwatch_workers(batches):
+    """Take a loader iterator's workers off torch's SIGCHLD watch (torch internals: the one
+    place that uses them; tests/test_stalls.py fails if they change)."""
+    if getattr(batches, "_worker_pids_set", False):
+        from torch.utils.data._utils.signal_handling import _remove_worker_pids
+        _remove_worker_pids(id(batches))
+        batches._worker_pids_set = False
 
 
 def stop_workers(batches):
     """End a loader iterator's workers now, also when an exception leaves the loop (torch keeps
     the iterator of a re-raised worker exception alive in a reference cycle until exit). A
     worker still busy after torch's grace period gets its SIGTERM inside `shutting_down`, the
-    one window in which workers die of it. Torch stops watching the workers first: a worker
-    that handles SLURM's SIGTERM only then (after a long C call) dies of it too, and torch
-    would raise 'worker killed by signal' instead of letting the run save."""
-    if getattr(batches, "_worker_pids_set", False):
-        from torch.utils.data._utils.signal_handling import _remove_worker_pids
-        _remove_worker_pids(id(batches))
-        batches._worker_pids_set = False
+    one window in which workers die of it (and torch's watch of them is off: start_workers)."""
+    unwatch_workers(batches)
     with stop_signals.stop_flag().shutting_down():
         getattr(batches, "_shutdown_workers", lambda: None)()
 

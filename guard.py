@@ -17,6 +17,7 @@ import contextlib
 import errno
 import logging
 import multiprocessing
+import multiprocessing.queues
 import os
 import re
 import select
@@ -42,10 +43,11 @@ STOP_GRACE_S = {"data": 2.0, "step": 20.0}  # a stop signal this long into a pha
 
 class ReadBoard:
     """Which sample each loader process is reading, since when (wall clock: the workers' and
-    the main process's clocks agree)."""
+    the main process's clocks agree), and the first batch a worker lost on its way out."""
 
     def __init__(self, num_workers):
         self.slots = multiprocessing.RawArray("d", 2 * (num_workers + 1))
+        self.lost = multiprocessing.RawArray("c", 1024)
 
     @staticmethod
     def _slot():
@@ -68,6 +70,20 @@ class ReadBoard:
         return sorted(((k // 2, int(slots[k + 1]), now - slots[k])
                        for k in range(0, len(slots), 2) if slots[k]), key=lambda r: -r[2])
 
+    def in_worker(self):
+        """In a loader worker (distributed.seed_worker): a finished batch goes to the main
+        process through a queue's feeder thread, whose failure (shared memory full) torch
+        only prints, and the main process would wait for that batch for ever. Posted here,
+        the watch ends the run with the cause instead."""
+        def lost(err, obj):
+            if not self.lost.value:
+                self.lost.value = f"{type(err).__name__}: {err}".encode()[:1023]
+        multiprocessing.queues.Queue._on_queue_feeder_error = staticmethod(lost)
+
+    def lost_batch(self):
+        """The error that lost a worker's batch, or ''."""
+        return self.lost.value.decode(errors="replace")
+
 
 class DataWatch:
     """The training loop's watchdog (the module's docstring). The loop draws its batches
@@ -75,11 +91,13 @@ class DataWatch:
 
     bail(code, line, hung): save the last completed update, list `hung` [(path, reason)] as
     bad, print `line` and end the process with `code`. It runs in this thread, holding the
-    lock the loop needs to go on, so no step starts meanwhile."""
+    lock the loop needs to go on, so no step starts meanwhile. explain(error) -> (line,
+    code) of a batch a worker lost (failure_line)."""
 
-    def __init__(self, board, path_of, warn_s, timeout_s, stop_flag, bail, rank=0):
+    def __init__(self, board, path_of, warn_s, timeout_s, stop_flag, bail, rank=0,
+                 explain=None):
         self.board, self.path_of, self.warn_s, self.timeout_s = board, path_of, warn_s, timeout_s
-        self.stop_flag, self.bail, self.rank = stop_flag, bail, rank
+        self.stop_flag, self.bail, self.rank, self.explain = stop_flag, bail, rank, explain
         self.lock, self.ended = threading.Lock(), threading.Event()
         self.phase, self.since, self.next_warning, self.signal = None, 0.0, 0.0, None
         self.completed = None
@@ -142,7 +160,10 @@ class DataWatch:
                         self.signal = signal.Signals(signum).name
             with self.lock:
                 if self.phase is not None:
-                    self._look(time.monotonic() - self.since)
+                    try:
+                        self._look(time.monotonic() - self.since)
+                    except Exception:  # a watch that died would leave the run unwatched
+                        log.exception("the data watch failed; it goes on watching")
 
     def _look(self, waited):
         stop = self.signal or self.stop_flag.signal
@@ -152,6 +173,10 @@ class DataWatch:
             self.bail(0, f"{stop} received {waited:.0f} s {what}", [])
         if self.phase != "data":
             return
+        if (lost := self.board.lost_batch()) and self.explain:
+            line, code = self.explain(RuntimeError(lost)) or (f"a worker lost a batch: {lost}",
+                                                               EXIT_RETRY)
+            self.bail(code, line, [])
         reads = self.reads()
         if waited >= self.timeout_s:
             hung = [(path, f"a read that did not return in {self.timeout_s:g} s "

@@ -11,9 +11,11 @@ ranks ignore repeats), and a failed rank's own exit code is its own, with one li
 import signal
 import sys
 
+from errors import EXIT_RETRY
 from stop_signals import STOP_SIGNALS  # installs nothing: only the entry points' line does
 
 RECEIVED = []
+EXIT_BARRIER_S = 30  # after the ranks ended, how long an agent waits for the other nodes'
 
 
 def pass_on(signum, frame):
@@ -30,9 +32,11 @@ def pass_on(signum, frame):
 for _sig in STOP_SIGNALS:  # before the imports below (seconds): a stop then is kept
     signal.signal(_sig, pass_on)
 
+import torch.distributed  # noqa: E402
 from torch.distributed import run as torchrun  # noqa: E402
 from torch.distributed.elastic.multiprocessing import api as elastic_api  # noqa: E402
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # noqa: E402
+from torch.distributed.elastic.rendezvous import RendezvousError  # noqa: E402
 
 
 def exit_code(failures):
@@ -56,11 +60,33 @@ def main(argv=None):
         print(f"launch.py: {signal.Signals(RECEIVED[0]).name} before any rank started; run the "
               "same command to start", file=sys.stderr, flush=True)
         return 0
+    shorten_exit_barrier(EXIT_BARRIER_S)
     try:
         torchrun.run(torchrun.parse_args(argv))
     except ChildFailedError as err:
         return exit_code(err.failures)
+    except (RendezvousError, torch.distributed.DistError) as err:
+        first = next(filter(None, map(str.strip, str(err).splitlines())), type(err).__name__)
+        print(f"launch.py: lost the other nodes' rendezvous ({first}): the node that hosts "
+              "--rdzv_endpoint went away; the ranks here were stopped, each saving what it "
+              "could; run the same command to resume", file=sys.stderr, flush=True)
+        return EXIT_RETRY
     return 0
+
+
+def shorten_exit_barrier(seconds):
+    """torchrun's agents wait up to 300 s at their end for the other nodes' agents (torch
+    internals, checked by tests/test_stalls.py): ours have finished or failed together."""
+    from torch.distributed.elastic.agent.server import local_elastic_agent
+    agent = local_elastic_agent.LocalElasticAgent
+    if not getattr(agent.__init__, "shortened", False):
+        init = agent.__init__
+
+        def shortened(self, *args, **kwargs):
+            kwargs.setdefault("exit_barrier_timeout", seconds)
+            init(self, *args, **kwargs)
+        shortened.shortened = True
+        agent.__init__ = shortened
 
 
 if __name__ == "__main__":

@@ -272,10 +272,13 @@ def fit(args, dist_info, job):
     def bail(code, line, hung):  # the watch's thread: the loop is blocked
         guard.end_process(code, ("" if code == 0 else "error: ") + line + save_alone(hung))
 
+    def explain(err):
+        return guard.failure_line(err, args, hosts, dist_info.rank)
+
     stop_flag = stop_signals.stop_flag()  # installed at import by the entry points
     job.dataset.board = guard.ReadBoard(job.loader.num_workers)  # the workers inherit it
     watch = guard.DataWatch(job.dataset.board, ledger.describe, args.data_warn_s,
-                            args.data_timeout_s, stop_flag, bail, dist_info.rank)
+                            args.data_timeout_s, stop_flag, bail, dist_info.rank, explain)
     run = Run(dist_info, steps_per_epoch, args.epochs, args.print_freq,
               args.batch_size * dist_info.world_size,
               lr_schedule(args, steps_per_epoch, accumulation),
@@ -285,7 +288,7 @@ def fit(args, dist_info, job):
         with watch:
             return _epochs(args, job, run, start_epoch, first_batch, net, save, latest)
     except Exception as err:  # from outside the step: a peer, a worker, memory
-        if (failure := guard.failure_line(err, args, hosts, dist_info.rank)) is None:
+        if (failure := explain(err)) is None:
             raise
         line, code = failure
         log.debug("%s", line, exc_info=True)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 import checkpoint
@@ -60,11 +61,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_torchrun_nodes_stopped_and_resumed(two_rank_reference, tmp_path):
+def test_two_torchrun_nodes_stopped_one_lost_and_resumed(two_rank_reference, tmp_path):
     """Two launch.py agents (--nnodes 2, c10d rendezvous on localhost), one rank each: every
-    process of both signalled twice, both exit 0 after the save, and resume to the
-    uninterrupted run's weights."""
-    args = [*TWO_RANKS, "--num_workers", "2", "--output_dir", str(tmp_path)]
+    process of both signalled twice, both exit 0 after the save; resumed, the second node
+    dies (agent, rank and worker SIGKILLed, as a node that loses power) and the first ends
+    with one line and exit 5 after saving alone; resumed again, the weights are those of the
+    uninterrupted run."""
+    args = [*TWO_RANKS, "--num_workers", "1", "--output_dir", str(tmp_path)]
 
     def nodes():
         port = _free_port()
@@ -83,10 +86,48 @@ def test_two_torchrun_nodes_stopped_and_resumed(two_rank_reference, tmp_path):
     assert any("SIGTERM received: saved epoch 1 batch" in log for log in logs), logs
     state = checkpoint.load_checkpoint(str(tmp_path / checkpoint.LATEST))
     assert state["epoch"] == 0 and 0 < state["next_batch"] < 6
-    second = nodes()
-    logs = [proc.communicate(timeout=300)[0] for proc in second]
-    assert [proc.returncode for proc in second] == [0, 0], logs
+
+    second = nodes()  # the first agent hosts the rendezvous store: the second node dies
+    wait_for(str(tmp_path / "train.log"), "epoch 2/2 step 2/6", second[0])
+    signal_every_process(second[1], signal.SIGKILL, interval=0)
+    out = second[0].communicate(timeout=120)[0]
+    assert second[0].returncode == 5, out
+    # the rank sees its peer go first (error: ...), or its agent's SIGTERM (the agent lost the
+    # rendezvous store its node hosted), then the peer: one line either way, after a save
+    lost = [line for line in out.splitlines() if "lost contact with another process" in line]
+    assert len(lost) == 1 and re.search(r"\(rank [01] on host", lost[0]) and "saved epoch 2 batch" in (
+        lost[0]) and "run the same command to resume" in lost[0], out
+    # the agent that hosts the rendezvous may die with its node: either way one line, exit 5
+    assert re.search(r"launch.py: (rank [01] ended with exit code 5|lost the other nodes' "
+                     r"rendezvous)", out), out
+    assert "Traceback" not in out and "ChildFailedError" not in out
+    assert checkpoint.load_checkpoint(str(tmp_path / checkpoint.LATEST))["epoch"] == 1
+    second[1].communicate()
+
+    third = nodes()
+    logs = [proc.communicate(timeout=300)[0] for proc in third]
+    assert [proc.returncode for proc in third] == [0, 0], logs
     assert_same_weights(final_weights(str(tmp_path), 2), final_weights(two_rank_reference, 2))
+
+
+def test_a_frozen_rank_ends_the_others_after_the_collective_timeout(tmp_path):
+    """SIGSTOP of one of 2 ranks (as a rank stuck in a driver call): the other gives up after
+    --dist_timeout_s with one line and exit 5, saving alone."""
+    args = [*TWO_RANKS, "--dist_timeout_s", "4", "--output_dir", str(tmp_path)]
+    proc = cli(*args, wait=False, launcher=[sys.executable, "launch.py", "--standalone",
+                                            "--nproc_per_node", "2"])
+    wait_for(str(tmp_path / "train.log"), "epoch 1/2 step 2/6", proc)
+    ranks = sorted(psutil.Process(proc.pid).children(), key=lambda p: p.pid)
+    frozen = next(p for p in ranks if p.environ().get("RANK") == "1")
+    frozen.suspend()
+    try:
+        wait_for(str(tmp_path / "train.log"), "lost contact with another process", proc)
+    finally:
+        frozen.resume()  # torchrun's agent then ends it with SIGTERM
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 5, out
+    error = [line for line in out.splitlines() if line.startswith("error:")]
+    assert error and "froze past --dist_timeout_s 4" in error[0] and "saved epoch 1" in error[0], out
 
 
 def test_launcher_passes_on_a_rank_exit_code(tmp_path):

@@ -30,7 +30,7 @@ ALLOWED = {
     "outputs": {"checkpoint", "distributed", "utils", "errors"},
     "distributed": {"stop_signals", "errors"},
     "stop_signals": set(),
-    "launch": {"stop_signals"},
+    "launch": {"stop_signals", "errors"},
     "training": {"distributed", "checkpoint", "outputs", "stop_signals", "bad_files", "errors",
                  "utils", "guard"},
     "guard": {"stop_signals", "errors", "distributed", "outputs", "bad_files"},

@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 
 import psutil
 import pytest
@@ -90,3 +91,60 @@ def test_a_stop_signal_while_a_read_hangs_saves_within_seconds(video_dir, tmp_pa
     assert re.match(rf"SIGTERM received \d+ s while waiting for data; {reader} has been "
                     rf"reading {stale} for \d+ s; saved epoch 1 batch {hang_at} to ", line), line
     assert not os.path.exists(tmp_path / "run" / "bad_files.tsv")  # a stop, not a bad file
+
+
+def test_the_torch_internals_the_run_relies_on_are_there():
+    """distributed.unwatch_workers and stop_workers use a DataLoader iterator's private
+    members; launch.py replaces torchrun's signal handler and shortens its exit barrier. A
+    torch upgrade that renames them fails here, not in a week-long run."""
+    import inspect
+
+    from torch.distributed.elastic.agent.server import local_elastic_agent
+    from torch.distributed.elastic.multiprocessing import api as elastic_api
+    from torch.utils.data._utils import signal_handling
+
+    loader = torch.utils.data.DataLoader(list(range(4)), num_workers=1)
+    batches = iter(loader)
+    try:
+        assert batches._worker_pids_set is True and callable(batches._shutdown_workers)
+        assert callable(signal_handling._remove_worker_pids)
+    finally:
+        batches._shutdown_workers()
+    assert callable(elastic_api._terminate_process_handler)
+    assert "exit_barrier_timeout" in inspect.signature(
+        local_elastic_agent.LocalElasticAgent.__init__).parameters
+
+
+def test_a_loader_worker_killed_mid_epoch_saves_and_exits_for_a_requeue(tmp_path):
+    argv = [*TINY, "--num_synthetic_clips", "48", "--batch_size", "4", "--epochs", "1",
+            "--warmup_epochs", "0", "--num_workers", "2", "--output_dir", str(tmp_path / "run")]
+    proc = cli(*argv, wait=False)
+    wait_for(str(tmp_path / "run" / "train.log"), "epoch 1/1 step 3/12", proc)
+    psutil.Process(proc.pid).children()[0].kill()  # as the out-of-memory killer does
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 5, out
+    line = out.strip().splitlines()[-1]
+    assert re.match(r"error: a data loader worker died \(DataLoader worker \(pid\(s\) \d+\) "
+                    r"exited unexpectedly\); when the kernel log .* saved epoch 1 batch \d+ to ",
+                    line), line
+    assert "Traceback" not in out
+    saved = checkpoint.load_checkpoint(state_path(tmp_path))["next_batch"]
+    assert 3 <= saved < 12
+    code, out = cli(*argv)
+    assert code == 0 and f"epoch 1, batch {saved} (step {saved})" in out, out
+
+
+def test_shared_memory_too_small_for_the_workers_is_one_line(tmp_path):
+    """A /dev/shm of 256 kB (a container's default is 64 MB, a batch here about 200 kB)."""
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare -m (a mount namespace) to shrink /dev/shm")
+    argv = [*TINY, "--num_synthetic_clips", "48", "--batch_size", "4", "--input_size", "64",
+            "--epochs", "1", "--warmup_epochs", "0", "--num_workers", "2",
+            "--output_dir", str(tmp_path)]
+    launcher = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs -o size=256k tmpfs /dev/shm && '
+                'exec "$@"', "sh", sys.executable]
+    code, out = cli(*argv, launcher=launcher, timeout=120)
+    assert code == 1, out
+    line = out.strip().splitlines()[-1]
+    assert line.startswith("error: shared memory ran out") and "lower --num_workers" in line, line
+    assert "Traceback" not in out
