@@ -63,20 +63,46 @@ def _write_atomically(path, write, needed_bytes):
             os.remove(tmp)
         if not isinstance(err, Exception):
             raise
-        folder = os.path.dirname(path) or "."
-        raise WriteError(f"could not write {path}: {_cause(err)}; it needs {gib(needed_bytes())} "
-                         f"and {folder} has {gib(shutil.disk_usage(folder).free)} free. The last "
-                         "checkpoint there is intact: free space (or raise the quota) and run "
-                         "the same command to resume") from err
+        raise write_error(path, err, needed_bytes) from err
 
 
-def _cause(err):
-    """The OSError behind an exception (torch's writer wraps it), else its first line."""
+def write_error(path, err, needed_bytes=None):
+    """WriteError with one line: what failed, why, and the remedy that fits the cause (a
+    folder removed, one not writable, a full disk or quota)."""
+    folder = os.path.dirname(path) or "."
+    code = _errno(err)
+    if not os.path.isdir(folder) or code == errno.ENOENT:
+        return WriteError(f"could not write {path}: {folder} no longer exists (removed while the "
+                          "run was going?); its checkpoints went with it: recreate the folder "
+                          "(restore it from a copy to resume)")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return WriteError(f"could not write {path}: {cause_of(err)}; make {folder} writable "
+                          f"again and run the same command to resume{_intact(folder)}")
+    needed = f"it needs {gib(needed_bytes())} and " if needed_bytes else ""
+    return WriteError(f"could not write {path}: {cause_of(err)}; {needed}{folder} has "
+                      f"{gib(shutil.disk_usage(folder).free)} free{_intact(folder)}: free space "
+                      "(or raise the quota) and run the same command to resume")
+
+
+def _intact(folder):
+    has = os.path.isfile(os.path.join(folder, LATEST)) or numbered_checkpoints(folder)
+    return ". The last checkpoint there is intact" if has else ""
+
+
+def _errno(err):
+    """The errno of the OSError behind an exception (torch's writer wraps it), else None."""
     seen = err
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno:
-            return f"{os.strerror(seen.errno)} (errno {errno.errorcode.get(seen.errno, '?')})"
+            return seen.errno
         seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def cause_of(err):
+    """The OSError behind an exception (torch's writer wraps it), else its first line."""
+    if code := _errno(err):
+        return f"{os.strerror(code)} (errno {errno.errorcode.get(code, '?')})"
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 

@@ -30,6 +30,7 @@ import time
 import psutil
 import torch
 
+import checkpoint
 import distributed
 import outputs
 import stop_signals
@@ -80,8 +81,7 @@ class ReadBoard:
                 self.lost.value = f"{type(err).__name__}: {err}".encode()[:1023]
         multiprocessing.queues.Queue._on_queue_feeder_error = staticmethod(lost)
 
-    def lost_batch(self):
-        """The error that lost a worker's batch, or ''."""
+    def lost_batch(self):  # the error that lost a worker's batch, or ''
         return self.lost.value.decode(errors="replace")
 
 
@@ -251,10 +251,8 @@ def _peer(text, hosts, rank):
     address = re.search(r"\[([0-9a-fA-F.:]+)\]:\d+", text)
     ranks = [r for r, (_, ip) in enumerate(hosts) if address and ip == address.group(1)
              and r != rank]
-    if not ranks:
-        return ""
-    which = ", ".join(map(str, ranks))
-    return f" (rank{'s' if len(ranks) > 1 else ''} {which} on host {hosts[ranks[0]][0]})"
+    return f" (rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))} on host " \
+        f"{hosts[ranks[0]][0]})" if ranks else ""
 
 
 # ---------------------------------------------------------------- the process's end
@@ -267,21 +265,33 @@ def run_cli(main, args, check_args):
         return _fail(f"error: {err}", EXIT_USAGE)
     try:
         code = main(args)
-    except (UsageError, FileNotFoundError, DataAbort, NonFiniteLossError, WriteError,
-            OutsideFailure) as err:
+    except OSError as err:  # a write into the run's folders that failed: its own cause
+        log.debug("uncaught", exc_info=True)
+        if not _ours(getattr(err, "filename", None), args):
+            if isinstance(err, FileNotFoundError):
+                return _fail(f"error: {err}", EXIT_USAGE)
+            raise
+        return _fail(f"error: {checkpoint.write_error(err.filename, err)}", EXIT_WRITE)
+    except (UsageError, DataAbort, NonFiniteLossError, WriteError, OutsideFailure) as err:
+        if isinstance(err, UsageError):  # refused before its first step: nothing stays
+            outputs.forget_refused_run()
         line = data_abort_line(err) if isinstance(err, DataAbort) else str(err)
         return _fail(f"error: {line}", getattr(err, "exit_code", EXIT_USAGE))
-    except BaseException as err:
+    except BaseException:
         log.debug("uncaught", exc_info=True)
-        if not (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)):
-            raise
-        return _fail(f"error: could not write {err.filename}: {err.strerror}; free space (or "
-                     "raise the quota) and run the same command to resume", EXIT_WRITE)
+        raise
     finally:
         outputs.release_output_dirs()
     if code == 0:  # every rank returns 0 together; one that failed alone just exits
         distributed.close_distributed()
     return code
+
+
+def _ours(path, args):
+    """Whether `path` lies in the run's output or TensorBoard folder."""
+    folders = [f for f in (getattr(args, "output_dir", None), getattr(args, "log_dir", None)) if f]
+    path = path and os.path.abspath(path)
+    return bool(path) and any(path.startswith(os.path.abspath(f) + os.sep) for f in folders)
 
 
 def _fail(line, code):

@@ -5,6 +5,8 @@ how it is not), and the run's history.
     start_or_resume: resume the newest checkpoint after checking it is this run, or start
     OUTPUT_DIR: args.json (what the run started with), run_history.jsonl (every start and
     resume, with what changed), .lock (who holds the folder now)
+    MetricLogger: log.txt and TensorBoard; a TensorBoard folder that fails (quota,
+        permissions) warns once and is left, the run goes on
 """
 import errno
 import fcntl
@@ -15,6 +17,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 
 import checkpoint
@@ -30,6 +33,8 @@ def open_output_dir(args, dist_info):
     rank learns if it is taken. Then log into it, and clear what a killed writer left."""
     refused = None
     if dist_info.is_main:
+        if not os.path.isdir(args.output_dir):
+            _MADE.append(("folder", args.output_dir))
         os.makedirs(args.output_dir, exist_ok=True)
         try:
             claim_output_dir(args.output_dir)
@@ -79,6 +84,24 @@ def claim_output_dir(output_dir):
     _LOCKS[output_dir] = fd
 
 
+_MADE = []  # what this process made in a run's folders before the run's first step
+
+
+def forget_refused_run():
+    """A run refused before its first step (a usage error) leaves nothing behind: the folder
+    it made, else the files it made there (args.json, run_history.jsonl)."""
+    for kind, path in reversed(_MADE):
+        if kind == "folder":
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.isfile(path):
+            os.remove(path)
+    _MADE.clear()
+
+
+def first_step_begins():
+    _MADE.clear()  # from here on the folder holds a run
+
+
 def release_output_dirs():
     """Let go of every folder this process holds (its exit would do the same)."""
     while _LOCKS:
@@ -117,11 +140,14 @@ def start_or_resume(args, dist_info, pieces, dataset, steps_per_epoch, ledger, i
         record = dict(event="start", step=0)
         checkpoint_bytes = checkpoint.training_state_bytes(model, optimizer)
         if dist_info.is_main:  # what the run started with; later changes go to the history
+            _MADE.append(("file", os.path.join(args.output_dir, "args.json")))
             with open(os.path.join(args.output_dir, "args.json"), "w") as f:
                 json.dump(vars(args), f, indent=1)
         if initialize is not None:
             initialize(model)
     if dist_info.is_main:
+        if not os.path.isfile(os.path.join(args.output_dir, HISTORY)):
+            _MADE.append(("file", os.path.join(args.output_dir, HISTORY)))
         append_history(args.output_dir, record)
         numbered = sum(1 for e in range(start[0], args.epochs)
                        if (e + 1) % args.save_ckpt_freq == 0 or e + 1 == args.epochs)
@@ -240,3 +266,68 @@ def resume_position(state, args, steps_per_epoch, new_list=False):
                     "training goes on at epoch %d", why, epoch + 1, epoch + 2)
         return epoch + 1, 0
     return epoch, next_batch
+
+
+# ---------------------------------------------------------------- the run's logs
+class MetricLogger:
+    """Epoch records as JSON lines (OUTPUT_DIR/log.txt) and TensorBoard scalars and pictures
+    (rank 0 only). TensorBoard is a side-write: when it fails it warns once and is turned
+    off, and training and checkpoints go on."""
+
+    def __init__(self, output_dir, log_dir, enabled):
+        self.enabled, self.output_dir, self.log_dir = enabled, output_dir, log_dir
+        self.writer = None
+        if enabled and log_dir:
+            from torch.utils.tensorboard import SummaryWriter
+            self._quiet_writer_thread()
+            self._write(lambda: setattr(self, "writer", SummaryWriter(log_dir=log_dir)))
+
+    def _write(self, call):
+        try:
+            call()
+        except Exception as err:
+            writer, self.writer = self.writer, None
+            log.warning("WARNING: TensorBoard cannot write to %s (%s): it is off for the rest "
+                        "of this run; training and checkpoints go on", self.log_dir,
+                        checkpoint.cause_of(err))
+            try:
+                writer and writer.close()
+            except Exception:
+                pass
+
+    @staticmethod
+    def _quiet_writer_thread():
+        """TensorBoard's writer thread prints its own traceback before the main thread gets
+        the error (that _write turns into one warning): say it in train.log only."""
+        hook = threading.excepthook
+        if getattr(hook, "quiet_tensorboard", False):
+            return
+
+        def quiet(info):
+            if type(info.thread).__name__ == "_AsyncWriterThread":
+                log.debug("TensorBoard's writer thread: %s", info.exc_value)
+            else:
+                hook(info)
+        quiet.quiet_tensorboard = True
+        threading.excepthook = quiet
+
+    def scalars(self, step, values, prefix="train"):
+        if self.writer:
+            self._write(lambda: [self.writer.add_scalar(f"{prefix}/{key}", value, step)
+                                 for key, value in values.items()])
+
+    def image(self, tag, picture, step):
+        """A uint8 [H, W, 3] picture (pictures.py)."""
+        if self.writer:
+            self._write(lambda: self.writer.add_image(tag, picture, step, dataformats="HWC"))
+
+    def epoch(self, record):
+        if self.enabled:
+            with open(os.path.join(self.output_dir, "log.txt"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.writer:
+            self._write(self.writer.flush)
+
+    def close(self):
+        if self.writer:
+            self._write(self.writer.close)

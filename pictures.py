@@ -1,5 +1,5 @@
 """What a run shows besides curves: pictures as uint8 [H, W, 3] arrays, made from plain numpy
-inputs (TensorBoard takes them as they are; utils.MetricLogger.image): the loader's sample
+inputs (TensorBoard takes them as they are; outputs.MetricLogger.image): the loader's sample
 and its mask, the teacher's target beside the student's prediction, the confusion matrix."""
 import cv2
 import numpy as np

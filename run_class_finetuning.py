@@ -240,7 +240,7 @@ def test(model, args, dist_info, nb_classes, mode):
     results.update(mode=mode, checkpoint=args.finetune,
                    views=f"{args.test_num_segment}x{args.test_num_crop}")
     if args.vis_freq != 0:  # the test's confusion matrix in TensorBoard; the counts stay out
-        logger = utils.MetricLogger(args.output_dir, args.log_dir, dist_info.is_main)
+        logger = outputs.MetricLogger(args.output_dir, args.log_dir, dist_info.is_main)
         logger.image("test/confusion", pictures.confusion_picture(results["confusion"]), 0)
         logger.close()
     results.pop("confusion")

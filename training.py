@@ -21,7 +21,8 @@ import outputs
 import stop_signals
 from bad_files import BadFileLedger
 from errors import NonFiniteLossError, OutsideFailure, WriteError
-from utils import MetricLogger, cosine_lr, format_eta
+from outputs import MetricLogger
+from utils import cosine_lr, format_eta
 
 log = logging.getLogger("smile")
 
@@ -284,6 +285,7 @@ def fit(args, dist_info, job):
               lr_schedule(args, steps_per_epoch, accumulation),
               MetricLogger(args.output_dir, args.log_dir, dist_info.is_main), ledger, stop_flag,
               watch)
+    outputs.first_step_begins()
     try:
         with watch:
             return _epochs(args, job, run, start_epoch, first_batch, net, save, latest)

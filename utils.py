@@ -114,8 +114,10 @@ def parse_with_config(parser, argv=None):
 
 
 def check_run_args(args):
-    if args.output_dir and os.path.isfile(args.output_dir):
-        raise ValueError(f"--output_dir {args.output_dir} is a file, not a folder")
+    for flag in ("output_dir", "log_dir"):
+        if getattr(args, flag) and os.path.exists(getattr(args, flag)) and not os.path.isdir(
+                getattr(args, flag)):
+            raise ValueError(f"--{flag} {getattr(args, flag)} is a file, not a folder")
     if args.resume and not os.path.isfile(args.resume):
         raise ValueError(f"--resume {args.resume} does not exist")
     for name in ("batch_size", "epochs", "print_freq", "save_ckpt_freq", "update_freq"):
@@ -205,37 +207,6 @@ def run_header(args, dist_info):
               else f"cpu ({os.cpu_count()} cores)")
     return (f"git {git_sha()} | torch {torch.__version__} | timm {timm.__version__} | "
             f"{device} x {dist_info.world_size} | python {sys.version.split()[0]}")
-
-
-class MetricLogger:
-    """Console lines with ETA, TensorBoard scalars and JSON lines (rank 0 only)."""
-
-    def __init__(self, output_dir, log_dir, enabled):
-        self.enabled, self.output_dir, self.writer = enabled, output_dir, None
-        if enabled and log_dir:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir=log_dir)
-
-    def scalars(self, step, values, prefix="train"):
-        if self.writer:
-            for key, value in values.items():
-                self.writer.add_scalar(f"{prefix}/{key}", value, step)
-
-    def image(self, tag, picture, step):
-        """A uint8 [H, W, 3] picture (pictures.py)."""
-        if self.writer:
-            self.writer.add_image(tag, picture, step, dataformats="HWC")
-
-    def epoch(self, record):
-        if self.enabled:
-            with open(os.path.join(self.output_dir, "log.txt"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if self.writer:
-            self.writer.flush()
-
-    def close(self):
-        if self.writer:
-            self.writer.close()
 
 
 def picture_due(epoch, epochs, vis_freq):

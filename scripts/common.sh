@@ -4,6 +4,10 @@
 #       each signalled directly; elsewhere launch.py, torchrun on $GPUS processes (default 8)
 #       that passes stop signals on and waits for the ranks to save (README: "Stopping and
 #       resuming"). Either exits with the ranks' code: 0 after a save at a stop signal.
+#   run_or_requeue FILE ENTRY.py FLAGS...  launch, then by the exit code (README: exit codes):
+#       0: done_or_requeue FILE; 5 (interrupted by what a new allocation may not meet: a
+#       hung read, a lost node or worker; the run saved) requeues, at most 3 times in a row
+#       (counted in FILE's folder, reset by a 0); any other code ends the job with it.
 #   done_or_requeue FILE  goes on only once FILE (a run's last output) exists; else the run
 #       stopped after saving: under SLURM the job requeues itself, elsewhere this says to run
 #       the same command again (it resumes).
@@ -23,13 +27,37 @@ launch() {
     fi
 }
 
+run_or_requeue() {
+    local done=$1 code=0 count n
+    shift
+    launch "$@" || code=$?
+    count="$(dirname "$done")/.exit5_in_a_row"
+    if [ "$code" = 5 ]; then
+        n=$(( $(cat "$count" 2>/dev/null || echo 0) + 1 ))
+        mkdir -p "$(dirname "$count")" && echo "$n" > "$count"
+        if [ "$n" -ge 3 ]; then
+            echo "error: the run ended with exit code 5 $n times in a row (its error: lines" \
+                 "above say why): not requeued again; fix the cause, then run the same command" >&2
+            exit 5
+        fi
+        requeue_or_say "exit code 5, $n of 3 in a row" 5
+    fi
+    rm -f "$count"
+    [ "$code" = 0 ] || exit "$code"
+    done_or_requeue "$done"
+}
+
 done_or_requeue() {
     [ -f "$1" ] && return 0
+    requeue_or_say "stopped before $1 was written" 0
+}
+
+requeue_or_say() {  # WHY CODE: under SLURM requeue the job (and end this run of it with 0)
     if [ -n "${SLURM_JOB_ID:-}" ]; then
-        echo "stopped before $1 was written: requeueing job $SLURM_JOB_ID"
+        echo "$1: requeueing job $SLURM_JOB_ID"
         scontrol requeue "$SLURM_JOB_ID"
-    else
-        echo "stopped before $1 was written: run the same command to resume"
+        exit 0
     fi
-    exit 0
+    echo "$1: run the same command to resume"
+    exit "$2"
 }

@@ -11,6 +11,7 @@ import checkpoint
 import batches
 import datasets
 import distributed
+import outputs
 import engine_for_pretraining as engine
 import errors
 import masking_generator
@@ -326,7 +327,7 @@ def test_training_steps_wait_on_the_host_only_to_print(tmp_path, augment_on):
     ledger, flag = BadFileLedger([], 0.05, str(tmp_path), dist_info), stop_signals.stop_flag()
     watch = guard.DataWatch(guard.ReadBoard(0), ledger.describe, 60, 600, flag, None)
     run = training.Run(dist_info, 6, 1, 3, 2, lambda epoch, i: 1e-3,
-                       utils.MetricLogger(str(tmp_path), None, False), ledger, flag, watch)
+                       outputs.MetricLogger(str(tmp_path), None, False), ledger, flag, watch)
     job = training.Job("stage-1 pretraining", student, optimizer, loss_fn, loader, sampler=None,
                        dataset=dataset)
     with watch, counter:  # the run's watch thread reads nothing from the device either

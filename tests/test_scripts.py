@@ -13,17 +13,19 @@ from conftest import ROOT
 RECORDER = """#!/usr/bin/env bash
 [ "$1" = -c ] && exit 0             # the scripts' check for the requirements
 printf '%s\\0' "$@" >> "$CALLS"; printf '\\n' >> "$CALLS"
+exit "${RUN_EXIT_CODE:-0}"          # what the run would end with
 """
 PARSERS = {"run_smile_pretraining.py": pretraining.get_args_parser,
            "run_class_finetuning.py": finetuning.get_args_parser}
 
 
-def launched(tmp_path, script, *argv, slurm=False):
-    """[(entry point, parsed flags)] for each launch the script makes, and its output."""
+def launched(tmp_path, script, *argv, slurm=False, code=0, env=None):
+    """[(entry point, parsed flags)] for each launch the script makes, and its output (the
+    script's exit code must be `code`; `env`: more variables, e.g. RUN_EXIT_CODE)."""
     python, calls = tmp_path / "python", tmp_path / "calls"
     python.write_text(RECORDER)
     python.chmod(0o755)
-    env = dict(os.environ, PYTHON=str(python), CALLS=str(calls))
+    env = dict(os.environ, PYTHON=str(python), CALLS=str(calls), **(env or {}))
     env.pop("SLURM_JOB_ID", None)
     if slurm:  # srun and scontrol as the job sees them: srun runs what it is given
         (tmp_path / "srun").write_text('#!/usr/bin/env bash\nshift\nexec "$@"\n')
@@ -33,7 +35,7 @@ def launched(tmp_path, script, *argv, slurm=False):
         env.update(SLURM_JOB_ID="42", PATH=f"{tmp_path}:{env['PATH']}")
     result = subprocess.run(["bash", script, *argv], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == code, result.stderr
     runs = []
     for line in calls.read_text().splitlines() if calls.exists() else []:
         words = line.strip("\0").split("\0")
@@ -43,7 +45,7 @@ def launched(tmp_path, script, *argv, slurm=False):
             assert words[:3] == ["launch.py", "--standalone", "--nproc_per_node"]
             words = words[4:]
         runs.append((words[0], utils.parse_with_config(PARSERS[words[0]](), words[1:])))
-    return runs, result.stdout
+    return runs, result.stdout + result.stderr
 
 
 def test_pretraining_script_runs_stage_1_then_stops_until_it_is_done(tmp_path):
@@ -63,6 +65,26 @@ def test_pretraining_script_stage_2_under_slurm_requeues(tmp_path):
     assert stage2.first_stage_path == "runs/k400_vitb_stage1/checkpoint-299.pth"
     assert stage2.num_masks_per_clip == 2 and stage2.output_dir == "runs/k400_vitb_stage2"
     assert "scontrol requeue 42" in out
+
+
+def test_exit_5_requeues_at_most_3_times_in_a_row(tmp_path):
+    """README's exit codes: 5 (a hung read, a lost node or worker; the run saved) requeues;
+    the third in a row ends the job with it; a 0 in between starts the count again."""
+    env = dict(OUTPUT_DIR=str(tmp_path / "run"), RUN_EXIT_CODE="5")
+    for n in (1, 2):
+        _, out = launched(tmp_path, "scripts/pretrain/k400_vitb.sh", "2", slurm=True, env=env)
+        assert f"exit code 5, {n} of 3 in a row: requeueing job 42" in out and (
+            "scontrol requeue 42") in out, out
+    _, out = launched(tmp_path, "scripts/pretrain/k400_vitb.sh", "2", slurm=True, env=env, code=5)
+    assert "error: the run ended with exit code 5 3 times in a row" in out and (
+        "scontrol requeue") not in out, out
+    launched(tmp_path, "scripts/pretrain/k400_vitb.sh", "2", slurm=True,
+             env=dict(env, RUN_EXIT_CODE="0"))
+    _, out = launched(tmp_path, "scripts/pretrain/k400_vitb.sh", "2", slurm=True, env=env)
+    assert "1 of 3 in a row" in out
+    _, out = launched(tmp_path, "scripts/finetune/vitb.sh", slurm=False, code=4,
+                      env=dict(RUN_EXIT_CODE="4"))  # any other code: the job ends with it
+    assert "requeue" not in out
 
 
 @pytest.mark.parametrize("recipe,expected", [

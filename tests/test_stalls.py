@@ -1,4 +1,4 @@
-"""What stalls a run from outside, through the real CLI: a read that never returns (an
+"""What stalls or breaks a run from outside, through the real CLI: a read that never returns (an
 LD_PRELOAD shim makes open() of one file block in the kernel, as a stale NFS mount does),
 warned about, timed out or signalled, then resumed; a loader worker killed mid-epoch."""
 import os
@@ -148,3 +148,64 @@ def test_shared_memory_too_small_for_the_workers_is_one_line(tmp_path):
     line = out.strip().splitlines()[-1]
     assert line.startswith("error: shared memory ran out") and "lower --num_workers" in line, line
     assert "Traceback" not in out
+
+
+def test_a_tensorboard_folder_that_fills_up_is_left_and_training_finishes(tmp_path):
+    """--log_dir on its own file system of 8 kB (a quota): one warning, no traceback, every
+    epoch trained and saved."""
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare -m (a mount namespace) for a tiny file system")
+    log_dir = tmp_path / "tb"
+    log_dir.mkdir()
+    argv = [*TINY, "--num_synthetic_clips", "16", "--batch_size", "4", "--epochs", "2",
+            "--log_dir", str(log_dir), "--output_dir", str(tmp_path / "run")]
+    launcher = ["unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size=8k tmpfs {log_dir} && '
+                'exec "$@"', "sh", sys.executable]
+    code, out = cli(*argv, launcher=launcher, timeout=120)
+    assert code == 0, out
+    assert out.count(f"WARNING: TensorBoard cannot write to {log_dir} (No space left on device") \
+        == 1, out
+    assert "Traceback" not in out and "finished 2 epochs" in out
+    assert checkpoint.load_checkpoint(str(tmp_path / "run" / "checkpoint-1.pth"))["epoch"] == 2
+
+
+def test_the_output_folder_removed_mid_run_is_one_line(tmp_path):
+    argv = [*TINY, "--num_synthetic_clips", "48", "--batch_size", "4", "--epochs", "2",
+            "--output_dir", str(tmp_path / "run")]
+    proc = cli(*argv, wait=False)
+    wait_for(str(tmp_path / "run" / "train.log"), "epoch 1/2 step 2/12", proc)
+    shutil.rmtree(tmp_path / "run")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 4, out
+    line = out.strip().splitlines()[-1]
+    assert line.startswith(f"error: could not write {tmp_path / 'run'}") and (
+        f"{tmp_path / 'run'} no longer exists (removed while the run was going?)") in line, line
+    assert "Traceback" not in out
+
+
+def test_write_failures_name_their_own_cause(tmp_path):
+    def failure(errno_code):
+        err = OSError(errno_code, os.strerror(errno_code))
+        return str(checkpoint.write_error(str(tmp_path / checkpoint.LATEST), err, lambda: 2**30))
+
+    denied = failure(13)
+    assert "Permission denied (errno EACCES); make" in denied and "writable again" in denied
+    assert "free" not in denied and "intact" not in denied  # nothing was saved there yet
+    (tmp_path / checkpoint.LATEST).write_bytes(b"")
+    full = failure(28)
+    assert "No space left on device" in full and "it needs 1.00 GiB" in full
+    assert "The last checkpoint there is intact: free space (or raise the quota)" in full
+
+
+def test_a_run_refused_before_its_first_step_leaves_nothing(tmp_path):
+    not_a_checkpoint = tmp_path / "stage1.pth"
+    not_a_checkpoint.write_text("not a checkpoint")
+    code, out = cli(*TINY, "--first_stage_path", str(not_a_checkpoint), "--output_dir",
+                    str(tmp_path / "run"))
+    assert code == 2 and "error:" in out, out
+    assert not os.path.exists(tmp_path / "run")
+    log_file = tmp_path / "tb_file"
+    log_file.write_text("")
+    code, out = cli(*TINY, "--log_dir", str(log_file), "--output_dir", str(tmp_path / "run"))
+    assert code == 2 and f"error: --log_dir {log_file} is a file, not a folder" in out, out
+    assert not os.path.exists(tmp_path / "run")

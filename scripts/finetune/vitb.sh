@@ -13,6 +13,6 @@ OUTPUT_DIR=runs/${RECIPE}_vitb_finetune
 [ -f "$(dirname "$0")/${RECIPE}_vitb.yaml" ] || {
     echo "usage: $0 [k400|ssv2]   (no recipe $(dirname "$0")/${RECIPE}_vitb.yaml)" >&2; exit 2; }
 source "$(dirname "$0")/../common.sh"
-launch run_class_finetuning.py --config "scripts/finetune/${RECIPE}_vitb.yaml" \
+run_or_requeue "$OUTPUT_DIR/results.json" \
+    run_class_finetuning.py --config "scripts/finetune/${RECIPE}_vitb.yaml" \
     --data_path "$DATA_PATH" --finetune "$MODEL_PATH" --output_dir "$OUTPUT_DIR"
-done_or_requeue "$OUTPUT_DIR/results.json"

@@ -10,7 +10,7 @@ set -euo pipefail
 DATA_PATH=/path/to/k400/train.csv            # 'PATH LABEL' lines
 OBJECTS_PATH=/path/to/PIN_objects            # <category>/<instance>.png RGBA objects
 TEACHER_WEIGHTS=/path/to/ViT-B-16-openai.pt  # see INSTALL.md
-OUTPUT_DIR=runs/k400_vitb                    # stage N writes OUTPUT_DIR_stageN
+OUTPUT_DIR=${OUTPUT_DIR:-runs/k400_vitb}     # stage N writes OUTPUT_DIR_stageN
 EPOCHS=${EPOCHS:-300}
 # the authors' stage 2 used two masks per decoded clip (--multiple_sampling)
 NUM_MASKS_PER_CLIP=${NUM_MASKS_PER_CLIP:-2}
@@ -26,8 +26,8 @@ for stage in ${1:-1 2}; do
                      --num_masks_per_clip "$NUM_MASKS_PER_CLIP")
     fi
     [ -f "${OUTPUT_DIR}_stage$stage/$last" ] && continue
-    launch run_smile_pretraining.py --config scripts/pretrain/k400_vitb.yaml \
+    run_or_requeue "${OUTPUT_DIR}_stage$stage/$last" \
+        run_smile_pretraining.py --config scripts/pretrain/k400_vitb.yaml \
         "${stage_flags[@]}" --data_path "$DATA_PATH" --teacher_weights "$TEACHER_WEIGHTS" \
         --epochs "$EPOCHS" --output_dir "${OUTPUT_DIR}_stage$stage"
-    done_or_requeue "${OUTPUT_DIR}_stage$stage/$last"
 done
