@@ -183,7 +183,9 @@ def find_resume_checkpoint(output_dir):
     Newest first (checkpoint-latest.pth, then checkpoint-N.pth by descending N), stopping at
     the first that loads, so at most one checkpoint is held in memory. A torn file is skipped
     with a warning; any other failure stops the run (CheckpointError): restarting from an older
-    file, or from scratch, must never happen silently."""
+    file, or from scratch, must never happen silently. A numbered file whose stored step is
+    past checkpoint-latest.pth's (a restore, a copy between clocks that disagree) wins, with a
+    warning: the stored step decides, not the name."""
     numbered = numbered_checkpoints(output_dir)
     candidates = [os.path.join(output_dir, LATEST)] + [numbered[n] for n in sorted(
         numbered, reverse=True)]
@@ -191,19 +193,52 @@ def find_resume_checkpoint(output_dir):
         if not os.path.isfile(path):
             continue
         try:
-            return path, check_training_state(path, load_checkpoint(path))
+            found = path, check_training_state(path, load_checkpoint(path))
         except CheckpointError as err:
             if not err.torn:
                 raise
             log.warning("skipping %s: %s; trying the next older checkpoint", path, err.reason)
+            continue
+        if path == candidates[0] and len(candidates) > 1 and (
+                later := _stored_step(candidates[1])) > found[1]["step"]:
+            log.warning("WARNING: %s holds step %d, %s step %d (restored or copied out of "
+                        "order?): resuming from the later one", path, found[1]["step"],
+                        candidates[1], later)
+            del found
+            return candidates[1], check_training_state(candidates[1],
+                                                       load_checkpoint(candidates[1]))
+        return found
     return None
 
 
+def _stored_step(path):
+    """A checkpoint's stored step, read without loading its tensors (-1 if unreadable)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:
+        return -1
+
+
 def resume_checkpoint(args):
-    """(path, state) to resume from: --resume, else the newest in --output_dir, else None."""
-    if args.resume:
-        return args.resume, check_training_state(args.resume, load_checkpoint(args.resume))
-    return find_resume_checkpoint(args.output_dir) if args.auto_resume else None
+    """(path, state) to resume from: --resume, else the newest in --output_dir, else None.
+    When --output_dir holds a later checkpoint of the run that started from --resume (a
+    requeued command that still names it), that one: the run's own newest state wins."""
+    if not args.resume:
+        return find_resume_checkpoint(args.output_dir) if args.auto_resume else None
+    given = args.resume, check_training_state(args.resume, load_checkpoint(args.resume))
+    own = find_resume_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+    if own and not os.path.samefile(own[0], args.resume) and own[1]["step"] > given[1][
+            "step"] and any(_same_file(r.get("checkpoint"), args.resume)
+                            for r in own[1].get("history") or []):
+        log.warning("WARNING: resuming from %s (step %d), which this run wrote after it started "
+                    "from --resume %s (step %d)", own[0], own[1]["step"], args.resume,
+                    given[1]["step"])
+        return own
+    return given
+
+
+def _same_file(a, b):
+    return bool(a) and os.path.exists(a) and os.path.samefile(a, b)
 
 
 def kind_of(state):

@@ -56,7 +56,7 @@ ALLOWED = {
 BUDGET = {"run_smile_pretraining": 300, "run_class_finetuning": 350, "datasets": 400,
           "motion_infusion": 400, "masking_generator": 250, "modeling_finetune": 250,
           "modeling_pretrain": 400, "engine_for_pretraining": 250, "engine_for_finetuning": 300,
-          "utils": 250, "distributed": 250, "checkpoint": 300, "training": 330,
+          "utils": 250, "distributed": 250, "checkpoint": 320, "training": 330,
           "bad_files": 200, "errors": 80, "lists": 120, "video_io": 250, "teachers": 300,
           "video_transforms": 150, "outputs": 340, "stop_signals": 100, "launch": 100,
           "batches": 100, "hf_videomae": 150, "pictures": 150, "object_banks": 250,

@@ -213,3 +213,30 @@ def test_history_keeps_every_start(tmp_path):
     outputs.append_history(str(tmp_path), {"event": "resume", "step": 7})
     lines = [json.loads(x) for x in open(tmp_path / outputs.HISTORY)]
     assert [x["event"] for x in lines] == ["start", "resume"] and lines[1]["pid"] == os.getpid()
+
+
+def _fake_checkpoint(path, step, history=()):
+    import torch
+    torch.save(dict(model={}, optimizer={}, epoch=step // 10, next_batch=step % 10, step=step,
+                    history=list(history)), str(path))
+    return str(path)
+
+
+def test_the_stored_step_decides_not_the_name(tmp_path, caplog):
+    _fake_checkpoint(tmp_path / checkpoint.LATEST, 20)
+    _fake_checkpoint(tmp_path / "checkpoint-2.pth", 30)  # e.g. restored from a backup
+    path, state = checkpoint.find_resume_checkpoint(str(tmp_path))
+    assert path.endswith("checkpoint-2.pth") and state["step"] == 30
+    assert "holds step 20" in caplog.text and "resuming from the later one" in caplog.text
+
+
+def test_a_requeued_resume_goes_on_from_the_runs_own_newer_checkpoint(tmp_path, caplog):
+    other = _fake_checkpoint(tmp_path / "other.pth", 10)
+    out = tmp_path / "run"
+    out.mkdir()
+    own = _fake_checkpoint(out / checkpoint.LATEST, 25, [dict(event="resume", checkpoint=other)])
+    args = _args(resume=other, output_dir=str(out), auto_resume=True)
+    assert checkpoint.resume_checkpoint(args)[0] == own
+    assert f"which this run wrote after it started from --resume {other}" in caplog.text
+    stranger = _fake_checkpoint(out / checkpoint.LATEST, 25)  # not started from `other`
+    assert checkpoint.resume_checkpoint(args)[0] == other != stranger

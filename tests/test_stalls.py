@@ -1,6 +1,7 @@
 """What stalls or breaks a run from outside, through the real CLI: a read that never returns (an
 LD_PRELOAD shim makes open() of one file block in the kernel, as a stale NFS mount does),
-warned about, timed out or signalled, then resumed; a loader worker killed mid-epoch."""
+warned about, timed out or signalled, then resumed; a loader worker killed mid-epoch, shared
+memory too small; a TensorBoard folder that fills up, the output folder removed."""
 import os
 import re
 import shutil
