@@ -137,6 +137,12 @@ def start_or_resume(args, dist_info, pieces, dataset, steps_per_epoch, ledger, i
         log.info("resumed from %s: epoch %d, batch %d (step %d)", path, start[0] + 1, start[1],
                  record["step"])
     else:
+        if not args.auto_resume and (os.path.isfile(os.path.join(args.output_dir,
+                                                                  checkpoint.LATEST))
+                                     or checkpoint.numbered_checkpoints(args.output_dir)):
+            raise UsageError(f"{args.output_dir} holds another run's checkpoints, and with "
+                             "auto_resume off this run would start over into it and overwrite "
+                             "them: give it another --output_dir, or resume (--auto_resume)")
         record = dict(event="start", step=0)
         checkpoint_bytes = checkpoint.training_state_bytes(model, optimizer)
         if dist_info.is_main:  # what the run started with; later changes go to the history

@@ -94,23 +94,61 @@ def add_run_args(parser):
 
 
 def parse_with_config(parser, argv=None):
-    """timm-style: --config run.yaml supplies defaults, the command line wins."""
+    """timm-style: --config run.yaml supplies defaults, the command line wins. Each YAML value
+    goes through the flag's own type, choices and on/off form, as if typed before the command
+    line's flags; a value that would not parse there is one line naming its key."""
     known, _ = parser.parse_known_args(argv)
-    if known.config:
-        import yaml
+    if not known.config:
+        return parser.parse_args(argv)
+    import yaml
+    fail = functools.partial(_config_error, parser, known.config)
+    try:
+        with open(known.config) as f:
+            values = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as err:
+        fail(str(err).splitlines()[0])
+    if not isinstance(values, dict):
+        fail("is not 'flag: value' lines")
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    unknown = sorted(set(values) - set(actions))
+    if unknown:  # nothing would read them
+        fail(f"sets {', '.join(unknown)}: not flags of {parser.prog}")
+    words = []
+    for key, value in values.items():
+        words += (mine := _config_words(actions[key], value, functools.partial(fail, key=key)))
+        parser.exit_on_error = False  # the key's own error, not argparse's page
         try:
-            with open(known.config) as f:
-                values = yaml.safe_load(f) or {}
-        except (OSError, yaml.YAMLError) as err:
-            parser.exit(2, f"error: --config {known.config}: {str(err).splitlines()[0]}\n")
-        if not isinstance(values, dict):
-            parser.exit(2, f"error: --config {known.config} is not 'flag: value' lines\n")
-        unknown = sorted(set(values) - {action.dest for action in parser._actions})
-        if unknown:  # set_defaults would keep them silently, and nothing would read them
-            parser.exit(2, f"error: --config {known.config} sets {', '.join(unknown)}: not "
-                           f"flags of {parser.prog}\n")
-        parser.set_defaults(**values)
-    return parser.parse_args(argv)
+            parser.parse_known_args(mine)
+        except argparse.ArgumentError as err:
+            fail(f"{value!r}: {err.message}", key=key)
+        finally:
+            parser.exit_on_error = True
+    return parser.parse_args(words + list(sys.argv[1:] if argv is None else argv))
+
+
+def _config_words(action, value, fail):
+    """One YAML value as the command-line words that set it."""
+    flag = next(o for o in action.option_strings if o.startswith("--"))
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
+                           argparse.BooleanOptionalAction)):
+        if not isinstance(value, bool):
+            fail(f"{value!r} is not true or false (unquoted)")
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return [flag if value else "--no-" + flag[2:]]
+        return [flag] if value == isinstance(action, argparse._StoreTrueAction) else []
+    if value is None:
+        return []  # the flag's default
+    if action.nargs in (None, "?"):
+        if isinstance(value, (list, dict)):
+            fail(f"{value!r} is a list; {flag} takes one value")
+        return [flag, str(value)]
+    if not isinstance(value, list):
+        fail(f"{value!r} is one value; {flag} takes a list")
+    return [flag, *map(str, value)]
+
+
+def _config_error(parser, path, what, key=None):
+    parser.exit(2, f"error: --config {path}: {key + ': ' if key else ''}{what}\n")
 
 
 def check_run_args(args):

@@ -240,3 +240,12 @@ def test_a_requeued_resume_goes_on_from_the_runs_own_newer_checkpoint(tmp_path, 
     assert f"which this run wrote after it started from --resume {other}" in caplog.text
     stranger = _fake_checkpoint(out / checkpoint.LATEST, 25)  # not started from `other`
     assert checkpoint.resume_checkpoint(args)[0] == other != stranger
+
+
+def test_auto_resume_off_into_a_folder_holding_a_run_is_refused(tmp_path):
+    _fake_checkpoint(tmp_path / "checkpoint-4.pth", 50)
+    args = _args(output_dir=str(tmp_path), auto_resume=False, resume=None)
+    with pytest.raises(UsageError, match="holds another run's checkpoints, and with "
+                                                "auto_resume off this run would start over"):
+        outputs.start_or_resume(args, distributed.Dist(), (None, None, None, None), object(),
+                                10, None)

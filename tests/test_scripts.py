@@ -108,6 +108,13 @@ def test_linear_probe_script(tmp_path):
     ("- lr\n", "is not 'flag: value' lines"),
     ("lr: [1\n", "while parsing"),
     (None, "No such file or directory"),
+    # each value goes through its flag's type, choices and on/off form
+    ("epochs: 1.5\n", "epochs: 1.5: invalid int value: '1.5'"),
+    ("num_frames: 8.0\n", "num_frames: 8.0: invalid int value"),
+    ("mixup: [0.8]\n", "mixup: [0.8] is a list; --mixup takes one value"),
+    ("opt_betas: 0.9\n", "opt_betas: 0.9 is one value; --opt_betas takes a list"),
+    ('auto_resume: "false"\n', "auto_resume: 'false' is not true or false (unquoted)"),
+    ("data_set: K400\n", "data_set: 'K400': invalid choice: 'K400'"),
 ])
 def test_a_config_that_cannot_work_is_one_line(tmp_path, capsys, text, message):
     config = tmp_path / "recipe.yaml"
@@ -118,6 +125,17 @@ def test_a_config_that_cannot_work_is_one_line(tmp_path, capsys, text, message):
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1
     assert err.startswith(f"error: --config {config}") and message in err
+
+
+def test_config_values_parse_as_the_command_line_would(tmp_path):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("lr: 1e-4\nauto_resume: false\nopt_betas: [0.9, 0.95]\nmodel_ema: true\n"
+                      "epochs: 7\nresume: null\n")
+    args = utils.parse_with_config(finetuning.get_args_parser(),
+                                   ["--config", str(config), "--epochs", "3"])
+    assert (args.lr, args.auto_resume, args.opt_betas, args.model_ema) == (
+        1e-4, False, [0.9, 0.95], True)  # 1e-4 is a string to YAML, a float to --lr
+    assert args.epochs == 3 and args.resume is None  # the command line wins
 
 
 @pytest.mark.parametrize("script,argument", [("scripts/pretrain/k400_vitb.sh", "3"),
