@@ -146,10 +146,23 @@ def main(args):
                 args.first_stage_path, f"it is {checkpoint.describe(state)}; stage 2 needs a "
                 "stage-1 pretraining checkpoint (checkpoint-N.pth of a run without "
                 "--first_stage_path)")
-        checkpoint.load_model_weights(model, checkpoint.model_weights(state),
-                                      args.first_stage_path)
-        log.info("stage 2: whole student from %s, fresh optimiser and schedule",
-                 args.first_stage_path)
+        weights = checkpoint.model_weights(state)
+        own = model.state_dict()
+        # a target stage 1 did not have (--motion_loss_weight) or of another width
+        # (--teacher_frames all) gets a fresh head; the encoder and the decoder's blocks load
+        head = {k: k.split(".")[1] for k in {**weights, **own} if k.startswith("decoder.")
+                and k.split(".")[1].endswith("head")}  # key -> its head's name
+        ours = {modeling_pretrain.head_name(t.name) for t in targets}
+        fresh = sorted({head[k] for k in own if k in head and (
+            k not in weights or weights[k].shape != own[k].shape)})
+        unused = sorted({head[k] for k in weights if k in head and head[k] not in ours})
+        checkpoint.load_model_weights(model, {
+            **{k: v for k, v in weights.items() if head.get(k) not in fresh + unused},
+            **{k: v for k, v in own.items() if head.get(k) in fresh}}, args.first_stage_path)
+        log.info("stage 2: whole student from %s, fresh optimiser and schedule%s%s",
+                 args.first_stage_path,
+                 f"; new heads start fresh: decoder.{', decoder.'.join(fresh)}" if fresh else "",
+                 f"; stage 1's decoder.{', decoder.'.join(unused)} not used" if unused else "")
 
     # a held-aside sample for the pictures (rank 0): the same clip every time, with its first
     # mask (bool per token, True = masked) and that mask's token indices

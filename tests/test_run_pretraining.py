@@ -102,17 +102,20 @@ def test_repeated_sampling_through_both_stages(tmp_path):
 
 @pytest.mark.slow
 def test_motion_targets_through_both_stages_and_into_fine_tuning(tmp_path):
-    """--teacher_frames all and --motion_loss_weight: stage 1 -> stage 2 -> the fine-tuning
-    loader, which leaves the wider head and the motion head behind with the decoder."""
+    """--teacher_frames all and --motion_loss_weight, added for stage 2 only: the encoder and
+    decoder blocks come from stage 1, the wider head and the motion head start fresh; then the
+    fine-tuning loader, which leaves both heads behind with the decoder."""
     import modeling_finetune
     stage1, stage2 = str(tmp_path / "s1"), str(tmp_path / "s2")
-    flags = ["--teacher_frames", "all", "--motion_loss_weight", "0.5", "--num_synthetic_clips",
-             "8", "--batch_size", "4", "--epochs", "2"]
-    for out, extra in [(stage1, []), (stage2, ["--first_stage_path",
-                                               os.path.join(stage1, "checkpoint-1.pth")])]:
-        code, log = cli(*TINY, *flags, "--output_dir", out, *extra)
-        assert code == 0, log
-        assert "teacher clip_vit_tiny on every frame of each tubelet, motion loss x0.5" in log
+    common = ["--num_synthetic_clips", "8", "--batch_size", "4", "--epochs", "2"]
+    flags = ["--teacher_frames", "all", "--motion_loss_weight", "0.5", *common]
+    code, log = cli(*TINY, *common, "--output_dir", stage1)
+    assert code == 0, log
+    code, log = cli(*TINY, *flags, "--output_dir", stage2, "--first_stage_path",
+                    os.path.join(stage1, "checkpoint-1.pth"))
+    assert code == 0, log
+    assert "teacher clip_vit_tiny on every frame of each tubelet, motion loss x0.5" in log
+    assert "new heads start fresh: decoder.head, decoder.motion_head" in log, log
     state = checkpoint.load_checkpoint(os.path.join(stage2, "checkpoint-1.pth"))
     assert state["args"]["teacher_frames"] == "all" and state["args"]["motion_loss_weight"] == 0.5
     assert state["model"]["decoder.head.weight"].shape[0] == 2 * 192
@@ -124,7 +127,7 @@ def test_motion_targets_through_both_stages_and_into_fine_tuning(tmp_path):
                 not k.startswith("head.")]  # only the classifier is new, as from any run
     code, log = cli(*TINY, *flags, "--teacher_frames", "first", "--output_dir", stage2,
                     "--first_stage_path", os.path.join(stage1, "checkpoint-1.pth"))
-    assert code == 2 and "--teacher_frames all (now first)" in log, log
+    assert code == 2 and "--teacher_frames all (now first)" in log, log  # a resume keeps it
 
 
 @pytest.mark.slow
