@@ -269,6 +269,17 @@ def model_weights(state, keys=WEIGHT_KEYS):
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def scored(state, raw=False):
+    """(state, phrase): a fine-tuning run with --model_ema scores its EMA weights, so a
+    checkpoint of it is read as those (under 'model') unless `raw`; the phrase says which."""
+    if isinstance(state, dict) and state.get("scored") == "model_ema" and state.get("model_ema"):
+        if not raw:
+            return dict(state, model=state["model_ema"]), "its EMA weights, which the run " \
+                "scored (--raw_weights: the raw ones)"
+        return state, "its raw weights (--raw_weights; the run scored its EMA weights)"
+    return state, "its weights"
+
+
 def misfit(own, weights, strict=True):
     """One line saying what of `weights` does not fit a model's state dict `own` (keys
     missing, unexpected, of another shape), or '' when all fits; strict=False names only the
@@ -307,6 +318,7 @@ def training_state(model, optimizer, epoch, next_batch, steps_per_epoch, args, s
                    model_ema=None, **extra):
     """What a checkpoint holds (the module's docstring); `extra`: kind, model_kwargs, ..."""
     return dict(format=FORMAT, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                scored="model_ema" if model_ema else "model",  # what the run's test scores
                 scaler=scaler.state_dict() if scaler else None,
                 model_ema=model_ema.state_dict() if model_ema else None, epoch=epoch,
                 next_batch=next_batch, step=epoch * steps_per_epoch + next_batch,

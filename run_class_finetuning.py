@@ -57,6 +57,9 @@ def get_args_parser():
                    help="checkpoint to start from (or to test): ours, the authors', VideoMAE's, "
                         "or a transformers VideoMAE folder; 'random': no weights (baseline)")
     g.add_argument("--model_key", default="model|module", help="keys that hold the weights")
+    g.add_argument("--raw_weights", action="store_true",
+                   help="of a run fine-tuned with --model_ema, read the raw weights instead of "
+                        "the EMA ones it scored")
     g.add_argument("--use_mean_pooling", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--init_scale", type=float, default=0.001, help="head initialisation scale")
     g.add_argument("--fc_drop_rate", type=float, default=0.0)
@@ -128,8 +131,8 @@ def load_weights(model, args):
     if args.finetune == "random":
         log.warning("--finetune random: the encoder keeps its random initialisation (a baseline)")
         return None
-    state = (hf_videomae.read(args.finetune) if hf_videomae.is_folder(args.finetune)
-             else checkpoint.load_checkpoint(args.finetune))
+    state, which = checkpoint.scored(hf_videomae.read(args.finetune) if hf_videomae.is_folder(
+        args.finetune) else checkpoint.load_checkpoint(args.finetune), args.raw_weights)
     try:
         report = modeling_finetune.load_pretrained(model, state, args.model_key)
     except ValueError as err:
@@ -139,8 +142,8 @@ def load_weights(model, args):
                                          "without a classifier head; --eval needs a fine-tuned "
                                          "checkpoint (OUTPUT_DIR/checkpoint-N.pth of fine-tuning)")
     skipped = sorted({k.split(".")[0] for k in report["skipped"]})
-    log.info("loaded %s\n  missing: %s\n  unexpected: %s\n  skipped: %d keys (%s)",
-             args.finetune, report["missing"] or "none", report["unexpected"] or "none",
+    log.info("loaded %s of %s\n  missing: %s\n  unexpected: %s\n  skipped: %d keys (%s)",
+             which, args.finetune, report["missing"] or "none", report["unexpected"] or "none",
              len(report["skipped"]), ", ".join(skipped) or "none")
     return report
 

@@ -220,11 +220,14 @@ def test_eval_cli_and_two_processes_match(finetuned, colour_set, tmp_path):
     results = {}
     for name, (code, log) in runs.items():
         assert code == 0, log
+        assert "loaded its EMA weights, which the run scored" in log, log
         if name != "one":
             assert_process_groups_closed(log)
         results[name] = json.load(open(tmp_path / name / "results.json"))
     one = results["one"]
     assert one["mode"] == "test" and one["num_videos"] == 13 and one["num_failed"] == 1
+    scored = json.load(open(out / "results.json"))  # --model_ema: the run scored its EMA
+    assert one["top1"] == scored["top1"] and one["class_mean_top1"] == scored["class_mean_top1"]
     for name in ("two_sharded", "two_full"):
         for key in ("top1", "top5", "class_mean_top1", "num_videos", "num_failed"):
             assert results[name][key] == pytest.approx(one[key]), (name, key)

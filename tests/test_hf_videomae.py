@@ -52,12 +52,19 @@ def test_a_pretraining_checkpoint_exports_to_the_same_features(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pooling", [True, False])
-def test_a_fine_tuned_checkpoint_exports_to_the_same_logits(tmp_path, pooling):
+@pytest.mark.parametrize("pooling,ema", [(True, False), (False, True)])
+def test_a_fine_tuned_checkpoint_exports_to_the_same_logits(tmp_path, pooling, ema):
+    """With ema, a run fine-tuned with --model_ema: its EMA weights are the ones it scored,
+    and the ones exported; its raw weights are other ones."""
     ours = tiny_classifier(pooling=pooling)
-    torch.save({"model": ours.state_dict(), "kind": "fine-tuning",
-                "model_kwargs": dict(num_frames=4, img_size=32)}, tmp_path / "ft.pth")
-    export(tmp_path / "ft.pth", tmp_path / "hf")
+    state = {"model": ours.state_dict(), "kind": "fine-tuning",
+             "model_kwargs": dict(num_frames=4, img_size=32)}
+    if ema:  # timm's ModelEmaV3 keys ('module.'), and raw weights of another model
+        state.update(scored="model_ema", model={k: v + 1 for k, v in ours.state_dict().items()},
+                     model_ema={f"module.{k}": v for k, v in ours.state_dict().items()})
+    torch.save(state, tmp_path / "ft.pth")
+    log = export(tmp_path / "ft.pth", tmp_path / "hf")
+    assert ("wrote its EMA weights, which the run scored" in log) == ema, log
     theirs, info = transformers.VideoMAEForVideoClassification.from_pretrained(
         tmp_path / "hf", output_loading_info=True)
     assert not any(info.values()), info

@@ -21,10 +21,11 @@ import hf_videomae  # noqa: E402
 from errors import exit_usage  # noqa: E402
 
 
-def export(path, out_dir, num_frames=None, input_size=None):
-    """-> (transformers class name, its config). Raises CheckpointError / ValueError."""
+def export(path, out_dir, num_frames=None, input_size=None, raw_weights=False):
+    """-> (transformers class name, its config, which weights). Raises CheckpointError /
+    ValueError. Of a run fine-tuned with --model_ema, the EMA weights it scored."""
     from transformers import VideoMAEForVideoClassification, VideoMAEModel
-    state = checkpoint.load_checkpoint(path)
+    state, which = checkpoint.scored(checkpoint.load_checkpoint(path), raw_weights)
     weights = checkpoint.model_weights(state)
     if any(k.startswith("encoder.") for k in weights):  # pretraining: the encoder alone
         weights = {k[len("encoder."):]: v for k, v in weights.items()
@@ -39,12 +40,13 @@ def export(path, out_dir, num_frames=None, input_size=None):
         raise ValueError(f"{path} holds no video ViT encoder (no patch_embed.proj.weight)")
     classes = weights["head.weight"].shape[0] if "head.weight" in weights else 0
     config = hf_videomae.config(weights, frames, size, classes)
-    config.smile = dict(checkpoint=os.path.abspath(path), kind=checkpoint.kind_of(state))
+    config.smile = dict(checkpoint=os.path.abspath(path), kind=checkpoint.kind_of(state),
+                        weights=which)
     model = (VideoMAEForVideoClassification if classes else VideoMAEModel)(config)
     model.load_state_dict(hf_videomae.to_transformers(weights, classifier=bool(classes)),
                           strict=True)
     model.save_pretrained(out_dir)
-    return type(model).__name__, config
+    return type(model).__name__, config, which
 
 
 def main(argv=None):
@@ -54,13 +56,16 @@ def main(argv=None):
     p.add_argument("output_dir")
     p.add_argument("--num_frames", type=int, help="for a checkpoint that does not record it")
     p.add_argument("--input_size", type=int, help="for a checkpoint that does not record it")
+    p.add_argument("--raw_weights", action="store_true",
+                   help="of a run fine-tuned with --model_ema: the raw weights, not the EMA "
+                        "ones it scored")
     args = p.parse_args(argv)
     try:
-        name, config = export(args.checkpoint, args.output_dir, args.num_frames,
-                              args.input_size)
+        name, config, which = export(args.checkpoint, args.output_dir, args.num_frames,
+                                     args.input_size, args.raw_weights)
     except (checkpoint.CheckpointError, ValueError, RuntimeError) as err:
         exit_usage(str(err).splitlines()[0])
-    print(f"wrote {args.output_dir}: transformers.{name}.from_pretrained({args.output_dir!r}) "
+    print(f"wrote {which} of {args.checkpoint} to {args.output_dir}: transformers.{name}.from_pretrained({args.output_dir!r}) "
           f"loads it ({config.num_hidden_layers} blocks of {config.hidden_size}, "
           f"{config.num_frames} frames x {config.image_size} px, tubelet {config.tubelet_size}"
           + (f", {config.num_labels} classes" if name != "VideoMAEModel" else "") + ")")
