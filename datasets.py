@@ -8,7 +8,6 @@ import argparse
 import contextlib
 import logging
 import os
-import random
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ from utils import IMAGENET_MEAN, normalize_video, settled
 from video_io import (DECODERS, VideoDecodeError, check_backend, dense_indices, list_images,
                       read_clip, read_image, segment_indices)
 from video_transforms import (random_resized_crop, resize_short_side, same_ops_per_frame,
-                              to_tensor, view_crop)
+                              seeded_rng, to_tensor, view_crop)
 
 log = logging.getLogger("smile")
 
@@ -351,8 +350,8 @@ class VideoClsDataset(_RetryingDataset):
             frames = frames[:, :, ::-1]
         clip = normalize_video(to_tensor(frames))
         if self.random_erasing is not None:  # per frame, as VideoMAE (frames as a batch)
-            random.seed(seed)
-            clip = self.random_erasing(clip.transpose(0, 1)).transpose(0, 1)
+            with seeded_rng(seed):
+                clip = self.random_erasing(clip.transpose(0, 1)).transpose(0, 1)
         return clip, label
 
     def __getitem__(self, index):

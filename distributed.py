@@ -123,6 +123,26 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def rng_state():
+    """This process's random states (drop path, mixup, RandomErasing in the main process), as
+    plain data a weights_only load reads back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return dict(torch=torch.get_rng_state(), numpy=[kind, torch.from_numpy(keys.copy()), pos,
+                                                    has_gauss, gauss],
+                python=[random.getstate()[0], list(random.getstate()[1])],
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])
+
+
+def set_rng_state(saved):
+    """Put back what rng_state gave: a resumed run draws what the stopped one would have."""
+    torch.set_rng_state(saved["torch"])
+    kind, keys, pos, has_gauss, gauss = saved["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
+    random.setstate((saved["python"][0], tuple(saved["python"][1]), None))
+    if saved["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda"])
+
+
 def seed_worker(worker_id):
     """DataLoader workers: distinct, reproducible seeds, and deaf to stop signals (torch gives
     its workers a SIGTERM handler that dies of any SIGTERM the parent did not send: SLURM
@@ -217,7 +237,10 @@ def train_loader(dataset, args, dist_info, collate_fn, repeats=1):
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=per_step, sampler=sampler, num_workers=args.num_workers,
         drop_last=True, pin_memory=args.pin_mem and dist_info.device.type == "cuda",
-        worker_init_fn=seed_worker, collate_fn=collate_fn)
+        worker_init_fn=seed_worker, collate_fn=collate_fn,
+        # the workers' base seed from its own generator: the main random state (drop path,
+        # mixup), saved and restored at a resume, draws nothing when an epoch's workers start
+        generator=torch.Generator().manual_seed(args.seed))
     if len(loader) < args.update_freq:
         raise UsageError(f"{len(dataset)} videos make {len(loader)} batches of {args.batch_size} "
                          f"clips x {dist_info.world_size} processes, fewer than one update of "

@@ -122,6 +122,8 @@ def start_or_resume(args, dist_info, pieces, dataset, steps_per_epoch, ledger, i
         path, state = resume
         changes = check_same_run(path, state, args, data_list)
         checkpoint.restore(state, model, optimizer, scaler, model_ema, path)
+        if rng := (state.get("rng") or {}).get(dist_info.rank):
+            distributed.set_rng_state(rng)  # drop path, mixup: as the stopped run would draw
         start = resume_position(state, args, steps_per_epoch, bool(changes["data_list"]))
         if changes["data_list"]:
             log.warning("WARNING: --new_data_list: %d videos now (%d before), %d steps per epoch; "

@@ -234,19 +234,20 @@ def fit(args, dist_info, job):
     latest, saved = os.path.join(args.output_dir, checkpoint.LATEST), [(start_epoch, first_batch)]
     hosts = distributed.all_gather_objects(distributed.host_and_address(), dist_info)
 
-    def write(position):
+    def write(position, rng):  # rng: {rank: its random states} (exact resume)
         checkpoint.save_checkpoint(latest, checkpoint.training_state(
             net, optimizer, *position, steps_per_epoch, args, job.scaler, job.model_ema,
             kind=job.kind, model_kwargs=job.model_kwargs, bad_files=ledger.state_dict(),
-            data_list=data_list, history=history))
+            data_list=data_list, history=history, rng=rng))
         saved[0] = position
 
     def save(epoch, next_batch):  # by rank 0; every rank learns if it failed
         ledger.merge()  # every rank's findings in the saved ledger
+        rng = dict(enumerate(distributed.all_gather_objects(distributed.rng_state(), dist_info)))
         failed = None
         if dist_info.is_main:
             try:
-                write((epoch, next_batch))
+                write((epoch, next_batch), rng)
                 if not next_batch:
                     checkpoint.keep_epoch_checkpoint(args.output_dir, epoch - 1, args.epochs,
                                                      args.save_ckpt_freq, args.keep_last)
@@ -264,7 +265,7 @@ def fit(args, dist_info, job):
             if position == saved[0]:
                 return (f"; nothing to save since epoch {position[0] + 1} batch {position[1]}, "
                         "run the same command to resume")
-            write(position)
+            write(position, {dist_info.rank: distributed.rng_state()})  # the others' are lost
         except WriteError as err:
             return f"; the save failed too: {err}"
         return (f"; saved epoch {position[0] + 1} batch {position[1]} to {latest}, run the same "

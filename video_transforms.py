@@ -1,4 +1,5 @@
 """Spatial transforms of uint8 clips [T, H, W, 3]: one draw per clip, applied to every frame."""
+import contextlib
 import random
 
 import cv2
@@ -87,3 +88,13 @@ def same_ops_per_frame(transform, frames, seed):
         np.random.seed(seed)
         out.append(np.asarray(transform(Image.fromarray(frame))))
     return np.stack(out)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed):
+    """Python's and torch's global draws inside are a function of `seed` (timm's RandomErasing
+    takes no generator), wherever the sample is made; torch's state outside is kept."""
+    random.seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -285,3 +285,47 @@ def test_builders_take_videomae_keywords():
     assert modeling_finetune.vit_tiny_patch16_224().head.out_features == 1000  # VideoMAE's
     with pytest.raises(ValueError, match="attn_drop_rate"):
         modeling_finetune.vit_tiny_patch16_224(attn_drop_rate=0.1)
+
+
+@pytest.mark.slow
+def test_a_stopped_fine_tuning_resumes_to_the_uninterrupted_weights(finetuned, colour_set,
+                                                                      tmp_path, monkeypatch):
+    """Mixup's draws, drop path and RandomErasing's noise come out of a resume as they would
+    have: stopped mid-epoch (inside an update of 2 batches), the same command ends with the
+    uninterrupted run's weights and EMA weights."""
+    import engine_for_finetuning
+    import outputs
+    import run_class_finetuning as run
+    import stop_signals
+    import utils
+    flag, real_loss = stop_signals.stop_flag(), engine_for_finetuning.train_loss
+
+    def loss(*a, **k):
+        loss.calls += 1
+        if loss.calls == 1:  # the first half of the first update (3 batches an epoch)
+            flag.signal = "SIGTERM"
+        return real_loss(*a, **k)
+
+    loss.calls = 0
+    monkeypatch.setattr(engine_for_finetuning, "train_loss", loss)
+    argv = [*TINY, "--data_path", str(colour_set), "--epochs", "2", "--warmup_epochs", "1",
+            "--update_freq", "2", "--model_ema", "--output_dir", str(tmp_path)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the CLI's runs (OMP_NUM_THREADS=1): the same sums
+    try:
+        assert run.main(utils.parse_with_config(run.get_args_parser(), argv)) == 0
+    finally:
+        flag.signal = None
+        outputs.release_output_dirs()
+        torch.set_num_threads(threads)
+    state = torch.load(tmp_path / "checkpoint-latest.pth", weights_only=True)
+    assert (state["epoch"], state["next_batch"]) == (0, 2)
+    monkeypatch.undo()
+    code, log = cli(*argv)
+    assert code == 0, log
+    out, _ = finetuned
+    ours = torch.load(tmp_path / "checkpoint-1.pth", weights_only=True)
+    theirs = torch.load(out / "checkpoint-1.pth", weights_only=True)
+    for part in ("model", "model_ema"):
+        for key, value in theirs[part].items():
+            assert torch.equal(ours[part][key], value), (part, key)  # bit for bit
