@@ -8,6 +8,7 @@ how it is not), and the run's history.
     MetricLogger: log.txt and TensorBoard; a TensorBoard folder that fails (quota,
         permissions) warns once and is left, the run goes on
 """
+import contextlib
 import errno
 import fcntl
 import functools
@@ -122,8 +123,8 @@ def start_or_resume(args, dist_info, pieces, dataset, steps_per_epoch, ledger, i
         path, state = resume
         changes = check_same_run(path, state, args, data_list)
         checkpoint.restore(state, model, optimizer, scaler, model_ema, path)
-        if rng := (state.get("rng") or {}).get(dist_info.rank):
-            distributed.set_rng_state(rng)  # drop path, mixup: as the stopped run would draw
+        if rng := (state.get("rng") or {}).get(dist_info.rank):  # drop path, mixup
+            distributed.set_rng_state(rng)
         start = resume_position(state, args, steps_per_epoch, bool(changes["data_list"]))
         if changes["data_list"]:
             log.warning("WARNING: --new_data_list: %d videos now (%d before), %d steps per epoch; "
@@ -298,10 +299,8 @@ class MetricLogger:
             log.warning("WARNING: TensorBoard cannot write to %s (%s): it is off for the rest "
                         "of this run; training and checkpoints go on", self.log_dir,
                         checkpoint.cause_of(err))
-            try:
+            with contextlib.suppress(Exception):
                 writer and writer.close()
-            except Exception:
-                pass
 
     @staticmethod
     def _quiet_writer_thread():
