@@ -77,3 +77,10 @@ def confusion_picture(matrix, size=256):
     cell = max(size // len(matrix), 1)
     image = (255 * rates).astype(np.uint8).repeat(cell, 0).repeat(cell, 1)
     return np.repeat(image[..., None], 3, axis=2)
+
+
+def picture_due(epoch, epochs, vis_freq):
+    """Whether epoch (from 0) ends with pictures: every --vis_freq epochs (default: about 4 per
+    run) and at the last one; never with --vis_freq 0."""
+    every = max(epochs // 4, 1) if vis_freq is None else vis_freq
+    return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == epochs)

@@ -295,7 +295,7 @@ def main(args):
         val = engine.evaluate(net, eval_loader(args, val_set, dist_info), dist_info,
                               args.dist_eval, len(val_set.entries), nb_classes, args.precision)
         log.info("epoch %d: val top-1 %.2f%%", epoch + 1, val["top1"])
-        if utils.picture_due(epoch, args.epochs, args.vis_freq):
+        if pictures.picture_due(epoch, args.epochs, args.vis_freq):
             logger.image("val/confusion", pictures.confusion_picture(val["confusion"]),
                          epoch + 1)
         return {f"val_{k}": v for k, v in val.items() if k not in ("confusion", "per_class_top1")}

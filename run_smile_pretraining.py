@@ -170,7 +170,7 @@ def main(args):
         args.vis_freq != 0) else None
 
     def show(net, epoch, logger):  # TensorBoard pictures at an epoch's end, off the step
-        if sample is None or not utils.picture_due(epoch, args.epochs, args.vis_freq):
+        if sample is None or not pictures.picture_due(epoch, args.epochs, args.vis_freq):
             return {}
         token_mask = sample["mask"].reshape(-1, sample["mask"].shape[-1])[0]
         logger.image("pretrain/sample", pictures.sample_picture(

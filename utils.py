@@ -107,11 +107,10 @@ def parse_with_config(parser, argv=None):
             values = yaml.safe_load(f) or {}
     except (OSError, yaml.YAMLError) as err:
         fail(str(err).splitlines()[0])
-    if not isinstance(values, dict):
+    if not isinstance(values, dict):  # (fail exits)
         fail("is not 'flag: value' lines")
     actions = {a.dest: a for a in parser._actions if a.option_strings}
-    unknown = sorted(set(values) - set(actions))
-    if unknown:  # nothing would read them
+    if unknown := sorted(set(values) - set(actions)):  # nothing would read them
         fail(f"sets {', '.join(unknown)}: not flags of {parser.prog}")
     words = []
     for key, value in values.items():
@@ -136,8 +135,8 @@ def _config_words(action, value, fail):
         if isinstance(action, argparse.BooleanOptionalAction):
             return [flag if value else "--no-" + flag[2:]]
         return [flag] if value == isinstance(action, argparse._StoreTrueAction) else []
-    if value is None:
-        return []  # the flag's default
+    if value is None:  # the flag's default
+        return []
     if action.nargs in (None, "?"):
         if isinstance(value, (list, dict)):
             fail(f"{value!r} is a list; {flag} takes one value")
@@ -147,15 +146,14 @@ def _config_words(action, value, fail):
     return [flag, *map(str, value)]
 
 
-def _config_error(parser, path, what, key=None):
+def _config_error(parser, path, what, key=None):  # one line, exit 2
     parser.exit(2, f"error: --config {path}: {key + ': ' if key else ''}{what}\n")
 
 
 def check_run_args(args):
-    for flag in ("output_dir", "log_dir"):
-        if getattr(args, flag) and os.path.exists(getattr(args, flag)) and not os.path.isdir(
-                getattr(args, flag)):
-            raise ValueError(f"--{flag} {getattr(args, flag)} is a file, not a folder")
+    for flag, path in (("output_dir", args.output_dir), ("log_dir", args.log_dir)):
+        if path and os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"--{flag} {path} is a file, not a folder")
     if args.resume and not os.path.isfile(args.resume):
         raise ValueError(f"--resume {args.resume} does not exist")
     for name in ("batch_size", "epochs", "print_freq", "save_ckpt_freq", "update_freq"):
@@ -245,13 +243,6 @@ def run_header(args, dist_info):
               else f"cpu ({os.cpu_count()} cores)")
     return (f"git {git_sha()} | torch {torch.__version__} | timm {timm.__version__} | "
             f"{device} x {dist_info.world_size} | python {sys.version.split()[0]}")
-
-
-def picture_due(epoch, epochs, vis_freq):
-    """Whether epoch (from 0) ends with pictures: every --vis_freq epochs (default: about 4 per
-    run) and at the last one; never with --vis_freq 0."""
-    every = max(epochs // 4, 1) if vis_freq is None else vis_freq
-    return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == epochs)
 
 
 def format_eta(seconds):
