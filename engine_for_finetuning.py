@@ -4,7 +4,9 @@ Evaluation is per view: every (video, view) gives logits; views are gathered acr
 merged per video by averaging softmax probabilities. A video that could not be decoded is
 counted as failed and left out, never replaced by another video.
 """
+import logging
 import math
+import os
 
 import numpy as np
 import torch
@@ -14,6 +16,8 @@ import torch.nn.functional as F
 
 import pictures
 from utils import autocast
+
+log = logging.getLogger("smile")
 
 
 def train_loss(model, batch, criterion, device, precision, mixup_fn=None):
@@ -26,17 +30,27 @@ def train_loss(model, batch, criterion, device, precision, mixup_fn=None):
         return criterion(model(video), label), {}
 
 
+class Stopped(Exception):
+    """A stop signal during an evaluation: the views done so far were handed to `keep`."""
+
+
 @torch.no_grad()
-def per_view(outputs, model, loader, device, precision):
+def per_view(outputs, model, loader, device, precision, stop=None, earlier=None, keep=None):
     """What `outputs(clip)` -> {name: tensor} gives for every view the loader yields, with the
-    view's video, view, ok and label: a dict of arrays."""
+    view's video, view, ok and label: a dict of arrays, after the `earlier` views (done before
+    a stop; the loader leaves them out). A stop signal (`stop`) between batches hands every
+    view so far to keep(arrays) and raises Stopped."""
     model.eval()
-    out = {}
+    out = {k: [torch.from_numpy(v)] for k, v in (earlier or {}).items()}
     for clip, label, video, view, ok in loader:
         with autocast(device, precision):
             values = outputs(clip.to(device, non_blocking=True))
         for key, value in dict(video=video, view=view, ok=ok, label=label, **values).items():
             out.setdefault(key, []).append(torch.as_tensor(value))
+        if stop:
+            if keep:
+                keep({k: torch.cat(v).numpy() for k, v in out.items()})
+            raise Stopped
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
@@ -82,10 +96,12 @@ def classification_metrics(probs, labels):
                 per_class_top1=per_class)
 
 
-def evaluate(model, loader, dist_info, sharded, num_videos, num_classes, precision):
-    """Multi-view (or single-view) evaluation -> metrics dict with num_videos, num_failed."""
+def evaluate(model, loader, dist_info, sharded, num_videos, num_classes, precision, **resume):
+    """Multi-view (or single-view) evaluation -> metrics dict with num_videos, num_failed.
+    `resume`: per_view's stop, earlier and keep (a stop keeps the views done)."""
     views = gather_views(per_view(lambda clip: {"logits": model(clip).float().cpu()}, model,
-                                  loader, dist_info.device, precision), dist_info, sharded)
+                                  loader, dist_info.device, precision, **resume), dist_info,
+                         sharded)
     probs, labels, failed = merge_views(views, num_videos, num_classes)
     metrics = classification_metrics(probs, labels)
     return dict(metrics, num_videos=num_videos, num_failed=failed,
@@ -97,6 +113,29 @@ def failed_videos(views, num_videos):
     """Indices of the videos none of whose views could be decoded."""
     readable = set(views["video"][views["ok"].astype(bool)].tolist())
     return [v for v in range(num_videos) if v not in readable]
+
+
+# ---------------------------------------------------------------- views kept on disk
+def read_keyed(path, key, what):
+    """The dict saved at `path` with `key` (written atomically: checkpoint.save_checkpoint), else
+    None: no file, or one cut off or made by something else, which one line names."""
+    try:
+        saved = torch.load(path, weights_only=True) if os.path.isfile(path) else {}
+    except Exception as err:
+        log.warning("WARNING: %s is unreadable (%s): its %s are computed again", path,
+                    type(err).__name__, what)
+        return None
+    if saved and saved.get("key") != key:
+        log.info("%s holds %s of another model or setting: computed again", path, what)
+    return saved if saved and saved.get("key") == key else None
+
+
+def as_arrays(views):
+    return {k: v.numpy() if torch.is_tensor(v) else v for k, v in views.items()}
+
+
+def as_tensors(views):
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in views.items()}
 
 
 # ---------------------------------------------------------------- linear probe

@@ -33,6 +33,7 @@ import hf_videomae
 import modeling_finetune
 import outputs
 import pictures
+import stop_signals
 import guard
 import training
 import utils
@@ -94,9 +95,8 @@ def check_args(args):
     utils.check_run_args(args)
     if not args.data_path or not os.path.isdir(args.data_path):
         raise ValueError("--data_path must be the folder holding train.csv, val.csv, test.csv")
-    needed = ["test.csv"] + ([] if args.eval else ["train.csv"]) + (
-        [] if args.eval or args.linear_probe else ["val.csv"])
-    for name in needed:
+    for name in ["test.csv"] + ([] if args.eval else ["train.csv"]) + (
+            [] if args.eval or args.linear_probe else ["val.csv"]):
         if not os.path.isfile(os.path.join(args.data_path, name)):
             raise ValueError(f"--data_path {args.data_path} has no {name}")
     if (args.eval or args.linear_probe) and not args.finetune:
@@ -148,11 +148,21 @@ def load_weights(model, args):
     return report
 
 
-def eval_loader(args, dataset, dist_info):
-    """Evaluation views in order; with --dist_eval each rank takes every world_size-th."""
+def model_identity(args):
+    """What --finetune names, for the caches: the file (its path and time) and which of its
+    weights were read."""
+    path = args.finetune
+    return (f"{os.path.abspath(path)} {os.path.getmtime(path)} raw={args.raw_weights}"
+            if os.path.exists(path) else path)
+
+
+def eval_loader(args, dataset, dist_info, skip=frozenset()):
+    """Evaluation views in order; with --dist_eval each rank takes every world_size-th; the
+    views in `skip` were done before a stop."""
     indices = list(range(len(dataset)))
     if args.dist_eval and dist_info.world_size > 1:
         indices = indices[dist_info.rank::dist_info.world_size]
+    indices = [i for i in indices if i not in skip]
     return DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=args.batch_size,
                       num_workers=args.num_workers, shuffle=False,
                       worker_init_fn=distributed.seed_worker)  # workers outlive stop signals
@@ -189,13 +199,11 @@ def linear_probe(args, dist_info, nb_classes):
     for split, segments, crops in (("train", args.probe_train_segments, 1),
                                    ("test", args.test_num_segment, args.test_num_crop)):
         cache = os.path.join(args.output_dir, f"features_{split}.pt")
-        key = dict(checkpoint=os.path.abspath(args.finetune), segments=segments, crops=crops,
-                   mtime=os.path.getmtime(args.finetune) if os.path.isfile(args.finetune) else 0,
-                   frames=args.num_frames, size=args.input_size)
-        saved = torch.load(cache, weights_only=True) if os.path.isfile(cache) else {}
-        if saved.get("key") == key:  # tensors on disk (plain data), arrays in memory
-            features[split] = {k: v.numpy() if torch.is_tensor(v) else v
-                               for k, v in saved["views"].items()}
+        key = dict(checkpoint=model_identity(args), segments=segments, crops=crops,
+                   frames=args.num_frames, size=args.input_size, model_key=args.model_key,
+                   list=getattr(entries[split], "digest", None))
+        if saved := engine.read_keyed(cache, key, f"{split} features"):  # plain data on disk
+            features[split] = engine.as_arrays(saved["views"])
             log.info("probe: cached %s features from %s", split, cache)
             continue
         dataset = datasets.VideoClsDataset(args, entries[split], "test", views=(segments, crops),
@@ -204,8 +212,8 @@ def linear_probe(args, dist_info, nb_classes):
                                                   dist_info, sharded, args.precision)
         features[split]["num_videos"] = len(dataset.entries)
         if dist_info.is_main:
-            torch.save(dict(key=key, views={k: torch.from_numpy(v) if isinstance(
-                v, np.ndarray) else v for k, v in features[split].items()}), cache)
+            checkpoint.save_checkpoint(cache, dict(key=key,
+                                                   views=engine.as_tensors(features[split])))
     train, test = features["train"], dict(features["test"])
     failed = {split: name_failures(args, engine.failed_videos(views, views["num_videos"]),
                                    entries[split], split)
@@ -234,10 +242,29 @@ def linear_probe(args, dist_info, nb_classes):
     return results
 
 
-def test(model, args, dist_info, nb_classes, mode):
+def test(model, args, dist_info, nb_classes, mode, identity):
+    """The multi-view test of `model` (`identity`: what it is, for the views kept at a stop)
+    -> results, or None when a stop signal came first (its views are kept: run again)."""
     dataset, _ = datasets.build_dataset(is_train=False, test_mode=True, args=args)
-    results = engine.evaluate(model, eval_loader(args, dataset, dist_info), dist_info,
-                              args.dist_eval, len(dataset.entries), nb_classes, args.precision)
+    key = dict(model=identity, views=[args.test_num_segment, args.test_num_crop],
+               frames=args.num_frames, size=args.input_size, processes=dist_info.world_size,
+               dist_eval=args.dist_eval, list=getattr(dataset.entries, "digest", None))
+    path = os.path.join(args.output_dir, f"test_views.rank{dist_info.rank}.pt")
+    earlier = engine.as_arrays((engine.read_keyed(path, key, "test views") or {}).get("views", {}))
+    done = {int(v) * args.test_num_segment * args.test_num_crop + int(w)  # dataset indices
+            for v, w in zip(earlier.get("video", ()), earlier.get("view", ()))}
+    if done:
+        log.info("test: %d views done before a stop, from %s", len(done), path)
+    try:
+        results = engine.evaluate(
+            model, eval_loader(args, dataset, dist_info, done), dist_info, args.dist_eval,
+            len(dataset.entries), nb_classes, args.precision, stop=stop_signals.stop_flag(),
+            earlier=earlier, keep=lambda views: checkpoint.save_checkpoint(path, dict(
+                key=key, views=engine.as_tensors(views))))
+    except engine.Stopped:
+        log.info("%s received during the test: the views done are kept in %s; run the same "
+                 "command to finish it", stop_signals.stop_flag().signal, path)
+        return None
     results["failed_videos"] = name_failures(args, results["failed_videos"], dataset.entries,
                                              "test")
     results.update(mode=mode, checkpoint=args.finetune,
@@ -248,6 +275,8 @@ def test(model, args, dist_info, nb_classes, mode):
         logger.close()
     results.pop("confusion")
     write_results(args, dist_info, results)
+    if os.path.isfile(path):
+        os.remove(path)
     return results
 
 
@@ -266,7 +295,7 @@ def main(args):
     distributed.seed_everything(args.seed + dist_info.rank)  # same init everywhere, then per rank
     if args.eval:
         load_weights(model, args)
-        test(model, args, dist_info, nb_classes, "test")
+        test(model, args, dist_info, nb_classes, "test", model_identity(args))
         return 0
     if args.finetune:
         load_weights(model, args)
@@ -280,11 +309,9 @@ def main(args):
                                     betas=tuple(args.opt_betas),
                                     fused=True)  # one kernel; skips non-finite steps on device
     scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
-    mixup_fn = None
-    if args.mixup > 0 or args.cutmix > 0:
-        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
-                         switch_prob=args.mixup_switch_prob, label_smoothing=args.smoothing,
-                         num_classes=nb_classes)
+    mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                     switch_prob=args.mixup_switch_prob, label_smoothing=args.smoothing,
+                     num_classes=nb_classes) if args.mixup > 0 or args.cutmix > 0 else None
     criterion = (SoftTargetCrossEntropy() if mixup_fn else LabelSmoothingCrossEntropy(
         args.smoothing) if args.smoothing > 0 else torch.nn.CrossEntropyLoss())
     model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
@@ -292,8 +319,14 @@ def main(args):
                                 precision=args.precision, mixup_fn=mixup_fn)
 
     def validate(net, epoch, logger):
-        val = engine.evaluate(net, eval_loader(args, val_set, dist_info), dist_info,
-                              args.dist_eval, len(val_set.entries), nb_classes, args.precision)
+        try:
+            val = engine.evaluate(net, eval_loader(args, val_set, dist_info), dist_info,
+                                  args.dist_eval, len(val_set.entries), nb_classes,
+                                  args.precision, stop=stop_signals.stop_flag())
+        except engine.Stopped:  # the epoch is saved: the run stops after it (training.fit)
+            log.info("validation of epoch %d stopped by a signal: its metrics are left out",
+                     epoch + 1)
+            return {}
         log.info("epoch %d: val top-1 %.2f%%", epoch + 1, val["top1"])
         if pictures.picture_due(epoch, args.epochs, args.vis_freq):
             logger.image("val/confusion", pictures.confusion_picture(val["confusion"]),
@@ -307,7 +340,8 @@ def main(args):
     if net is None:  # stopped by a signal, saved: run the same command to resume
         return 0
     final = model_ema.module if model_ema is not None else net
-    test(final, args, dist_info, nb_classes, "finetune")
+    test(final, args, dist_info, nb_classes, "finetune",
+         f"the fine-tuned model after {args.epochs} epochs")
     return 0
 
 

@@ -315,6 +315,9 @@ def _epochs(args, job, run, start_epoch, first_batch, net, save, latest):
             run.logger.epoch({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()},
                               **extra})
             log.info("epoch %d done: loss %.4f", epoch + 1, stats.get("loss", float("nan")))
+        if stopped_at is None and position[0] < args.epochs and distributed.all_reduce_mean(
+                float(bool(run.stop_flag)), run.dist) > 0:  # came during validation
+            stopped_at = 0
         if stopped_at is not None and position[0] < args.epochs:
             log.info("%s received: saved epoch %d batch %d to %s; run the same command to "
                      "resume", run.stop_flag.signal, position[0] + 1, position[1], latest)

@@ -244,8 +244,50 @@ def test_linear_probe_separable_set(colour_set, tmp_path):
     results = json.load(open(tmp_path / "probe" / "results.json"))
     assert results["top1"] == 100.0 and results["num_failed"] == 1
     assert results["mode"] == "linear_probe" and results["top1_per_seed"] == [100.0, 100.0]
-    code, log = cli(*args)  # the second time the features come from the cache
-    assert code == 0 and "cached train features" in log
+    cache = tmp_path / "probe" / "features_test.pt"
+    cache.write_bytes(cache.read_bytes()[:1000])  # cut off, as a full disk or a copy leaves it
+    code, log = cli(*args)  # the second time the train features come from the cache
+    assert code == 0 and "cached train features" in log, log
+    assert f"WARNING: {cache} is unreadable (" in log and "its test features are computed " \
+        "again" in log
+    assert json.load(open(tmp_path / "probe" / "results.json"))["top1"] == results["top1"]
+
+
+@pytest.mark.slow
+def test_a_stop_signal_during_the_test_keeps_the_views_done(finetuned, colour_set, tmp_path,
+                                                            monkeypatch):
+    """--eval stopped after a few of its 52 views: exit 0 with the views kept; the same
+    command computes the rest only and scores as the uninterrupted test."""
+    import datasets
+    import outputs
+    import run_class_finetuning as run
+    import stop_signals
+    import utils
+    flag, real_item = stop_signals.stop_flag(), datasets.VideoClsDataset.__getitem__
+
+    def item(self, index):
+        item.calls += 1
+        if item.calls == 10:  # in the third batch of 4 views
+            flag.signal = "SIGUSR1"
+        return real_item(self, index)
+
+    item.calls = 0
+    monkeypatch.setattr(datasets.VideoClsDataset, "__getitem__", item)
+    out, _ = finetuned
+    argv = [*TINY, "--data_path", str(colour_set), "--eval", "--finetune",
+            str(out / "checkpoint-1.pth"), "--output_dir", str(tmp_path)]
+    try:
+        assert run.main(utils.parse_with_config(run.get_args_parser(), argv)) == 0
+    finally:
+        flag.signal = None
+        outputs.release_output_dirs()
+    kept = torch.load(tmp_path / "test_views.rank0.pt", weights_only=True)["views"]
+    assert len(kept["video"]) == 12 and not (tmp_path / "results.json").exists()
+    code, log = cli(*argv)
+    assert code == 0 and "test: 12 views done before a stop" in log, log
+    results = json.load(open(tmp_path / "results.json"))
+    assert results["num_views"] == 52 and not (tmp_path / "test_views.rank0.pt").exists()
+    assert results["top1"] == json.load(open(out / "results.json"))["top1"]
 
 
 @pytest.mark.slow

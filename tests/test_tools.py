@@ -178,9 +178,11 @@ def test_check_videos_eta_leaves_out_the_pools_start_up():
     assert rate_and_eta(21, 1001, first, 12.0, min_files=8) == "10.0 files/s  eta 0:01:38"
 
 
-def test_extract_features_names_broken_files_and_resumes(video_dir, tmp_path, monkeypatch):
+def test_extract_features_names_broken_files_and_resumes(video_dir, tmp_path, monkeypatch,
+                                                        capsys):
     """Features of every video of a list with a broken file in it; a run stopped after its
-    first part goes on from there and ends with what an uninterrupted run writes."""
+    first part goes on from there and ends with what an uninterrupted run writes; a part cut
+    off, or made by another checkpoint, is made again with one line naming it."""
     import numpy as np
 
     from tools import extract_features
@@ -201,11 +203,11 @@ def test_extract_features_names_broken_files_and_resumes(video_dir, tmp_path, mo
         whole_features = out["features"]
     assert video_dir["truncated"] in (tmp_path / "whole.npz.failed.tsv").read_text()
 
-    real, calls = extract_features.engine.extract_features, []
+    real, calls, stop_on = extract_features.engine.extract_features, [], [2]
 
     def stopped_after_one_part(*a, **k):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) in stop_on:
             raise KeyboardInterrupt
         return real(*a, **k)
 
@@ -219,3 +221,29 @@ def test_extract_features_names_broken_files_and_resumes(video_dir, tmp_path, mo
     with np.load(resumed) as out:
         assert np.array_equal(out["features"], whole_features, equal_nan=True)
     assert not [p for p in os.listdir(tmp_path) if ".part" in p]
+
+    def stop_after_the_first_part_then(*argv, cut=False):
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            extract_features.main([str(listing), checkpoint, resumed, *flags])
+        part = resumed + ".part00000.npz"
+        if cut:  # as a copy or a full disk leaves it
+            data = open(part, "rb").read()
+            open(part, "wb").write(data[:len(data) // 2])
+        calls.clear()
+        stop_on.clear()
+        assert extract_features.main([str(listing), *argv, resumed, *flags]) == 0
+        stop_on.append(2)
+        assert len(calls) == 2  # both parts made
+        with np.load(resumed) as out:
+            return out["features"]
+
+    capsys.readouterr()
+    features = stop_after_the_first_part_then(checkpoint, cut=True)
+    assert np.array_equal(features, whole_features, equal_nan=True)
+    assert "part00000.npz is unreadable (BadZipFile): it is made again" in capsys.readouterr().out
+    other = save_random_student(tmp_path / "other.pth", seed=1)
+    features = stop_after_the_first_part_then(other)
+    assert "was made by another checkpoint, list or setting: it is made again" in (
+        capsys.readouterr().out)
+    assert not np.allclose(features[0], whole_features[0])  # not rows of the first model

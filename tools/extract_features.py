@@ -11,9 +11,11 @@ transformers folder). Each video gets the evaluation's views (--test_num_segment
 the encoder's token-averaged output ('features' [V, D] float32), with --tokens also its tokens
 averaged over views ('tokens' [V, N, D] float16: large). OUT.npz also holds 'paths',
 'labels' (-1 without) and 'ok' (False: no view could be decoded; its row is NaN, and the video
-is listed in OUT.failed.tsv). Work is saved every --chunk videos (OUT.partNNNNN.npz): after a
-kill, or a stop signal (honoured after the part in hand), the same command goes on from there.
+is listed in OUT.failed.tsv). Work is saved every --chunk videos (OUT.partNNNNN.npz, with what
+made it): after a kill, or a stop signal (honoured after the part in hand), the same command
+goes on from there; a part made by another checkpoint or setting, or cut off, is made again.
 """
+import json
 import logging
 import os
 import sys
@@ -63,6 +65,20 @@ def video_rows(views, count, tokens):
     return dict(rows, ok=ok)
 
 
+def part_is_usable(part, key):
+    """Whether a part on disk was made with `key` (else one line says why it is made again)."""
+    try:
+        with np.load(part) as saved:
+            held = str(saved["key"]) if "key" in saved.files else None
+    except Exception as err:
+        log.warning("WARNING: %s is unreadable (%s): it is made again", part, type(err).__name__)
+        return False
+    if held != key:
+        log.warning("WARNING: %s was made by another checkpoint, list or setting: it is made "
+                    "again", part)
+    return held == key
+
+
 def main(argv=None):
     args = get_args(argv)
     cuda = args.device == "cuda" and torch.cuda.is_available()
@@ -81,6 +97,11 @@ def main(argv=None):
     except ValueError as err:
         exit_usage(err)
     parts, start, done = [], time.time(), 0
+    key = json.dumps(dict(model=finetuning.model_identity(args), list=entries.digest,
+                          views=[args.test_num_segment, args.test_num_crop],
+                          frames=args.num_frames, rate=args.sampling_rate, size=args.input_size,
+                          short_side=args.short_side_size, chunk=args.chunk, tokens=args.tokens,
+                          arch=args.model, model_key=args.model_key))
     stop = stop_signals.stop_flag()  # SIGTERM, Ctrl-C: stop after the part in hand
     for first in range(0, len(entries), args.chunk):
         if stop:
@@ -90,19 +111,20 @@ def main(argv=None):
         chunk = entries[first:first + args.chunk]
         part = f"{args.output}.part{first // args.chunk:05d}.npz"
         parts.append(part)
-        if os.path.isfile(part):
+        if os.path.isfile(part) and part_is_usable(part, key):
             continue
         dataset = datasets.VideoClsDataset(args, chunk, "test", flip=False,
                                            segment_sampling=args.data_set == "SSV2")
         views = engine.extract_features(encoder, finetuning.eval_loader(args, dataset, dist_info),
                                         dist_info, False, args.precision, tokens=args.tokens)
-        np.savez(part + ".tmp.npz", **video_rows(views, len(chunk), args.tokens))
+        np.savez(part + ".tmp.npz", key=np.array(key), **video_rows(views, len(chunk),
+                                                                    args.tokens))
         os.replace(part + ".tmp.npz", part)  # a kill leaves whole parts only
         done += len(chunk)
         left = len(entries) - first - len(chunk)
         log.info("%d/%d videos  %.1f videos/s  eta %s", first + len(chunk), len(entries),
                  done / (time.time() - start), format_eta(left * (time.time() - start) / done))
-    loaded = [dict(np.load(part)) for part in parts]
+    loaded = [{k: v for k, v in np.load(part).items() if k != "key"} for part in parts]
     merged = {key: np.concatenate([part[key] for part in loaded]) for key in loaded[0]}
     paths = np.array([path for path, _ in entries])
     np.savez(args.output, paths=paths, labels=np.array([label for _, label in entries]),
