@@ -1,6 +1,7 @@
 """Processes: process groups, collectives, seeding, the resumable sampler and training loader,
 model wrapping, DataLoader workers that outlive stop signals."""
 import datetime
+import functools
 import gc
 import os
 import random
@@ -125,22 +126,24 @@ def seed_everything(seed):
 
 def rng_state():
     """This process's random states (drop path, mixup, RandomErasing in the main process), as
-    plain data a weights_only load reads back."""
+    lists of numbers: a weights_only load reads them, and a gather among ranks pickles them."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return dict(torch=torch.get_rng_state(), numpy=[kind, torch.from_numpy(keys.copy()), pos,
-                                                    has_gauss, gauss],
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    return dict(torch=torch.get_rng_state().tolist(), numpy=[kind, keys.tolist(), pos, has_gauss,
+                                                            gauss],
                 python=[random.getstate()[0], list(random.getstate()[1])],
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])
+                cuda=[state.tolist() for state in cuda])
 
 
 def set_rng_state(saved):
     """Put back what rng_state gave: a resumed run draws what the stopped one would have."""
-    torch.set_rng_state(saved["torch"])
+    as_bytes = functools.partial(torch.tensor, dtype=torch.uint8)
+    torch.set_rng_state(as_bytes(saved["torch"]))
     kind, keys, pos, has_gauss, gauss = saved["numpy"]
-    np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
+    np.random.set_state((kind, np.array(keys, np.uint32), pos, has_gauss, gauss))
     random.setstate((saved["python"][0], tuple(saved["python"][1]), None))
     if saved["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["cuda"])
+        torch.cuda.set_rng_state_all([as_bytes(state) for state in saved["cuda"]])
 
 
 def seed_worker(worker_id):

@@ -114,6 +114,7 @@ class DataWatch:
 
     def __exit__(self, *exc):
         self.ended.set()
+        os.write(self.pipe[1], b"\0")  # wakes the watch now, not at its next second
         self.thread.join()
         signal.set_wakeup_fd(self.old_fd)
         for fd in self.pipe:

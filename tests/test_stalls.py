@@ -15,6 +15,7 @@ import torch
 
 import bad_files
 import checkpoint
+import run_smile_pretraining as run
 from conftest import ROOT, signal_every_process, write_list
 from test_run_pretraining import TINY, cli, wait_for
 
@@ -69,17 +70,20 @@ def test_a_read_that_never_returns_is_warned_timed_out_and_skipped_at_the_resume
     assert (state["epoch"], state["next_batch"]) == (0, hang_at) and hang_at == 2
     assert not [p for p in psutil.process_iter(["cmdline"])  # the workers were ended too
                 if str(tmp_path / "run") in " ".join(p.info["cmdline"] or [])]
+    if workers != "0":
+        return  # the resume is the same with workers
     code, out = cli(*argv, env=env, timeout=120)  # still hanging: it must not be opened again
     assert code == 0, out
     assert "1 unreadable files listed in" in out and "finished 1 epochs" in out, out
     assert f"resumed from {state_path(tmp_path)}: epoch 1, batch 2 (step 2)" in out, out
 
 
-@pytest.mark.parametrize("workers", ["0", "2"])
+@pytest.mark.parametrize("workers", ["0"])
 def test_a_stop_signal_while_a_read_hangs_saves_within_seconds(video_dir, tmp_path, hang_shim,
                                                                workers):
     """With no workers the main thread itself is stuck in open(): only its signal handler's
-    C part runs, and the watch learns of the signal through the wakeup fd."""
+    C part runs, and the watch learns of the signal through the wakeup fd (with workers the
+    main thread waits on their queue and its handler runs: the easier case)."""
     argv, env, stale, hang_at = hanging_run(video_dir, tmp_path, hang_shim, "--num_workers",
                                             workers, "--data_warn_s", "1")
     proc = cli(*argv, env=env, wait=False, new_session=True)
@@ -130,9 +134,7 @@ def test_a_loader_worker_killed_mid_epoch_saves_and_exits_for_a_requeue(tmp_path
                     line), line
     assert "Traceback" not in out
     saved = checkpoint.load_checkpoint(state_path(tmp_path))["next_batch"]
-    assert 3 <= saved < 12
-    code, out = cli(*argv)
-    assert code == 0 and f"epoch 1, batch {saved} (step {saved})" in out, out
+    assert 3 <= saved < 12  # every update until the worker died (resumes: as any checkpoint)
 
 
 def test_shared_memory_too_small_for_the_workers_is_one_line(tmp_path):
@@ -207,6 +209,5 @@ def test_a_run_refused_before_its_first_step_leaves_nothing(tmp_path):
     assert not os.path.exists(tmp_path / "run")
     log_file = tmp_path / "tb_file"
     log_file.write_text("")
-    code, out = cli(*TINY, "--log_dir", str(log_file), "--output_dir", str(tmp_path / "run"))
-    assert code == 2 and f"error: --log_dir {log_file} is a file, not a folder" in out, out
-    assert not os.path.exists(tmp_path / "run")
+    with pytest.raises(ValueError, match=f"--log_dir {log_file} is a file, not a folder"):
+        run.check_args(run.parse_args([*TINY, "--log_dir", str(log_file)]))  # before any work
