@@ -99,8 +99,8 @@ class DataWatch:
         self.board, self.path_of, self.warn_s, self.timeout_s = board, path_of, warn_s, timeout_s
         self.stop_flag, self.bail, self.rank, self.explain = stop_flag, bail, rank, explain
         self.lock, self.ended = threading.Lock(), threading.Event()
-        self.phase, self.since, self.next_warning, self.signal = None, 0.0, 0.0, None
-        self.completed = None
+        self.phase, self.since, self.next_warning, self.signal, self.completed = (
+            None, 0.0, 0.0, None, None)
 
     def __enter__(self):
         # the kernel-level handler writes each signal's number here, also while the main
@@ -141,8 +141,7 @@ class DataWatch:
         finally:
             self._enter(None)
 
-    def update_done(self, position):
-        """After an update: (epoch, next batch) is what a save now holds."""
+    def update_done(self, position):  # after an update: (epoch, next batch) a save holds
         with self.lock:
             self.completed = position
 
@@ -291,8 +290,8 @@ def run_cli(main, args, check_args):
 def _ours(path, args):
     """Whether `path` lies in the run's output or TensorBoard folder."""
     folders = [f for f in (getattr(args, "output_dir", None), getattr(args, "log_dir", None)) if f]
-    path = path and os.path.abspath(path)
-    return bool(path) and any(path.startswith(os.path.abspath(f) + os.sep) for f in folders)
+    return bool(path) and any(os.path.abspath(path).startswith(os.path.abspath(f) + os.sep)
+                              for f in folders)
 
 
 def _fail(line, code):
