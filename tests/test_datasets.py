@@ -1,3 +1,6 @@
+import os
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -64,6 +67,19 @@ def test_bad_files_raise_decode_error(video_dir, backend, case, reason):
     with pytest.raises(video_io.VideoDecodeError, match=reason) as info:
         video_io.read_clip(video_dir[case], backend, lambda n: [0])
     assert info.value.path == video_dir[case]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_what_is_not_a_regular_file_says_so_and_is_never_opened(tmp_path, kind):
+    """A FIFO would block its reader until a writer came; a folder is no video either."""
+    path = tmp_path / "clip.mp4"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    what = "a FIFO (named pipe)" if kind == "fifo" else "a folder"
+    with pytest.raises(video_io.VideoDecodeError, match=re.escape(
+            f"not a regular file: it is {what}")):
+        video_io.read_clip(str(path), "pyav", lambda n: [0])
+    with pytest.raises(video_io.VideoDecodeError, match="not a regular file"):
+        video_io.read_image(str(path))
 
 
 def test_dense_indices():
