@@ -110,12 +110,14 @@ def test_two_torchrun_nodes_stopped_one_lost_and_resumed(two_rank_reference, tmp
     assert_same_weights(final_weights(str(tmp_path), 2), final_weights(two_rank_reference, 2))
 
 
-def test_a_frozen_rank_ends_the_others_after_the_collective_timeout(tmp_path):
+def test_a_frozen_rank_ends_the_others_after_the_collective_timeout(two_rank_reference,
+                                                                     tmp_path):
     """SIGSTOP of one of 2 ranks (as a rank stuck in a driver call): the other gives up after
-    --dist_timeout_s with one line and exit 5, saving alone."""
+    --dist_timeout_s with one line and exit 5, saving alone; the same command then ends with
+    the uninterrupted run's weights."""
     args = [*TWO_RANKS, "--dist_timeout_s", "4", "--output_dir", str(tmp_path)]
-    proc = cli(*args, wait=False, launcher=[sys.executable, "launch.py", "--standalone",
-                                            "--nproc_per_node", "2"])
+    launcher = [sys.executable, "launch.py", "--standalone", "--nproc_per_node", "2"]
+    proc = cli(*args, wait=False, launcher=launcher)
     wait_for(str(tmp_path / "train.log"), "epoch 1/2 step 2/6", proc)
     ranks = sorted(psutil.Process(proc.pid).children(), key=lambda p: p.pid)
     frozen = next(p for p in ranks if p.environ().get("RANK") == "1")
@@ -129,6 +131,9 @@ def test_a_frozen_rank_ends_the_others_after_the_collective_timeout(tmp_path):
     error = [line for line in out.splitlines() if line.startswith("error:")]
     assert error and "froze past --dist_timeout_s 4" in error[0], out
     assert "saved epoch 1" in error[0], out
+    code, out = cli(*args, launcher=launcher)
+    assert code == 0, out
+    assert_same_weights(final_weights(str(tmp_path), 2), final_weights(two_rank_reference, 2))
 
 
 def test_launcher_passes_on_a_rank_exit_code(tmp_path):
