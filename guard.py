@@ -163,7 +163,7 @@ class DataWatch:
                     try:
                         self._look(time.monotonic() - self.since)
                     except Exception:  # a watch that died would leave the run unwatched
-                        log.exception("the data watch failed; it goes on watching")
+                        log.debug("the data watch failed; it goes on watching", exc_info=True)
 
     def _look(self, waited):
         stop = self.signal or self.stop_flag.signal
