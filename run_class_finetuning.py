@@ -333,9 +333,10 @@ def main(args):
                          epoch + 1)
         return {f"val_{k}": v for k, v in val.items() if k not in ("confusion", "per_class_top1")}
 
+    step = training.Step(model, optimizer, loss_fn, scaler, model_ema, args.update_freq,
+                         args.clip_grad)
     net = training.fit(args, dist_info, training.Job(
-        "fine-tuning", model, optimizer, loss_fn, loader, sampler, train_set, scaler=scaler,
-        model_ema=model_ema, accumulation=args.update_freq, clip_grad=args.clip_grad,
+        "fine-tuning", step, loader, sampler, train_set,
         model_kwargs=model_kwargs(args, nb_classes), after_epoch=validate))
     if net is None:  # stopped by a signal, saved: run the same command to resume
         return 0

@@ -187,9 +187,10 @@ def main(args):
 
     loss_fn = functools.partial(train_loss, targets=targets, device=dist_info.device,
                                 precision=args.precision)
+    step = training.Step(model, optimizer, loss_fn, scaler, accumulation=args.update_freq,
+                         clip_grad=args.clip_grad)
     training.fit(args, dist_info, training.Job(
-        f"stage-{args.stage} pretraining", model, optimizer, loss_fn, loader, sampler, dataset,
-        scaler=scaler, accumulation=args.update_freq, clip_grad=args.clip_grad,
+        f"stage-{args.stage} pretraining", step, loader, sampler, dataset,
         model_kwargs=model_kwargs, after_epoch=show,
         initialize=load_first_stage if args.first_stage_path else None))
     return 0  # finished, or stopped by a signal after saving

@@ -5,6 +5,7 @@
     train_step: set the LR -> the engine's loss -> backward, optimiser step -> EMA
 """
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -79,36 +80,41 @@ def optimizer_step(model, optimizer, loss, scaler=None, clip_grad=None, accumula
 
 # ---------------------------------------------------------------- the epoch
 @dataclass
-class Job:
-    """What fit trains, as an entry point builds it. `loss_fn(model, batch)` is the engine's
-    step: (loss, {name: device tensor}), no optimiser and no LR inside; `after_epoch(model,
-    epoch, logger)` -> metrics (validation, pictures); `initialize(model)`: start weights when
-    nothing resumes; `kind` and `model_kwargs` (the build keywords) go into every checkpoint."""
-    kind: str
+class Step:
+    """What one step uses (train_step); loss_fn(model, batch) -> (loss, {name: tensor})."""
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     loss_fn: Callable
-    loader: torch.utils.data.DataLoader
-    sampler: distributed.ResumableSampler
-    dataset: torch.utils.data.Dataset
     scaler: Optional[torch.amp.GradScaler] = None
     model_ema: Optional[torch.nn.Module] = None
     accumulation: int = 1
     clip_grad: Optional[float] = None
+
+
+@dataclass
+class Job:
+    """What fit trains: its `step`, the data (`loader`, `sampler`, `dataset`), and `kind` and
+    `model_kwargs` (build keywords) for every checkpoint, `after_epoch(model, epoch, logger)`
+    -> metrics (validation, pictures), `initialize(model)`: start weights if nothing resumes."""
+    kind: str
+    step: Step
+    loader: torch.utils.data.DataLoader
+    sampler: distributed.ResumableSampler
+    dataset: torch.utils.data.Dataset
     model_kwargs: Optional[dict] = None
     after_epoch: Optional[Callable] = None
     initialize: Optional[Callable] = None
 
 
-def train_step(job, batch, lr, update):
+def train_step(step, batch, lr, update):
     """One step (the module's docstring); the metrics stay device tensors until a print step."""
-    for group in job.optimizer.param_groups:  # layer decay: each group keeps its own scale
+    for group in step.optimizer.param_groups:  # layer decay: each group keeps its own scale
         group["lr"] = lr * group.get("lr_scale", 1.0)
-    loss, metrics = job.loss_fn(job.model, batch)
-    norm = optimizer_step(job.model, job.optimizer, loss, job.scaler, job.clip_grad,
-                          job.accumulation, update)
-    if norm is not None and job.model_ema is not None:
-        job.model_ema.update(getattr(job.model, "module", job.model))
+    loss, metrics = step.loss_fn(step.model, batch)
+    norm = optimizer_step(step.model, step.optimizer, loss, step.scaler, step.clip_grad,
+                          step.accumulation, update)
+    if norm is not None and step.model_ema is not None:
+        step.model_ema.update(getattr(step.model, "module", step.model))
     grad = {} if norm is None else {"grad_norm": norm.detach()}
     return {"loss": loss.detach(), **grad, **{k: v.detach() for k, v in metrics.items()}}
 
@@ -131,7 +137,7 @@ class Run:
 
 def train_one_epoch(job, run, epoch, first_batch):
     """One epoch from batch `first_batch` -> (mean metrics, the batch after a stop or None)."""
-    job.model.train()
+    job.step.model.train()
     totals, counts, data_time, start = {}, {}, 0.0, time.time()
     window_start, window_data, window_steps = start, 0.0, 0
     run.watch.update_done((epoch, first_batch))
@@ -143,10 +149,9 @@ def train_one_epoch(job, run, epoch, first_batch):
             data_time, window_data = data_time + waited, window_data + waited
             run.ledger.record(batch.attempts, epoch)
             step = epoch * run.steps_per_epoch + i
-            # an update every `accumulation` batches, and at the epoch's end (no gradient of
-            # one epoch leaks into the next)
-            boundary = (i + 1) % job.accumulation == 0 or i + 1 == run.steps_per_epoch
-            metrics = train_step(job, batch, lr := run.lr_at(epoch, i), update=boundary)
+            # an update every `accumulation` batches and at the epoch's end (none leaks over)
+            boundary = (i + 1) % job.step.accumulation == 0 or i + 1 == run.steps_per_epoch
+            metrics = train_step(job.step, batch, lr := run.lr_at(epoch, i), update=boundary)
             if boundary:  # what a save holds from here on
                 run.watch.update_done((epoch, i + 1))
             for key, value in metrics.items():
@@ -222,21 +227,22 @@ def lr_schedule(args, steps_per_epoch, accumulation):
 def fit(args, dist_info, job):
     """Train `job` for args.epochs from where the output folder says the run is. Returns the
     trained bare module, or None when a stop signal ended the run after it saved."""
-    steps_per_epoch, accumulation = len(job.loader), job.accumulation
+    step, steps_per_epoch = job.step, len(job.loader)
     ledger = BadFileLedger(job.dataset.file_paths, args.max_bad_fraction, args.output_dir,
                            dist_info)
     (start_epoch, first_batch), history, data_list = outputs.start_or_resume(
-        args, dist_info, (job.model, job.optimizer, job.scaler, job.model_ema), job.dataset,
+        args, dist_info, (step.model, step.optimizer, step.scaler, step.model_ema), job.dataset,
         steps_per_epoch, ledger, job.initialize)
-    model, optimizer, net = distributed.wrap_for_training(job.model, job.optimizer, args,
-                                                          dist_info, accumulation)
-    job = dataclasses.replace(job, model=model, optimizer=optimizer)
+    model, optimizer, net = distributed.wrap_for_training(step.model, step.optimizer, args,
+                                                          dist_info, step.accumulation)
+    job = dataclasses.replace(job, step=dataclasses.replace(step, model=model,
+                                                            optimizer=optimizer))
     latest, saved = os.path.join(args.output_dir, checkpoint.LATEST), [(start_epoch, first_batch)]
     hosts = distributed.all_gather_objects(distributed.host_and_address(), dist_info)
 
     def write(position, rng):  # rng: {rank: its random states} (exact resume)
         checkpoint.save_checkpoint(latest, checkpoint.training_state(
-            net, optimizer, *position, steps_per_epoch, args, job.scaler, job.model_ema,
+            net, optimizer, *position, steps_per_epoch, args, step.scaler, step.model_ema,
             kind=job.kind, model_kwargs=job.model_kwargs, bad_files=ledger.state_dict(),
             data_list=data_list, history=history, rng=rng))
         saved[0] = position
@@ -262,28 +268,25 @@ def fit(args, dist_info, job):
         position = watch.completed or saved[0]
         try:
             ledger.write_now(hung, position[0])
-            if position == saved[0]:
-                return (f"; nothing to save since epoch {position[0] + 1} batch {position[1]}, "
-                        "run the same command to resume")
-            write(position, {dist_info.rank: distributed.rng_state()})  # the others' are lost
+            if fresh := position != saved[0]:
+                write(position, {dist_info.rank: distributed.rng_state()})  # the others' lost
         except WriteError as err:
             return f"; the save failed too: {err}"
-        return (f"; saved epoch {position[0] + 1} batch {position[1]} to {latest}, run the same "
-                "command to resume")
+        return (f"; {'saved' if fresh else 'nothing to save since'} epoch {position[0] + 1} "
+                f"batch {position[1]}{' to ' + latest if fresh else ''}, run the same command "
+                "to resume")
 
     def bail(code, line, hung):  # the watch's thread: the loop is blocked
         guard.end_process(code, ("" if code == 0 else "error: ") + line + save_alone(hung))
 
-    def explain(err):
-        return guard.failure_line(err, args, hosts, dist_info.rank)
-
+    explain = functools.partial(guard.failure_line, args=args, hosts=hosts, rank=dist_info.rank)
     stop_flag = stop_signals.stop_flag()  # installed at import by the entry points
     job.dataset.board = guard.ReadBoard(job.loader.num_workers)  # the workers inherit it
     watch = guard.DataWatch(job.dataset.board, ledger.describe, args.data_warn_s,
                             args.data_timeout_s, stop_flag, bail, dist_info.rank, explain)
     run = Run(dist_info, steps_per_epoch, args.epochs, args.print_freq,
               args.batch_size * dist_info.world_size,
-              lr_schedule(args, steps_per_epoch, accumulation),
+              lr_schedule(args, steps_per_epoch, step.accumulation),
               MetricLogger(args.output_dir, args.log_dir, dist_info.is_main), ledger, stop_flag,
               watch)
     outputs.first_step_begins()

@@ -57,9 +57,8 @@ def train_step(student, targets, batch, optimizer, precision="fp32"):
                                    getattr(targets, "frames_per_token", 1))]
     loss_fn = functools.partial(engine.train_loss, targets=targets, device=torch.device("cpu"),
                                 precision=precision)
-    job = training.Job("stage-1 pretraining", student, optimizer, loss_fn, loader=None,
-                       sampler=None, dataset=None)
-    return training.train_step(job, batch, 1e-3, update=True)
+    return training.train_step(training.Step(student, optimizer, loss_fn), batch, 1e-3,
+                               update=True)
 
 
 def random_mask(batch, n, masked, seed=0):
@@ -328,8 +327,8 @@ def test_training_steps_wait_on_the_host_only_to_print(tmp_path, augment_on):
     watch = guard.DataWatch(guard.ReadBoard(0), ledger.describe, 60, 600, flag, None)
     run = training.Run(dist_info, 6, 1, 3, 2, lambda epoch, i: 1e-3,
                        outputs.MetricLogger(str(tmp_path), None, False), ledger, flag, watch)
-    job = training.Job("stage-1 pretraining", student, optimizer, loss_fn, loader, sampler=None,
-                       dataset=dataset)
+    job = training.Job("stage-1 pretraining", training.Step(student, optimizer, loss_fn), loader,
+                       sampler=None, dataset=dataset)
     with watch, counter:  # the run's watch thread reads nothing from the device either
         stats, _ = training.train_one_epoch(job, run, 0, 0)
     assert stats["steps"] == 6
