@@ -118,11 +118,10 @@ def main():
 
     loss_fn = functools.partial(engine.train_loss, targets=targets, device=device,
                                 precision=a.precision)
-    job = training.Job("stage-1 pretraining", student, optimizer, loss_fn, None, None, None,
-                       scaler=scaler)
+    parts = training.Step(student, optimizer, loss_fn, scaler)
 
     def step():  # as the runs take it
-        return training.train_step(job, batch, 1e-4, update=True)
+        return training.train_step(parts, batch, 1e-4, update=True)
 
     x = normalize_video(batch.video_on(device))
     teacher_flops = count_flops(lambda: teacher(x))

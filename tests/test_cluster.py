@@ -350,3 +350,29 @@ print("ended", batches._workers[0].exitcode)
                             text=True, timeout=60)
     assert (result.returncode, result.stdout.strip()) == (0, f"ended {-signal.SIGTERM}"), (
         result.stderr)
+
+
+def test_a_stop_signal_while_a_collective_waits_for_a_frozen_peer(tmp_path):
+    """SLURM's SIGTERM comes while rank 1 is frozen and rank 0 waits for it inside a step:
+    rank 0 saves its last completed update after 20 s in the step and exits 0; the frozen
+    rank, let go, meets its gone peer after its own signal and exits 0 too."""
+    args = [*TWO_RANKS, "--output_dir", str(tmp_path)]
+    proc = cli(*args, wait=False, launcher=[sys.executable, "launch.py", "--standalone",
+                                            "--nproc_per_node", "2"])
+    wait_for(str(tmp_path / "train.log"), "epoch 1/2 step 2/6", proc)
+    ranks = psutil.Process(proc.pid).children()
+    frozen = next(p for p in ranks if p.environ().get("RANK") == "1")
+    frozen.suspend()
+    try:
+        proc.send_signal(signal.SIGTERM)  # launch.py passes it on to both ranks
+        wait_for(str(tmp_path / "train.log"), "in a step (a collective waiting for a peer?)",
+                 proc, timeout=60)
+    finally:
+        frozen.resume()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    line = next(x for x in out.splitlines() if "in a step (a collective" in x)
+    assert re.match(r"SIGTERM received 2\d s in a step \(a collective waiting for a peer\?\); "
+                    r"saved epoch 1 batch \d to ", line), line
+    state = checkpoint.load_checkpoint(str(tmp_path / checkpoint.LATEST))
+    assert state["epoch"] == 0 and 2 <= state["next_batch"] < 6
