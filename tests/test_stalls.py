@@ -211,3 +211,21 @@ def test_a_run_refused_before_its_first_step_leaves_nothing(tmp_path):
     log_file.write_text("")
     with pytest.raises(ValueError, match=f"--log_dir {log_file} is a file, not a folder"):
         run.check_args(run.parse_args([*TINY, "--log_dir", str(log_file)]))  # before any work
+
+
+def test_a_requeued_command_that_still_names_resume_goes_on_from_its_own_checkpoint(tmp_path):
+    """`--resume A/checkpoint-0.pth` stays in the job script: the second start of the job
+    resumes from what it wrote itself in --output_dir, not from A again."""
+    common = [*TINY, "--num_synthetic_clips", "16", "--batch_size", "4", "--warmup_epochs", "0"]
+    code, out = cli(*common, "--epochs", "1", "--output_dir", str(tmp_path / "a"))
+    assert code == 0, out
+    requeued = [*common, "--resume", str(tmp_path / "a" / "checkpoint-0.pth"), "--output_dir",
+                str(tmp_path / "b")]
+    code, out = cli(*requeued, "--epochs", "2")
+    assert code == 0 and "epoch 2, batch 0 (step 4)" in out, out
+    code, out = cli(*requeued, "--epochs", "3")  # the job's next start, a longer schedule
+    assert code == 0, out
+    assert f"WARNING: resuming from {tmp_path / 'b' / checkpoint.LATEST} (step 8), which this " \
+           f"run wrote after it started from --resume {tmp_path / 'a' / 'checkpoint-0.pth'} " \
+           "(step 4)" in out, out
+    assert "epoch 3, batch 0 (step 8)" in out and "finished 3 epochs" in out
