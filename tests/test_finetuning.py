@@ -376,3 +376,36 @@ def test_a_stopped_fine_tuning_resumes_to_the_uninterrupted_weights(finetuned, c
     for part in ("model", "model_ema"):
         for key, value in theirs[part].items():
             assert torch.equal(ours[part][key], value), (part, key)  # bit for bit
+
+
+@pytest.mark.slow
+def test_a_stop_signal_during_validation_stops_after_the_saved_epoch(colour_set, tmp_path,
+                                                                      monkeypatch):
+    """The signal comes while epoch 1 is validated: validation stops at once, its metrics are
+    left out, and the run stops with epoch 1 saved (the resume starts at epoch 2)."""
+    import datasets
+    import outputs
+    import run_class_finetuning as run
+    import stop_signals
+    import utils
+    flag, real_item = stop_signals.stop_flag(), datasets.VideoClsDataset.__getitem__
+
+    def item(self, index):
+        if self.mode == "validation":
+            flag.signal = "SIGUSR1"
+        return real_item(self, index)
+
+    monkeypatch.setattr(datasets.VideoClsDataset, "__getitem__", item)
+    argv = [*TINY, "--data_path", str(colour_set), "--epochs", "2", "--warmup_epochs", "1",
+            "--output_dir", str(tmp_path)]
+    try:
+        assert run.main(utils.parse_with_config(run.get_args_parser(), argv)) == 0
+    finally:
+        flag.signal = None
+        outputs.release_output_dirs()
+    log = (tmp_path / "train.log").read_text()
+    assert "validation of epoch 1 stopped by a signal: its metrics are left out" in log
+    assert "SIGUSR1 received: saved epoch 2 batch 0" in log and "val top-1" not in log
+    state = torch.load(tmp_path / "checkpoint-latest.pth", weights_only=True)
+    assert (state["epoch"], state["next_batch"]) == (1, 0)
+    assert not (tmp_path / "results.json").exists()
