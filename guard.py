@@ -258,7 +258,7 @@ def _peer(text, hosts, rank):
 # ---------------------------------------------------------------- the process's end
 def run_cli(main, args, check_args):
     """Check, run, and turn what a user can fix into one `error:` line with its exit code
-    (errors.py); every traceback, these and any other, goes to OUTPUT_DIR/train.log."""
+    (errors.py); every traceback, these and the others, goes to OUTPUT_DIR/train.log."""
     try:  # stop signals mean "save and stop" from the entry point's first import on
         check_args(args)
     except ValueError as err:
@@ -268,8 +268,8 @@ def run_cli(main, args, check_args):
     except OSError as err:  # a write into the run's folders that failed: its own cause
         log.debug("uncaught", exc_info=True)
         if not _ours(getattr(err, "filename", None), args):
-            if isinstance(err, FileNotFoundError):
-                return _fail(f"error: {err}", EXIT_USAGE)
+            if isinstance(err, FileNotFoundError):  # a list or file named by a flag
+                return outputs.forget_refused_run() or _fail(f"error: {err}", EXIT_USAGE)
             raise
         return _fail(f"error: {checkpoint.write_error(err.filename, err)}", EXIT_WRITE)
     except (UsageError, DataAbort, NonFiniteLossError, WriteError, OutsideFailure) as err:
