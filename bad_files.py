@@ -101,12 +101,16 @@ class BadFileLedger:
         rows = [(path, reason, epoch, rank) for _, path, reason, epoch, rank in self.new
                 if not reason.startswith(NOTE)] + [(p, r, epoch, self.dist.rank) for p, r in hung]
         rows = [row for row in rows if row[0] not in self.written]
+        self._append(rows)
+        self.written.update(row[0] for row in rows)
+
+    def _append(self, rows):
+        """(path, reason, epoch, rank) rows at the end of the TSV, its header first."""
         if rows:
             header = not os.path.isfile(self.tsv)
             with open(self.tsv, "a", encoding="utf-8") as f:
                 f.write(TSV_HEADER if header else "")
                 f.writelines("\t".join(map(str, row)) + "\n" for row in rows)
-            self.written.update(row[0] for row in rows)
 
     def counts(self):
         return int(self.bad.sum()), int(self.tried.sum())
@@ -130,11 +134,7 @@ class BadFileLedger:
         fresh = list(fresh.values())
         if fresh and self.dist.is_main:
             bad, tried = self.counts()
-            header = not os.path.isfile(self.tsv)
-            with open(self.tsv, "a", encoding="utf-8") as f:
-                f.write(TSV_HEADER if header else "")
-                f.writelines(f"{path}\t{reason}\t{epoch}\t{rank}\n"
-                             for _, path, reason, epoch, rank in fresh)
+            self._append([entry[1:] for entry in fresh])
             for index, path, reason, _, _ in fresh:
                 what = "object image" if index < 0 else "unreadable"
                 log.warning("%s: %s (%s); %d of %d files tried are bad (%.2f %%)", what, path,

@@ -127,14 +127,15 @@ def gib(n):
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
-def load_checkpoint(path):
-    """The checkpoint's contents, or CheckpointError saying why not (torn = incomplete file)."""
+def load_checkpoint(path, mmap=False):
+    """The checkpoint's contents, or CheckpointError saying why not (torn = incomplete file).
+    mmap: the tensors stay on disk until read (a look at the step or history only)."""
     if not os.path.isfile(path):
         raise CheckpointError(path, "no such file")
     with open(path, "rb") as f:
         head = f.read(4)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
         if head in (b"", b"PK\x03\x04") and isinstance(err, (EOFError, RuntimeError)):
             # empty, or a zip archive (torch's format) cut off before its directory
@@ -177,7 +178,7 @@ def check_training_state(path, state):
     return state
 
 
-def find_resume_checkpoint(output_dir):
+def find_resume_checkpoint(output_dir, mmap=False):
     """(path, state) of the newest checkpoint in output_dir, or None when there is none.
 
     Newest first (checkpoint-latest.pth, then checkpoint-N.pth by descending N), stopping at
@@ -193,7 +194,7 @@ def find_resume_checkpoint(output_dir):
         if not os.path.isfile(path):
             continue
         try:
-            found = path, check_training_state(path, load_checkpoint(path))
+            found = path, check_training_state(path, load_checkpoint(path, mmap))
         except CheckpointError as err:
             if not err.torn:
                 raise
@@ -206,7 +207,7 @@ def find_resume_checkpoint(output_dir):
                         candidates[1], later)
             del found
             return candidates[1], check_training_state(candidates[1],
-                                                       load_checkpoint(candidates[1]))
+                                                       load_checkpoint(candidates[1], mmap))
         return found
     return None
 
@@ -214,8 +215,8 @@ def find_resume_checkpoint(output_dir):
 def _stored_step(path):
     """A checkpoint's stored step, read without loading its tensors (-1 if unreadable)."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
-    except Exception:
+        return int(load_checkpoint(path, mmap=True)["step"])
+    except (CheckpointError, KeyError):
         return -1
 
 
@@ -225,16 +226,17 @@ def resume_checkpoint(args):
     requeued command that still names it), that one: the run's own newest state wins."""
     if not args.resume:
         return find_resume_checkpoint(args.output_dir) if args.auto_resume else None
-    given = args.resume, check_training_state(args.resume, load_checkpoint(args.resume))
-    own = find_resume_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+    # both looked at with their tensors left on disk; only the one resumed is read whole
+    given = args.resume, check_training_state(args.resume, load_checkpoint(args.resume, True))
+    own = find_resume_checkpoint(args.output_dir, True) if os.path.isdir(args.output_dir) else None
     if own and not os.path.samefile(own[0], args.resume) and own[1]["step"] > given[1][
             "step"] and any(_same_file(r.get("checkpoint"), args.resume)
                             for r in own[1].get("history") or []):
         log.warning("WARNING: resuming from %s (step %d), which this run wrote after it started "
                     "from --resume %s (step %d)", own[0], own[1]["step"], args.resume,
                     given[1]["step"])
-        return own
-    return given
+        given = own
+    return given[0], load_checkpoint(given[0])
 
 
 def _same_file(a, b):

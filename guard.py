@@ -269,12 +269,10 @@ def run_cli(main, args, check_args):
         log.debug("uncaught", exc_info=True)
         if not _ours(getattr(err, "filename", None), args):
             if isinstance(err, FileNotFoundError):  # a list or file named by a flag
-                return outputs.forget_refused_run() or _fail(f"error: {err}", EXIT_USAGE)
+                return _fail(f"error: {err}", EXIT_USAGE)
             raise
         return _fail(f"error: {checkpoint.write_error(err.filename, err)}", EXIT_WRITE)
     except (UsageError, DataAbort, NonFiniteLossError, WriteError, OutsideFailure) as err:
-        if isinstance(err, UsageError):  # refused before its first step: nothing stays
-            outputs.forget_refused_run()
         line = data_abort_line(err) if isinstance(err, DataAbort) else str(err)
         return _fail(f"error: {line}", getattr(err, "exit_code", EXIT_USAGE))
     except BaseException:
@@ -295,6 +293,8 @@ def _ours(path, args):
 
 
 def _fail(line, code):
+    if code == EXIT_USAGE:  # refused before its first step: what it made goes again
+        outputs.forget_refused_run()
     log.debug("%s", line, exc_info=True)  # DEBUG goes to train.log only (utils.setup_logging)
     print(line, file=sys.stderr, flush=True)
     return code

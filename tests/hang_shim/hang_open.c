@@ -20,31 +20,20 @@ static mode_t mode_of(int flags, va_list ap) {
     return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? va_arg(ap, int) : 0;
 }
 
-#define WRAP_OPEN(name)                                                   \
-    int name(const char *path, int flags, ...) {                          \
-        static int (*real)(const char *, int, ...);                       \
+/* name(PARAMS) with the real one's type, called with ARGS after the hang check */
+#define WRAP(name, PARAMS, ARGS)                                          \
+    int name PARAMS {                                                     \
+        static __typeof__(name) *real;                                    \
         va_list ap;                                                       \
         va_start(ap, flags);                                              \
         mode_t mode = mode_of(flags, ap);                                 \
         va_end(ap);                                                       \
         if (!real) real = dlsym(RTLD_NEXT, #name);                        \
         hang_if_marked(path);                                             \
-        return real(path, flags, mode);                                   \
+        return real ARGS;                                                 \
     }
 
-#define WRAP_OPENAT(name)                                                 \
-    int name(int dirfd, const char *path, int flags, ...) {               \
-        static int (*real)(int, const char *, int, ...);                  \
-        va_list ap;                                                       \
-        va_start(ap, flags);                                              \
-        mode_t mode = mode_of(flags, ap);                                 \
-        va_end(ap);                                                       \
-        if (!real) real = dlsym(RTLD_NEXT, #name);                        \
-        hang_if_marked(path);                                             \
-        return real(dirfd, path, flags, mode);                            \
-    }
-
-WRAP_OPEN(open)
-WRAP_OPEN(open64)
-WRAP_OPENAT(openat)
-WRAP_OPENAT(openat64)
+WRAP(open, (const char *path, int flags, ...), (path, flags, mode))
+WRAP(open64, (const char *path, int flags, ...), (path, flags, mode))
+WRAP(openat, (int dirfd, const char *path, int flags, ...), (dirfd, path, flags, mode))
+WRAP(openat64, (int dirfd, const char *path, int flags, ...), (dirfd, path, flags, mode))
