@@ -279,7 +279,7 @@ def scored(state, raw=False):
             return dict(state, model=state["model_ema"]), "its EMA weights, which the run " \
                 "scored (--raw_weights: the raw ones)"
         return state, "its raw weights (--raw_weights; the run scored its EMA weights)"
-    return state, "its weights"
+    return state, "the weights"
 
 
 def misfit(own, weights, strict=True):
