@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -185,6 +186,15 @@ def unwatch_workers(batches):
         from torch.utils.data._utils.signal_handling import _remove_worker_pids
         _remove_worker_pids(id(batches))
         batches._worker_pids_set = False
+
+
+def worker_death(batches):
+    """The RuntimeError torch gives a dead worker, for one killed while the main process took
+    over its batch's memory (torch raises a reset connection then); None if all live."""
+    for _ in range(40):  # a killed worker is reaped moments after its sockets close
+        if dead := [str(w.pid) for w in getattr(batches, "_workers", ()) if not w.is_alive()]:
+            return RuntimeError(f"DataLoader worker (pid(s) {', '.join(dead)}) exited unexpectedly")
+        time.sleep(0.05)
 
 
 def stop_workers(batches):

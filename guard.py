@@ -136,6 +136,8 @@ class DataWatch:
                     batch = next(it)
                 except StopIteration:
                     return
+                except (ConnectionError, EOFError, FileNotFoundError) as err:
+                    raise distributed.worker_death(it) or err
                 self._enter("step")
                 yield batch
         finally:
@@ -203,10 +205,8 @@ def end_process(code, line):
     log.debug("%s", line)
     print(line, file=sys.stderr, flush=True)
     for child in psutil.Process().children(recursive=True):
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
-        except psutil.NoSuchProcess:
-            pass
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -15,7 +16,10 @@ import torch
 
 import bad_files
 import checkpoint
+import distributed
+import guard
 import run_smile_pretraining as run
+import stop_signals
 from conftest import ROOT, signal_every_process, write_list
 from test_run_pretraining import TINY, cli, wait_for
 
@@ -112,6 +116,7 @@ def test_the_torch_internals_the_run_relies_on_are_there():
     batches = iter(loader)
     try:
         assert batches._worker_pids_set is True and callable(batches._shutdown_workers)
+        assert all(worker.is_alive() for worker in batches._workers)  # worker_death
         assert callable(signal_handling._remove_worker_pids)
     finally:
         batches._shutdown_workers()
@@ -135,6 +140,38 @@ def test_a_loader_worker_killed_mid_epoch_saves_and_exits_for_a_requeue(tmp_path
     assert "Traceback" not in out
     saved = checkpoint.load_checkpoint(state_path(tmp_path))["next_batch"]
     assert 3 <= saved < 12  # every update until the worker died (resumes: as any checkpoint)
+
+
+class _WorkerKilledAfterFirstBatch(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        if index == 1:
+            time.sleep(0.5)  # batch 0 is in the queue; its memory is handed over on reading
+            os.kill(os.getpid(), signal.SIGKILL)
+        return torch.zeros(256)
+
+
+def test_a_worker_killed_while_its_batch_is_handed_over_reads_as_its_death():
+    """The main process takes a batch's shared memory over from its worker when it reads it.
+    A worker whose sockets are closed but which is not yet reaped (torch looks at that moment)
+    gives a reset or refused connection, which torch raises as it is: CI saw the run exit 1
+    with that traceback. The watch turns it into the worker death failure_line knows."""
+    loader = torch.utils.data.DataLoader(_WorkerKilledAfterFirstBatch(), num_workers=1)
+    batches = distributed.start_workers(loader)
+    worker, looks = batches._workers[0], []
+    real_is_alive = worker.is_alive
+    worker.is_alive = lambda: looks.append(1) or len(looks) == 1 or real_is_alive()
+    try:
+        time.sleep(1.5)
+        watch = guard.DataWatch(guard.ReadBoard(1), str, 60, 600, stop_signals.stop_flag(), None)
+        with pytest.raises(RuntimeError, match=r"^DataLoader worker \(pid\(s\) \d+\) exited "
+                           r"unexpectedly$") as raised:
+            next(watch.batches(batches))
+        assert isinstance(raised.value.__context__, (ConnectionError, EOFError, FileNotFoundError))
+    finally:
+        distributed.stop_workers(batches)
 
 
 def test_shared_memory_too_small_for_the_workers_is_one_line(tmp_path):
