@@ -130,6 +130,17 @@ def read_keyed(path, key, what):
     return saved if saved and saved.get("key") == key else None
 
 
+def views_done(path, key, name, per_video):
+    """(the views an evaluation kept at `path` before a stop, their dataset indices): none
+    when the file is missing or was made with another key (read_keyed)."""
+    earlier = as_arrays((read_keyed(path, key, f"{name} views") or {}).get("views", {}))
+    done = {int(v) * per_video + int(w)
+            for v, w in zip(earlier.get("video", ()), earlier.get("view", ()))}
+    if done:
+        log.info("%s: %d views done before a stop, from %s", name, len(done), path)
+    return earlier, done
+
+
 def as_arrays(views):
     return {k: v.numpy() if torch.is_tensor(v) else v for k, v in views.items()}
 

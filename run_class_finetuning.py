@@ -242,19 +242,15 @@ def linear_probe(args, dist_info, nb_classes):
     return results
 
 
-def test(model, args, dist_info, nb_classes, mode, identity):
-    """The multi-view test of `model` (`identity`: what it is, for the views kept at a stop)
-    -> results, or None when a stop signal came first (its views are kept: run again)."""
-    dataset, _ = datasets.build_dataset(is_train=False, test_mode=True, args=args)
-    key = dict(model=identity, views=[args.test_num_segment, args.test_num_crop],
-               frames=args.num_frames, size=args.input_size, processes=dist_info.world_size,
-               dist_eval=args.dist_eval, list=getattr(dataset.entries, "digest", None))
-    path = os.path.join(args.output_dir, f"test_views.rank{dist_info.rank}.pt")
-    earlier = engine.as_arrays((engine.read_keyed(path, key, "test views") or {}).get("views", {}))
-    done = {int(v) * args.test_num_segment * args.test_num_crop + int(w)  # dataset indices
-            for v, w in zip(earlier.get("video", ()), earlier.get("view", ()))}
-    if done:
-        log.info("test: %d views done before a stop, from %s", len(done), path)
+def resumable_evaluation(model, args, dist_info, dataset, nb_classes, name, identity):
+    """engine.evaluate of `dataset`, or None when a stop signal came first: the views done are
+    kept in OUTPUT_DIR/{name}_views.rankR.pt with what made them (`identity`: the model) for
+    the next call, which computes the rest only. The file goes once scored."""
+    key = dict(model=identity, views=len(dataset), frames=args.num_frames, size=args.input_size,
+               processes=dist_info.world_size, dist_eval=args.dist_eval,
+               list=getattr(dataset.entries, "digest", None))
+    path = os.path.join(args.output_dir, f"{name}_views.rank{dist_info.rank}.pt")
+    earlier, done = engine.views_done(path, key, name, len(dataset) // len(dataset.entries))
     try:
         results = engine.evaluate(
             model, eval_loader(args, dataset, dist_info, done), dist_info, args.dist_eval,
@@ -262,8 +258,20 @@ def test(model, args, dist_info, nb_classes, mode, identity):
             earlier=earlier, keep=lambda views: checkpoint.save_checkpoint(path, dict(
                 key=key, views=engine.as_tensors(views))))
     except engine.Stopped:
-        log.info("%s received during the test: the views done are kept in %s; run the same "
-                 "command to finish it", stop_signals.stop_flag().signal, path)
+        log.info("%s received during the %s: the views done are kept in %s; run the same "
+                 "command to finish it", stop_signals.stop_flag().signal, name, path)
+        return None
+    if os.path.isfile(path):
+        os.remove(path)
+    return results
+
+
+def test(model, args, dist_info, nb_classes, mode, identity):
+    """The multi-view test of `model` (`identity`: what it is, for the views kept at a stop)
+    -> results, or None when a stop signal came first (its views are kept: run again)."""
+    dataset, _ = datasets.build_dataset(is_train=False, test_mode=True, args=args)
+    if (results := resumable_evaluation(model, args, dist_info, dataset, nb_classes, "test",
+                                        identity)) is None:
         return None
     results["failed_videos"] = name_failures(args, results["failed_videos"], dataset.entries,
                                              "test")
@@ -275,8 +283,6 @@ def test(model, args, dist_info, nb_classes, mode, identity):
         logger.close()
     results.pop("confusion")
     write_results(args, dist_info, results)
-    if os.path.isfile(path):
-        os.remove(path)
     return results
 
 
@@ -318,19 +324,13 @@ def main(args):
     loss_fn = functools.partial(engine.train_loss, criterion=criterion, device=dist_info.device,
                                 precision=args.precision, mixup_fn=mixup_fn)
 
-    def validate(net, epoch, logger):
-        try:
-            val = engine.evaluate(net, eval_loader(args, val_set, dist_info), dist_info,
-                                  args.dist_eval, len(val_set.entries), nb_classes,
-                                  args.precision, stop=stop_signals.stop_flag())
-        except engine.Stopped:  # the epoch is saved: the run stops after it (training.fit)
-            log.info("validation of epoch %d stopped by a signal: its metrics are left out",
-                     epoch + 1)
-            return {}
+    def validate(net, epoch, logger):  # None when stopped: training.fit finishes it later
+        if (val := resumable_evaluation(net, args, dist_info, val_set, nb_classes, "validation",
+                                        f"the model after epoch {epoch + 1} of this run")) is None:
+            return None
         log.info("epoch %d: val top-1 %.2f%%", epoch + 1, val["top1"])
         if pictures.picture_due(epoch, args.epochs, args.vis_freq):
-            logger.image("val/confusion", pictures.confusion_picture(val["confusion"]),
-                         epoch + 1)
+            logger.image("val/confusion", pictures.confusion_picture(val["confusion"]), epoch + 1)
         return {f"val_{k}": v for k, v in val.items() if k not in ("confusion", "per_class_top1")}
 
     step = training.Step(model, optimizer, loss_fn, scaler, model_ema, args.update_freq,

@@ -26,6 +26,7 @@ from outputs import MetricLogger
 from utils import cosine_lr, format_eta
 
 log = logging.getLogger("smile")
+UNFINISHED = "unfinished_epoch.pt"  # an epoch whose after_epoch a stop signal cut short
 
 
 # ---------------------------------------------------------------- the step
@@ -95,7 +96,8 @@ class Step:
 class Job:
     """What fit trains: its `step`, the data (`loader`, `sampler`, `dataset`), and `kind` and
     `model_kwargs` (build keywords) for every checkpoint, `after_epoch(model, epoch, logger)`
-    -> metrics (validation, pictures), `initialize(model)`: start weights if nothing resumes."""
+    -> metrics (validation, pictures), or None when a stop signal cut it short (the resume
+    calls it again), `initialize(model)`: start weights if nothing resumes."""
     kind: str
     step: Step
     loader: torch.utils.data.DataLoader
@@ -305,6 +307,11 @@ def fit(args, dist_info, job):
 
 
 def _epochs(args, job, run, start_epoch, first_batch, net, save, latest):
+    pending = os.path.join(args.output_dir, UNFINISHED)
+    cut = run.dist.is_main and first_batch == 0 and os.path.isfile(pending)
+    cut = distributed.first_of_ranks(checkpoint.load_checkpoint(pending) if cut else None, run.dist)
+    if cut and cut["epoch"] + 1 == start_epoch and not _close_epoch(job, run, net, pending, **cut):
+        return None
     for epoch in range(start_epoch, args.epochs):
         job.dataset.set_epoch(epoch)
         job.dataset.known_bad = run.ledger.known_bad()  # workers are forked per epoch
@@ -313,11 +320,8 @@ def _epochs(args, job, run, start_epoch, first_batch, net, save, latest):
         first_batch, mid_epoch = 0, stopped_at is not None and stopped_at < run.steps_per_epoch
         position = (epoch, stopped_at) if mid_epoch else (epoch + 1, 0)
         save(*position)  # at an epoch's end also when the signal came at its last step
-        if not mid_epoch:
-            extra = job.after_epoch(net, epoch, run.logger) if job.after_epoch else {}
-            run.logger.epoch({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()},
-                              **extra})
-            log.info("epoch %d done: loss %.4f", epoch + 1, stats.get("loss", float("nan")))
+        if not mid_epoch and not _close_epoch(job, run, net, pending, epoch, stats):
+            return None
         if stopped_at is None and position[0] < args.epochs and distributed.all_reduce_mean(
                 float(bool(run.stop_flag)), run.dist) > 0:  # came during validation
             stopped_at = 0
@@ -328,3 +332,19 @@ def _epochs(args, job, run, start_epoch, first_batch, net, save, latest):
     run.logger.close()
     log.info("finished %d epochs; checkpoints and logs in %s", args.epochs, args.output_dir)
     return net
+
+
+def _close_epoch(job, run, net, pending, epoch, stats):
+    """after_epoch, then the epoch's record. False when a stop signal cut after_epoch short:
+    `pending` then holds what the resume needs to finish it."""
+    if job.after_epoch and run.dist.is_main:
+        checkpoint.save_checkpoint(pending, dict(epoch=epoch, stats=stats))
+    if (extra := job.after_epoch(net, epoch, run.logger) if job.after_epoch else {}) is None:
+        log.info("%s received: epoch %d is saved, its validation is finished when the same "
+                 "command runs again", run.stop_flag.signal, epoch + 1)
+        return False
+    run.logger.epoch({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}, **extra})
+    log.info("epoch %d done: loss %.4f", epoch + 1, stats.get("loss", float("nan")))
+    if job.after_epoch and run.dist.is_main:
+        os.remove(pending)
+    return True

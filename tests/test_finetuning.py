@@ -379,10 +379,11 @@ def test_a_stopped_fine_tuning_resumes_to_the_uninterrupted_weights(finetuned, c
 
 
 @pytest.mark.slow
-def test_a_stop_signal_during_validation_stops_after_the_saved_epoch(colour_set, tmp_path,
-                                                                      monkeypatch):
-    """The signal comes while epoch 1 is validated: validation stops at once, its metrics are
-    left out, and the run stops with epoch 1 saved (the resume starts at epoch 2)."""
+def test_a_stop_signal_during_validation_is_finished_by_the_rerun(colour_set, tmp_path,
+                                                                  monkeypatch):
+    """The signal comes in the second batch of epoch 1's validation: the run stops with epoch
+    1 saved and the views done kept; the same command validates the rest of epoch 1 (its
+    record in log.txt has the metrics of an uninterrupted run), then trains epoch 2."""
     import datasets
     import outputs
     import run_class_finetuning as run
@@ -391,21 +392,36 @@ def test_a_stop_signal_during_validation_stops_after_the_saved_epoch(colour_set,
     flag, real_item = stop_signals.stop_flag(), datasets.VideoClsDataset.__getitem__
 
     def item(self, index):
-        if self.mode == "validation":
+        if self.mode == "validation" and index == 4:  # the second batch of 4 views
             flag.signal = "SIGUSR1"
         return real_item(self, index)
 
     monkeypatch.setattr(datasets.VideoClsDataset, "__getitem__", item)
-    argv = [*TINY, "--data_path", str(colour_set), "--epochs", "2", "--warmup_epochs", "1",
-            "--output_dir", str(tmp_path)]
+    argv = [*TINY, "--data_path", str(colour_set), "--epochs", "2", "--warmup_epochs", "1"]
     try:
-        assert run.main(utils.parse_with_config(run.get_args_parser(), argv)) == 0
+        assert run.main(utils.parse_with_config(run.get_args_parser(), [
+            *argv, "--output_dir", str(tmp_path / "cut")])) == 0
     finally:
         flag.signal = None
         outputs.release_output_dirs()
-    log = (tmp_path / "train.log").read_text()
-    assert "validation of epoch 1 stopped by a signal: its metrics are left out" in log
-    assert "SIGUSR1 received: saved epoch 2 batch 0" in log and "val top-1" not in log
-    state = torch.load(tmp_path / "checkpoint-latest.pth", weights_only=True)
+    log = (tmp_path / "cut" / "train.log").read_text()
+    assert "SIGUSR1 received: epoch 1 is saved, its validation is finished when the same " \
+        "command runs again" in log and "val top-1" not in log, log
+    state = torch.load(tmp_path / "cut" / "checkpoint-latest.pth", weights_only=True)
     assert (state["epoch"], state["next_batch"]) == (1, 0)
-    assert not (tmp_path / "results.json").exists()
+    kept = torch.load(tmp_path / "cut" / "validation_views.rank0.pt", weights_only=True)
+    assert len(kept["views"]["video"]) == 8 and not (tmp_path / "cut" / "log.txt").exists()
+
+    code, log = cli(*argv, "--output_dir", str(tmp_path / "cut"))
+    assert code == 0 and "validation: 8 views done before a stop" in log, log
+    code, _ = cli(*argv, "--output_dir", str(tmp_path / "whole"))
+    assert code == 0
+    records = [[json.loads(line) for line in open(tmp_path / folder / "log.txt")]
+               for folder in ("cut", "whole")]
+    assert [r["epoch"] for r in records[0]] == [0, 1]
+    for cut, whole in zip(*records):
+        assert cut["val_top1"] == whole["val_top1"] and cut["val_num_views"] == whole[
+            "val_num_views"]
+        assert cut["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-6)
+    assert not list((tmp_path / "cut").glob("*_views.rank0.pt"))
+    assert not (tmp_path / "cut" / "unfinished_epoch.pt").exists()

@@ -52,13 +52,14 @@ ALLOWED = {
 # run's folder and its logs (MetricLogger moved there from utils.py, with TensorBoard's
 # degrade-on-failure); checkpoint.py and distributed.py: the write failure's own cause, the
 # resume's precedence, the random states an exact resume restores; distributed.py: a worker
-# killed while its batch is handed over (worker_death);
+# killed while its batch is handed over (worker_death); training.py: an epoch whose validation
+# a stop signal cut short is finished by the resume (_close_epoch);
 # checkpoint.py: the one reader and reporter of weights that four files used to write each;
 # teachers.py: the table of targets the student regresses
 BUDGET = {"run_smile_pretraining": 300, "run_class_finetuning": 350, "datasets": 400,
           "motion_infusion": 400, "masking_generator": 250, "modeling_finetune": 250,
           "modeling_pretrain": 400, "engine_for_pretraining": 250, "engine_for_finetuning": 300,
-          "utils": 250, "distributed": 290, "checkpoint": 330, "training": 330,
+          "utils": 250, "distributed": 290, "checkpoint": 330, "training": 350,
           "bad_files": 200, "errors": 80, "lists": 120, "video_io": 250, "teachers": 300,
           "video_transforms": 150, "outputs": 340, "stop_signals": 100, "launch": 100,
           "batches": 100, "hf_videomae": 150, "pictures": 150, "object_banks": 250,
