@@ -17,6 +17,7 @@ only grows, not a fresh guess per worker and epoch; the chance that it ever pass
 chance that some prefix of >= MIN_TRIED = 200 files holds > 5 % bad ones: summed over every
 prefix length (a union bound), 2e-9 (tests/test_bad_files.py computes it; 4e-4 at 1 % bad).
 """
+import collections
 import logging
 import os
 import re
@@ -31,6 +32,7 @@ log = logging.getLogger("smile")
 MIN_TRIED = 200
 NOTE = "note: "  # a reason with this prefix is said once, not counted as bad
 TSV_HEADER = "path\treason\tepoch\trank\n"
+HUNG = "a read that did not return"  # a file's first hang may be the mount's: it is read again
 
 
 def should_abort(bad, tried, max_fraction, epoch_end=False):
@@ -66,11 +68,17 @@ class BadFileLedger:
         self.listed = set()  # those and what this rank found since the last merge
         self.noted = set()  # paths that were said once (NOTE), run-wide after a merge
         self.new = []  # (index, path, reason, epoch, rank) found on this rank, not merged yet
-        for path, _ in read_tsv(self.tsv):
-            self._mark_bad(path)
+        rows = read_tsv(self.tsv)
+        hangs = collections.Counter(path for path, reason in rows if reason.startswith(HUNG))
+        for path, reason in rows:
+            if not reason.startswith(HUNG) or hangs[path] > 1:
+                self._mark_bad(path)
         if self.written:
             log.info("%d unreadable files listed in %s from earlier in this run: they are left "
                      "out", len(self.written), self.tsv)
+        if once := sorted(set(hangs) - self.written):
+            log.info("%d files whose read hung once are read again (a second hang leaves them "
+                     "out), e.g. %s", len(once), once[0])
 
     def _mark_bad(self, path):
         self.written.add(path)

@@ -34,7 +34,7 @@ import checkpoint
 import distributed
 import outputs
 import stop_signals
-from bad_files import data_abort_line
+import bad_files
 from errors import (EXIT_FAILED, EXIT_RETRY, EXIT_USAGE, EXIT_WRITE, DataAbort,
                     NonFiniteLossError, OutsideFailure, UsageError, WriteError)
 
@@ -181,14 +181,14 @@ class DataWatch:
             self.bail(code, line, [])
         reads = self.reads()
         if waited >= self.timeout_s:
-            hung = [(path, f"a read that did not return in {self.timeout_s:g} s "
+            hung = [(path, f"{bad_files.HUNG} in {self.timeout_s:g} s "
                            "(--data_timeout_s)") for _, path, seconds in reads
                     if seconds >= min(self.warn_s, self.timeout_s)]
             what = reads[0][0] if reads else "no read is under way"
             self.bail(EXIT_RETRY, f"no batch for {waited:.0f} s (--data_timeout_s "
                       f"{self.timeout_s:g}): {what}" + (
-                          ". The file is listed in bad_files.tsv and left out when the run "
-                          "resumes" if hung else ""), hung)
+                          ". The file is listed in bad_files.tsv (the resume reads it once "
+                          "more; one that hangs twice is left out)" if hung else ""), hung)
         elif time.monotonic() >= self.next_warning:
             self.next_warning += self.warn_s
             where = "; ".join(r[0] for r in reads) or "no read is under way"
@@ -273,7 +273,7 @@ def run_cli(main, args, check_args):
             raise
         return _fail(f"error: {checkpoint.write_error(err.filename, err)}", EXIT_WRITE)
     except (UsageError, DataAbort, NonFiniteLossError, WriteError, OutsideFailure) as err:
-        line = data_abort_line(err) if isinstance(err, DataAbort) else str(err)
+        line = bad_files.data_abort_line(err) if isinstance(err, DataAbort) else str(err)
         return _fail(f"error: {line}", getattr(err, "exit_code", EXIT_USAGE))
     except BaseException:
         log.debug("uncaught", exc_info=True)

@@ -115,6 +115,16 @@ def test_ledger_lists_each_file_once_and_a_restart_knows_them(tmp_path):
     assert len(open(tmp_path / "bad_files.tsv").read().splitlines()) == 4
 
 
+def test_a_file_whose_read_hung_is_read_again_once_and_left_out_after_a_second_hang(tmp_path):
+    paths = [f"/mnt/stale/v{i}.mp4" for i in range(4)]
+    hang = (paths[1], f"{bad_files.HUNG} in 600 s (--data_timeout_s)")
+    bad_files.BadFileLedger(paths, 0.9, str(tmp_path), ONE).write_now([hang], epoch=0)
+    resumed = bad_files.BadFileLedger(paths, 0.9, str(tmp_path), ONE)
+    assert resumed.known_bad() == set() and resumed.counts() == (0, 0)  # the mount's, maybe
+    resumed.write_now([hang], epoch=0)  # it hung again
+    assert bad_files.BadFileLedger(paths, 0.9, str(tmp_path), ONE).known_bad() == {1}
+
+
 def test_ledger_aborts_with_one_line(tmp_path):
     paths = [f"v{i}.mp4" for i in range(10)]
     ledger = bad_files.BadFileLedger(paths, 0.05, str(tmp_path), ONE)
