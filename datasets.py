@@ -16,14 +16,15 @@ from torch.utils.data import Dataset
 import masking_generator
 import motion_infusion
 import object_banks
+import tasks
 from bad_files import NOTE
 from errors import BadInputError, DataAbort
-from lists import (DATASET_CLASSES, frame_step, labelled_list, pretraining_list,  # noqa: F401
-                   read_list)  # (re-exported for the entry points and tests)
+from lists import (DATASET_CLASSES, TASKS, frame_step, labelled_list,  # noqa: F401
+                   pretraining_list, read_list)  # (re-exported for the entry points and tests)
 from rendering import paste_objects, plan_clip, render_clip, shared_uint8
 from utils import IMAGENET_MEAN, normalize_video, settled
-from video_io import (DECODERS, VideoDecodeError, check_backend, dense_indices, list_images,
-                      read_clip, read_image, segment_indices)
+from video_io import (DECODERS, VideoDecodeError, check_backend, dense_indices, in_segment,
+                      list_images, read_clip, read_image, segment_indices)
 from video_transforms import (random_resized_crop, resize_short_side, same_ops_per_frame,
                               seeded_rng, to_tensor, view_crop)
 
@@ -83,6 +84,8 @@ def add_finetune_args(parser):
     group.add_argument("--data_set", default="Kinetics-400", choices=tuple(DATASET_CLASSES))
     group.add_argument("--nb_classes", type=int, default=None,
                        help="number of classes (default: the dataset's own)")
+    group.add_argument("--task", default="classification", choices=TASKS, help="the labels: "
+                       "one class, several ('PATH L,L,...': mAP), a count ('PATH COUNT')")
     group.add_argument("--short_side_size", type=int, default=224,
                        help="evaluation: resize the short side to this before cropping views")
     group.add_argument("--test_num_segment", type=int, default=5)
@@ -173,12 +176,14 @@ class _RetryingDataset(Dataset):
     def rng(self, index, attempt=0):
         return np.random.default_rng([self.seed, self.epoch, index, attempt])
 
-    def read(self, path, choose_indices):
-        """read_clip, noting a file of a single frame (a still image, or a JPEG named .mp4):
-        it trains as a still clip, which the run says once (bad_files.NOTE)."""
-        lengths = []
-        frames = read_clip(path, self.args.video_backend,
-                           lambda n: lengths.append(n) or choose_indices(n))
+    def read(self, index, choose_indices):
+        """read_clip of entry `index` (within its segment, if the list gives one), noting a file
+        of a single frame (a still image, or a JPEG named .mp4): it trains as a still clip,
+        which the run says once (bad_files.NOTE)."""
+        path, lengths = self.entries[index][0], []
+        choose = in_segment(choose_indices, getattr(self.entries, "segments", None) and
+                            self.entries.segments[index], path)
+        frames = read_clip(path, self.args.video_backend, lambda n: lengths.append(n) or choose(n))
         if lengths[-1:] == [1]:
             self.notes.append((-1, path, NOTE + "a single frame: it trains as a still clip"))
         return frames
@@ -232,8 +237,7 @@ class PretrainingDataset(_RetryingDataset):
             return read_image(self.images[index])
         if a.background in ("black", "noise"):
             return None
-        return self.read(self.entries[index][0],
-                         lambda n: dense_indices(n, a.num_frames, self.step, rng))
+        return self.read(index, lambda n: dense_indices(n, a.num_frames, self.step, rng))
 
     def plan(self, decoded, rng):
         """One clip's draws (rendering.ClipPlan) and its mask(s): (plan, masks [N] or [K, N],
@@ -315,6 +319,8 @@ class VideoClsDataset(_RetryingDataset):
         self.list_digest = getattr(entries, "digest", None)  # what a resume compares
         self.args, self.entries, self.mode, self.flip = args, entries, mode, flip
         self.segment_sampling, self.step = segment_sampling, frame_step(entries, args.sampling_rate)
+        self.task, self.nb_classes = getattr(args, "task", "classification"), (
+            args.nb_classes or DATASET_CLASSES[args.data_set])
         self.num_segments, self.num_crops = (1, 1) if mode != "test" else views or (
             args.test_num_segment, args.test_num_crop)
         self.rand_augment = self.random_erasing = None
@@ -339,8 +345,7 @@ class VideoClsDataset(_RetryingDataset):
         return lambda n: dense_indices(n, a.num_frames, self.step, rng, view, num_views)
 
     def load_train(self, index, rng):
-        path, label = self.entries[index]
-        frames = self.read(path, self.indices(rng))
+        frames = self.read(index, self.indices(rng))
         # timm's augmentations draw from the global `random`/numpy state: seed it per sample
         seed = int(rng.integers(2**31))
         if self.rand_augment is not None:
@@ -352,7 +357,11 @@ class VideoClsDataset(_RetryingDataset):
         if self.random_erasing is not None:  # per frame, as VideoMAE (frames as a batch)
             with seeded_rng(seed):
                 clip = self.random_erasing(clip.transpose(0, 1)).transpose(0, 1)
-        return clip, label
+        return clip, self.target(index)
+
+    def target(self, index):
+        """Entry `index`'s label as its task trains on it (tasks.target)."""
+        return tasks.target(self.task, self.entries[index][1], self.nb_classes)
 
     def __getitem__(self, index):
         if self.mode == "train":
@@ -361,11 +370,9 @@ class VideoClsDataset(_RetryingDataset):
         views = self.num_segments * self.num_crops
         video_index, view = divmod(index, views)
         segment, crop = divmod(view, self.num_crops)
-        path, label = self.entries[video_index]
-        a = self.args
+        label, a, self.notes = self.target(video_index), self.args, []
         try:
-            frames = read_clip(path, a.video_backend,
-                               self.indices(view=segment, num_views=self.num_segments))
+            frames = self.read(video_index, self.indices(view=segment, num_views=self.num_segments))
         except VideoDecodeError as err:
             self.eval_failures.setdefault(err.path, err.reason)
             clip = torch.zeros(3, a.num_frames, a.input_size, a.input_size)

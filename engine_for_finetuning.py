@@ -12,9 +12,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
 import pictures
+import tasks
 from utils import autocast
 
 log = logging.getLogger("smile")
@@ -63,50 +63,20 @@ def gather_views(views, dist_info, sharded):
     return {k: np.concatenate([p[k] for p in parts]) for k in views}
 
 
-def merge_views(views, num_videos, num_classes):
-    """Average softmax over each video's decodable views -> (probs [V', C], labels [V'],
-    number of videos with no decodable view)."""
-    probs = np.zeros((num_videos, num_classes))
-    seen = np.zeros(num_videos, dtype=int)
-    labels = np.full(num_videos, -1)
-    pairs = set()
-    logits = torch.from_numpy(views["logits"]).float()
-    softmax = F.softmax(logits, dim=1).numpy()
-    for video, view, ok, label, p in zip(views["video"], views["view"], views["ok"],
-                                         views["label"], softmax):
-        labels[video] = label
-        if ok and (video, view) not in pairs:  # a view seen twice (padding) counts once
-            pairs.add((video, view))
-            probs[video] += p
-            seen[video] += 1
-    scored = seen > 0
-    return probs[scored] / seen[scored, None], labels[scored], int((~scored).sum())
-
-
-def classification_metrics(probs, labels):
-    """top-1, top-5, class-mean top-1 and each class's top-1 (classes present), in percent."""
-    if len(labels) == 0:
-        return dict(top1=0.0, top5=0.0, class_mean_top1=0.0, per_class_top1={})
-    order = np.argsort(-probs, axis=1)
-    top1 = order[:, 0] == labels
-    top5 = (order[:, :5] == labels[:, None]).any(axis=1)
-    per_class = {int(c): 100 * float(top1[labels == c].mean()) for c in np.unique(labels)}
-    return dict(top1=100 * top1.mean(), top5=100 * top5.mean(),
-                class_mean_top1=float(np.mean(list(per_class.values()))),
-                per_class_top1=per_class)
-
-
-def evaluate(model, loader, dist_info, sharded, num_videos, num_classes, precision, **resume):
-    """Multi-view (or single-view) evaluation -> metrics dict with num_videos, num_failed.
-    `resume`: per_view's stop, earlier and keep (a stop keeps the views done)."""
+def evaluate(model, loader, dist_info, sharded, num_videos, num_classes, precision,
+             task="classification", **resume):
+    """Multi-view (or single-view) evaluation -> the task's metrics (tasks.metrics) with
+    num_videos, num_failed, the videos that failed, and for classification the confusion
+    matrix. `resume`: per_view's stop, earlier and keep (a stop keeps the views done)."""
     views = gather_views(per_view(lambda clip: {"logits": model(clip).float().cpu()}, model,
                                   loader, dist_info.device, precision, **resume), dist_info,
                          sharded)
-    probs, labels, failed = merge_views(views, num_videos, num_classes)
-    metrics = classification_metrics(probs, labels)
-    return dict(metrics, num_videos=num_videos, num_failed=failed,
-                num_views=int(len(views["video"])), failed_videos=failed_videos(views, num_videos),
-                confusion=pictures.confusion_matrix(probs, labels, num_classes))
+    predictions, labels, failed = tasks.merge_views(views, num_videos, task)
+    confusion = dict(confusion=pictures.confusion_matrix(predictions, labels, num_classes)) if (
+        task == "classification") else {}
+    return dict(tasks.metrics(task, predictions, labels), num_videos=num_videos,
+                num_failed=failed, num_views=int(len(views["video"])),
+                failed_videos=failed_videos(views, num_videos), **confusion)
 
 
 def failed_videos(views, num_videos):
@@ -162,14 +132,15 @@ def extract_features(encoder, loader, dist_info, sharded, precision, tokens=Fals
                         dist_info, sharded)
 
 
-def train_probe(features, labels, num_classes, epochs, lr, weight_decay, batch_size, seed):
-    """Linear classifier on standardised features (BatchNorm without affine, then Linear),
-    AdamW with a cosine schedule over `epochs` passes of the cached features."""
+def train_probe(features, labels, num_outputs, epochs, lr, weight_decay, batch_size, seed,
+                task="classification"):
+    """Linear layer on standardised features (BatchNorm without affine, then Linear) under the
+    task's loss, AdamW with a cosine schedule over `epochs` passes of the cached features."""
     torch.manual_seed(seed)
-    x = torch.from_numpy(features).float()
-    y = torch.from_numpy(labels).long()
+    x, y = torch.from_numpy(features).float(), torch.from_numpy(labels)
+    y, loss_fn = y.long() if task == "classification" else y.float(), tasks.loss(task)
     probe = nn.Sequential(nn.BatchNorm1d(x.shape[1], affine=False), nn.Linear(x.shape[1],
-                                                                               num_classes))
+                                                                               num_outputs))
     nn.init.zeros_(probe[1].bias)
     nn.init.normal_(probe[1].weight, std=0.01)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
@@ -180,7 +151,7 @@ def train_probe(features, labels, num_classes, epochs, lr, weight_decay, batch_s
         for idx in torch.randperm(len(x)).split(batch_size):
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            loss = F.cross_entropy(probe(x[idx]), y[idx])
+            loss = loss_fn(probe(x[idx]), y[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -35,6 +35,7 @@ import outputs
 import pictures
 import stop_signals
 import guard
+import tasks
 import training
 import utils
 from errors import DataAbort
@@ -141,6 +142,9 @@ def load_weights(model, args):
         raise checkpoint.CheckpointError(args.finetune, f"it is {checkpoint.describe(state)} "
                                          "without a classifier head; --eval needs a fine-tuned "
                                          "checkpoint (OUTPUT_DIR/checkpoint-N.pth of fine-tuning)")
+    if args.eval and (made_for := (state.get("args") or {}).get("task", args.task)) != args.task:
+        raise checkpoint.CheckpointError(args.finetune, f"it was fine-tuned with --task "
+                                         f"{made_for}; this run has --task {args.task}")
     skipped = sorted({k.split(".")[0] for k in report["skipped"]})
     log.info("loaded %s of %s\n  missing: %s\n  unexpected: %s\n  skipped: %d keys (%s)",
              which, args.finetune, report["missing"] or "none", report["unexpected"] or "none",
@@ -199,9 +203,9 @@ def linear_probe(args, dist_info, nb_classes):
     for split, segments, crops in (("train", args.probe_train_segments, 1),
                                    ("test", args.test_num_segment, args.test_num_crop)):
         cache = os.path.join(args.output_dir, f"features_{split}.pt")
-        key = dict(checkpoint=model_identity(args), segments=segments, crops=crops,
-                   frames=args.num_frames, size=args.input_size, model_key=args.model_key,
-                   list=getattr(entries[split], "digest", None))
+        key = dict(checkpoint=model_identity(args), task=args.task, segments=segments,
+                   crops=crops, frames=args.num_frames, size=args.input_size,
+                   model_key=args.model_key, list=getattr(entries[split], "digest", None))
         if saved := engine.read_keyed(cache, key, f"{split} features"):  # plain data on disk
             features[split] = engine.as_arrays(saved["views"])
             log.info("probe: cached %s features from %s", split, cache)
@@ -218,19 +222,20 @@ def linear_probe(args, dist_info, nb_classes):
     failed = {split: name_failures(args, engine.failed_videos(views, views["num_videos"]),
                                    entries[split], split)
               for split, views in (("train", train), ("test", test))}
-    runs = []  # classifiers from several seeds on the same cached features: the probe's spread
+    runs, headline = [], tasks.HEADLINE[args.task]  # probes of several seeds: their spread
     for seed in range(args.seed, args.seed + args.probe_repeats):
         probe = engine.train_probe(train["features"][train["ok"]], train["label"][train["ok"]],
                                    nb_classes, args.probe_epochs, args.probe_lr,
-                                   args.probe_weight_decay, args.probe_batch_size, seed)
+                                   args.probe_weight_decay, args.probe_batch_size, seed,
+                                   args.task)
         with torch.no_grad():
             test["logits"] = probe(torch.from_numpy(test["features"]).float()).numpy()
-        probs, labels, _ = engine.merge_views(test, test["num_videos"], nb_classes)
-        runs.append(engine.classification_metrics(probs, labels))
-    results = {k: float(np.mean([r[k] for r in runs])) for k in runs[0] if k != "per_class_top1"}
-    results["per_class_top1"] = {c: float(np.mean([r["per_class_top1"][c] for r in runs]))
-                                 for c in runs[0]["per_class_top1"]}
-    results.update(top1_per_seed=[r["top1"] for r in runs], num_videos=test["num_videos"],
+        runs.append(tasks.metrics(args.task, *tasks.merge_views(test, test["num_videos"],
+                                                                args.task)[:2]))
+    results = {k: {c: float(np.mean([r[k][c] for r in runs])) for c in v} if isinstance(
+        v, dict) else float(np.mean([r[k] for r in runs])) for k, v in runs[0].items()}
+    results.update({f"{headline}_per_seed": [r[headline] for r in runs]}, task=args.task,
+                   num_videos=test["num_videos"],
                    num_failed=len(failed["test"]), failed_videos=failed["test"],
                    failed_train_videos=failed["train"],
                    mode="linear_probe", checkpoint=args.finetune,
@@ -246,15 +251,16 @@ def resumable_evaluation(model, args, dist_info, dataset, nb_classes, name, iden
     """engine.evaluate of `dataset`, or None when a stop signal came first: the views done are
     kept in OUTPUT_DIR/{name}_views.rankR.pt with what made them (`identity`: the model) for
     the next call, which computes the rest only. The file goes once scored."""
-    key = dict(model=identity, views=len(dataset), frames=args.num_frames, size=args.input_size,
-               processes=dist_info.world_size, dist_eval=args.dist_eval,
+    key = dict(model=identity, task=args.task, views=len(dataset), frames=args.num_frames,
+               size=args.input_size, processes=dist_info.world_size, dist_eval=args.dist_eval,
                list=getattr(dataset.entries, "digest", None))
     path = os.path.join(args.output_dir, f"{name}_views.rank{dist_info.rank}.pt")
     earlier, done = engine.views_done(path, key, name, len(dataset) // len(dataset.entries))
     try:
         results = engine.evaluate(
             model, eval_loader(args, dataset, dist_info, done), dist_info, args.dist_eval,
-            len(dataset.entries), nb_classes, args.precision, stop=stop_signals.stop_flag(),
+            len(dataset.entries), nb_classes, args.precision, args.task,
+            stop=stop_signals.stop_flag(),
             earlier=earlier, keep=lambda views: checkpoint.save_checkpoint(path, dict(
                 key=key, views=engine.as_tensors(views))))
     except engine.Stopped:
@@ -275,13 +281,13 @@ def test(model, args, dist_info, nb_classes, mode, identity):
         return None
     results["failed_videos"] = name_failures(args, results["failed_videos"], dataset.entries,
                                              "test")
-    results.update(mode=mode, checkpoint=args.finetune,
+    results.update(mode=mode, task=args.task, checkpoint=args.finetune,
                    views=f"{args.test_num_segment}x{args.test_num_crop}")
-    if args.vis_freq != 0:  # the test's confusion matrix in TensorBoard; the counts stay out
+    confusion = results.pop("confusion", None)
+    if args.vis_freq != 0 and confusion is not None:  # in TensorBoard; the counts stay out
         logger = outputs.MetricLogger(args.output_dir, args.log_dir, dist_info.is_main)
-        logger.image("test/confusion", pictures.confusion_picture(results["confusion"]), 0)
+        logger.image("test/confusion", pictures.confusion_picture(confusion), 0)
         logger.close()
-    results.pop("confusion")
     write_results(args, dist_info, results)
     return results
 
@@ -293,7 +299,8 @@ def main(args):
     args = utils.run_settings(args, dist_info.world_size)  # read-only from here on
     log.info("%s", utils.run_header(args, dist_info))
     distributed.seed_everything(args.seed)
-    nb_classes = args.nb_classes or datasets.DATASET_CLASSES[args.data_set]
+    nb_classes = tasks.outputs(args.task,
+                               args.nb_classes or datasets.DATASET_CLASSES[args.data_set])
     if args.linear_probe:
         linear_probe(args, dist_info, nb_classes)
         return 0
@@ -317,9 +324,11 @@ def main(args):
     scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
     mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
                      switch_prob=args.mixup_switch_prob, label_smoothing=args.smoothing,
-                     num_classes=nb_classes) if args.mixup > 0 or args.cutmix > 0 else None
-    criterion = (SoftTargetCrossEntropy() if mixup_fn else LabelSmoothingCrossEntropy(
-        args.smoothing) if args.smoothing > 0 else torch.nn.CrossEntropyLoss())
+                     num_classes=nb_classes) if args.task == "classification" and (
+                         args.mixup > 0 or args.cutmix > 0) else None
+    criterion = (tasks.loss(args.task) if args.task != "classification" else
+                 SoftTargetCrossEntropy() if mixup_fn else LabelSmoothingCrossEntropy(
+                     args.smoothing) if args.smoothing > 0 else torch.nn.CrossEntropyLoss())
     model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
     loss_fn = functools.partial(engine.train_loss, criterion=criterion, device=dist_info.device,
                                 precision=args.precision, mixup_fn=mixup_fn)
@@ -328,10 +337,11 @@ def main(args):
         if (val := resumable_evaluation(net, args, dist_info, val_set, nb_classes, "validation",
                                         f"the model after epoch {epoch + 1} of this run")) is None:
             return None
-        log.info("epoch %d: val top-1 %.2f%%", epoch + 1, val["top1"])
-        if pictures.picture_due(epoch, args.epochs, args.vis_freq):
+        headline = tasks.HEADLINE[args.task]
+        log.info("epoch %d: val %s %.4g", epoch + 1, headline, val[headline])
+        if "confusion" in val and pictures.picture_due(epoch, args.epochs, args.vis_freq):
             logger.image("val/confusion", pictures.confusion_picture(val["confusion"]), epoch + 1)
-        return {f"val_{k}": v for k, v in val.items() if k not in ("confusion", "per_class_top1")}
+        return {f"val_{k}": v for k, v in val.items() if not isinstance(v, (dict, np.ndarray))}
 
     step = training.Step(model, optimizer, loss_fn, scaler, model_ema, args.update_freq,
                          args.clip_grad)

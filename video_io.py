@@ -55,6 +55,21 @@ def segment_indices(num_video_frames, num_frames, rng=None, view=0, num_views=1)
     return np.clip(index, 0, num_video_frames - 1)
 
 
+def in_segment(choose_indices, segment, path):
+    """choose_indices over frames start..end (inclusive) of the video only: a clip of a
+    segment of a long video never leaves it (its end is clipped to the video's last frame)."""
+    if segment is None:
+        return choose_indices
+    start, end = segment
+
+    def choose(num_video_frames):
+        if start >= num_video_frames:
+            raise VideoDecodeError(path, f"its segment starts at frame {start}, and the video "
+                                   f"has {num_video_frames} frames")
+        return start + np.asarray(choose_indices(min(end + 1, num_video_frames) - start))
+    return choose
+
+
 # ---------------------------------------------------------------- decoders
 def _length(path, length):
     if length <= 0:

@@ -1,3 +1,4 @@
+import argparse
 import os
 import re
 
@@ -164,6 +165,94 @@ def test_stride_baked_videos_give_the_originals_frames(tmp_path):
     # the centre window of both lists: the same frames up to the stride's phase
     assert (np.diff(windows["baked"]) == 4).all()
     assert np.abs(windows["baked"] - windows["original"]).max() < 4
+
+
+def test_multi_label_count_and_segment_rows(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("a b.mp4 3,1,3\nc.mp4 0\n")  # a path with a space; a repeated label
+    entries = datasets.read_list(str(path), root="/d", task="multi_label")
+    assert entries == [("/d/a b.mp4", (1, 3)), ("/d/c.mp4", (0,))] and entries.segments is None
+    path.write_text("path,label\na.mp4,4\nb.mp4 2.5\nc.mp4 0\n")
+    assert [c for _, c in datasets.read_list(str(path), task="counting")] == [4.0, 2.5, 0.0]
+    path.write_text("P01/P01_01.mp4 120 480 7\nP01/P01_02.mp4 0 31 2\n")  # EPIC-Kitchens style
+    entries = datasets.read_list(str(path), root="/epic")
+    assert entries == [("/epic/P01/P01_01.mp4", 7), ("/epic/P01/P01_02.mp4", 2)]
+    assert entries.segments == [(120, 480), (0, 31)]
+    whole = tmp_path / "whole.csv"
+    whole.write_text("P01/P01_01.mp4 7\nP01/P01_02.mp4 2\n")
+    assert datasets.read_list(str(whole)).digest != entries.digest  # the segments count
+    path.write_text("x.mp4 10 20 1,2\n")
+    entries = datasets.read_list(str(path), task="multi_label")
+    assert entries[0][1] == (1, 2) and entries.segments == [(10, 20)]
+
+
+@pytest.mark.parametrize("rows,task,message", [
+    ("a.mp4 1,2\n", "classification", r"train.csv:1: expected 'PATH LABEL' \(or PATH,LABEL\) "
+                                       r"with an integer label, got 'a.mp4 1,2'"),
+    ("a.mp4 1\nb.mp4 x,2\n", "multi_label", r"train.csv:2: expected 'PATH LABEL,LABEL,...' "
+                                            r"with integer labels, got 'b.mp4 x,2'"),
+    ("a.mp4 3\nb.mp4 -1\n", "counting", r"train.csv:2: expected 'PATH COUNT' \(or PATH,COUNT\) "
+                                        r"with a count >= 0, got 'b.mp4 -1'"),
+    ("a.mp4 nan\n", "counting", r"train.csv:1: expected 'PATH COUNT'"),
+    ("a.mp4 50 10 1\n", "classification", r"train.csv:1: the segment ends \(frame 10\) before "
+                                          r"it starts \(frame 50\)"),
+    ("a.mp4 0 10 1\nb.mp4 1\n", "classification", r"train.csv:2: every row of a list gives a "
+                                                  r"segment \(PATH START END LABEL\), or none "
+                                                  r"does; the first row does$"),
+    ("a.mp4 1\nb.mp4 0 10 1\n", "classification", r"train.csv:2: .*the first row does not$"),
+    ("# frame_stride 2\na.mp4 0 10 1\n", "classification", r"train.csv: a list of segments "
+                                                           r"prepared with a frame stride"),
+])
+def test_a_malformed_row_is_one_line_naming_file_and_row(tmp_path, rows, task, message):
+    path = tmp_path / "train.csv"
+    path.write_text(rows)
+    with pytest.raises(errors.UsageError, match=message):
+        datasets.read_list(str(path), task=task)
+
+
+def test_labels_are_checked_for_the_task(tmp_path):
+    (tmp_path / "train.csv").write_text("a.mp4 1,4\n")
+    args = argparse.Namespace(data_path=str(tmp_path), data_root="", task="multi_label",
+                              nb_classes=4, data_set="Kinetics-400")
+    with pytest.raises(errors.UsageError, match=r"label 4 outside \[0, 4\) .*video .*a.mp4"):
+        datasets.labelled_list(args, "train.csv")
+    (tmp_path / "train.csv").write_text("a.mp4 17\n")  # a count has no classes to lie in
+    assert datasets.labelled_list(argparse.Namespace(**{**vars(args), "task": "counting"}),
+                                  "train.csv")[1] == 1
+
+
+@pytest.mark.parametrize("mode", ["train", "test"])
+def test_a_clip_of_a_segment_never_leaves_it(tmp_path, mode):
+    """A 200-frame video whose frames show their index, segments of it as in EPIC-Kitchens;
+    every clip, training (random) and test (spread views), takes frames of its segment only,
+    also for a segment that runs past the video's end or is shorter than the clip."""
+    video = write_video(str(tmp_path / "long.mp4"), indexed_frames(200))
+    segments = [(40, 120), (150, 155), (190, 260)]
+    listing = tmp_path / "train.csv"
+    listing.write_text("".join(f"long.mp4 {a} {b} {i}\n" for i, (a, b) in enumerate(segments)))
+    args = pretrain_args(data_path=str(tmp_path), data_set="Kinetics-400", nb_classes=3,
+                         num_frames=8, sampling_rate=4, test_num_segment=4, test_num_crop=1,
+                         input_size=32, short_side_size=32)
+    dataset = datasets.VideoClsDataset(args, datasets.read_list(str(listing)), mode,
+                                       segment_sampling=False, flip=False)
+    for index in range(len(segments)):
+        for draw in range(6 if mode == "train" else 1):
+            dataset.set_epoch(draw)
+            if mode == "train":
+                numbers = frame_numbers(dataset.read(index, dataset.indices(dataset.rng(index))))
+            else:
+                numbers = np.concatenate([frame_numbers(dataset.read(index, dataset.indices(
+                    view=view, num_views=4))) for view in range(4)])
+            start, end = segments[index]
+            assert (numbers >= start).all() and (numbers <= min(end, 199)).all(), numbers
+    last = dataset[len(dataset) - 1][-1]  # the last segment's clip (its last view) decodes
+    assert last is True if mode == "test" else last == [(2, "", "")]
+    beyond = tmp_path / "beyond.csv"
+    beyond.write_text("long.mp4 250 300 0\n")
+    late = datasets.VideoClsDataset(args, datasets.read_list(str(beyond)), "test",
+                                    segment_sampling=False, flip=False)
+    assert late[0][-1] is False and "its segment starts at frame 250, and the video has 200 " \
+        "frames" in late.eval_failures[video]
 
 
 def test_a_sampling_rate_the_stride_does_not_divide_is_one_line(tmp_path, video_dir):

@@ -11,6 +11,7 @@ from timm.optim import create_optimizer_v2
 import engine_for_finetuning as engine
 import modeling_finetune
 import modeling_pretrain
+import tasks
 from conftest import (assert_process_groups_closed, run_script, save_random_student,
                       tensorboard_images, write_list)
 from media import write_video
@@ -108,10 +109,10 @@ def test_merge_views_hand_made():
     views = dict(video=np.array([0, 0, 1, 2, 0]), view=np.array([0, 1, 0, 0, 0]),
                  ok=np.array([True, True, True, False, True]), label=np.array([1, 1, 0, 2, 1]),
                  logits=logits)
-    probs, labels, failed = engine.merge_views(views, num_videos=3, num_classes=3)
+    probs, labels, failed = tasks.merge_views(views, num_videos=3)
     soft = torch.softmax(torch.tensor(logits[:2]), 1).mean(0).numpy()
     assert np.allclose(probs[0], soft) and failed == 1 and list(labels) == [1, 0]
-    metrics = engine.classification_metrics(probs, labels)
+    metrics = tasks.classification_metrics(probs, labels)
     assert metrics == dict(top1=50.0, top5=100.0, class_mean_top1=50.0,
                            per_class_top1={0: 0.0, 1: 100.0})
 
@@ -119,7 +120,7 @@ def test_merge_views_hand_made():
 def test_class_mean_top1():
     probs = np.eye(3)[[0, 0, 0, 1, 2]]  # predictions
     labels = np.array([0, 0, 0, 0, 2])  # class 0: 3 of 4 right, class 2: 1 of 1
-    m = engine.classification_metrics(probs, labels)
+    m = tasks.classification_metrics(probs, labels)
     assert m["top1"] == pytest.approx(80.0) and m["class_mean_top1"] == pytest.approx(87.5)
     assert m["per_class_top1"] == {0: 75.0, 2: 100.0}
     assert engine.pictures.confusion_matrix(probs, labels, 3).tolist() == [[3, 1, 0], [0, 0, 0],
