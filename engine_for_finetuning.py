@@ -66,17 +66,18 @@ def gather_views(views, dist_info, sharded):
 def evaluate(model, loader, dist_info, sharded, num_videos, num_classes, precision,
              task="classification", **resume):
     """Multi-view (or single-view) evaluation -> the task's metrics (tasks.metrics) with
-    num_videos, num_failed, the videos that failed, and for classification the confusion
-    matrix. `resume`: per_view's stop, earlier and keep (a stop keeps the views done)."""
+    num_videos, num_failed, the videos that failed, `predictions` (tasks.merge_views) and for
+    classification the confusion matrix. `resume`: per_view's stop, earlier and keep (a stop
+    keeps the views done)."""
     views = gather_views(per_view(lambda clip: {"logits": model(clip).float().cpu()}, model,
                                   loader, dist_info.device, precision, **resume), dist_info,
                          sharded)
-    predictions, labels, failed = tasks.merge_views(views, num_videos, task)
+    predictions, labels, videos = merged = tasks.merge_views(views, num_videos, task)
     confusion = dict(confusion=pictures.confusion_matrix(predictions, labels, num_classes)) if (
         task == "classification") else {}
     return dict(tasks.metrics(task, predictions, labels), num_videos=num_videos,
-                num_failed=failed, num_views=int(len(views["video"])),
-                failed_videos=failed_videos(views, num_videos), **confusion)
+                num_failed=num_videos - len(videos), num_views=int(len(views["video"])),
+                failed_videos=failed_videos(views, num_videos), predictions=merged, **confusion)
 
 
 def failed_videos(views, num_videos):
@@ -141,7 +142,8 @@ def train_probe(features, labels, num_outputs, epochs, lr, weight_decay, batch_s
     y, loss_fn = y.long() if task == "classification" else y.float(), tasks.loss(task)
     probe = nn.Sequential(nn.BatchNorm1d(x.shape[1], affine=False), nn.Linear(x.shape[1],
                                                                                num_outputs))
-    nn.init.zeros_(probe[1].bias)
+    # a count starts at the training mean, as fine-tuning's head does
+    nn.init.constant_(probe[1].bias, float(y.mean()) if task == "counting" else 0.0)
     nn.init.normal_(probe[1].weight, std=0.01)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(x) / batch_size)

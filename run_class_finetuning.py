@@ -185,11 +185,18 @@ def name_failures(args, failed, entries, split):
     return paths
 
 
-def write_results(args, dist_info, results):
+def write_results(args, dist_info, results, predictions, entries):
+    """results.json, and predictions.npz: each scored video's `video` index in the list, its
+    `path`, `prediction` (the mean over its views: class probabilities, or the count) and
+    `label`; a probe of several seeds adds every seed's in `prediction_per_seed`."""
     log.info("results: %s", json.dumps(results))
     if dist_info.is_main:
         with open(os.path.join(args.output_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
+        (values, labels, videos), *more = predictions
+        np.savez(os.path.join(args.output_dir, "predictions.npz"), video=videos, label=labels,
+                 path=np.array([entries[v][0] for v in videos]), prediction=values,
+                 **{"prediction_per_seed": np.stack([p[0] for p in predictions])} if more else {})
 
 
 def linear_probe(args, dist_info, nb_classes):
@@ -222,7 +229,7 @@ def linear_probe(args, dist_info, nb_classes):
     failed = {split: name_failures(args, engine.failed_videos(views, views["num_videos"]),
                                    entries[split], split)
               for split, views in (("train", train), ("test", test))}
-    runs, headline = [], tasks.HEADLINE[args.task]  # probes of several seeds: their spread
+    runs, merged, headline = [], [], tasks.HEADLINE[args.task]  # several seeds: their spread
     for seed in range(args.seed, args.seed + args.probe_repeats):
         probe = engine.train_probe(train["features"][train["ok"]], train["label"][train["ok"]],
                                    nb_classes, args.probe_epochs, args.probe_lr,
@@ -230,8 +237,8 @@ def linear_probe(args, dist_info, nb_classes):
                                    args.task)
         with torch.no_grad():
             test["logits"] = probe(torch.from_numpy(test["features"]).float()).numpy()
-        runs.append(tasks.metrics(args.task, *tasks.merge_views(test, test["num_videos"],
-                                                                args.task)[:2]))
+        merged.append(tasks.merge_views(test, test["num_videos"], args.task))
+        runs.append(tasks.metrics(args.task, *merged[-1][:2]))
     results = {k: {c: float(np.mean([r[k][c] for r in runs])) for c in v} if isinstance(
         v, dict) else float(np.mean([r[k] for r in runs])) for k, v in runs[0].items()}
     results.update({f"{headline}_per_seed": [r[headline] for r in runs]}, task=args.task,
@@ -243,7 +250,7 @@ def linear_probe(args, dist_info, nb_classes):
                             f"{args.test_num_segment}x{args.test_num_crop} test views, "
                             f"{args.probe_epochs} epochs AdamW lr {args.probe_lr}, mean of "
                             f"{args.probe_repeats} seeds")
-    write_results(args, dist_info, results)
+    write_results(args, dist_info, results, merged, entries["test"])
     return results
 
 
@@ -288,7 +295,7 @@ def test(model, args, dist_info, nb_classes, mode, identity):
         logger = outputs.MetricLogger(args.output_dir, args.log_dir, dist_info.is_main)
         logger.image("test/confusion", pictures.confusion_picture(confusion), 0)
         logger.close()
-    write_results(args, dist_info, results)
+    write_results(args, dist_info, results, [results.pop("predictions")], dataset.entries)
     return results
 
 
@@ -310,10 +317,10 @@ def main(args):
         load_weights(model, args)
         test(model, args, dist_info, nb_classes, "test", model_identity(args))
         return 0
-    if args.finetune:
-        load_weights(model, args)
-
+    report = load_weights(model, args) if args.finetune else None
     train_set, nb_classes = datasets.build_dataset(is_train=True, test_mode=False, args=args)
+    if args.task == "counting" and "head.bias" in (report or {"missing": "head.bias"})["missing"]:
+        torch.nn.init.constant_(model.head.bias, np.mean([c for _, c in train_set.entries]))
     val_set, _ = datasets.build_dataset(is_train=False, test_mode=False, args=args)
     loader, sampler = distributed.train_loader(train_set, args, dist_info,
                                                batches.collate_classification)
@@ -337,11 +344,10 @@ def main(args):
         if (val := resumable_evaluation(net, args, dist_info, val_set, nb_classes, "validation",
                                         f"the model after epoch {epoch + 1} of this run")) is None:
             return None
-        headline = tasks.HEADLINE[args.task]
-        log.info("epoch %d: val %s %.4g", epoch + 1, headline, val[headline])
+        log.info("epoch %d: val %s", epoch + 1, tasks.headline(args.task, val))
         if "confusion" in val and pictures.picture_due(epoch, args.epochs, args.vis_freq):
             logger.image("val/confusion", pictures.confusion_picture(val["confusion"]), epoch + 1)
-        return {f"val_{k}": v for k, v in val.items() if not isinstance(v, (dict, np.ndarray))}
+        return {f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float))}
 
     step = training.Step(model, optimizer, loss_fn, scaler, model_ema, args.update_freq,
                          args.clip_grad)
