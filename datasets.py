@@ -78,14 +78,15 @@ def add_pretraining_args(parser):
 
 
 def add_finetune_args(parser):
-    """Labels, evaluation views and augmentation (VideoMAE recipe through timm): only the
-    fine-tuning CLI reads these."""
+    """Labels, evaluation views, augmentation (VideoMAE's through timm): fine-tuning's only."""
     group = parser.add_argument_group("labels and evaluation")
     group.add_argument("--data_set", default="Kinetics-400", choices=tuple(DATASET_CLASSES))
     group.add_argument("--nb_classes", type=int, default=None,
                        help="number of classes (default: the dataset's own)")
     group.add_argument("--task", default="classification", choices=TASKS, help="the labels: "
                        "one class, several ('PATH L,L,...': mAP), a count ('PATH COUNT')")
+    group.add_argument("--segment_sampling", action=argparse.BooleanOptionalAction,
+                       help="one frame from each of --num_frames equal parts (TSN; default: SSV2)")
     group.add_argument("--short_side_size", type=int, default=224,
                        help="evaluation: resize the short side to this before cropping views")
     group.add_argument("--test_num_segment", type=int, default=5)
@@ -359,8 +360,7 @@ class VideoClsDataset(_RetryingDataset):
                 clip = self.random_erasing(clip.transpose(0, 1)).transpose(0, 1)
         return clip, self.target(index)
 
-    def target(self, index):
-        """Entry `index`'s label as its task trains on it (tasks.target)."""
+    def target(self, index):  # entry `index`'s label as its task trains on it
         return tasks.target(self.task, self.entries[index][1], self.nb_classes)
 
     def __getitem__(self, index):
@@ -401,5 +401,11 @@ def build_dataset(is_train, test_mode, args):
     mode = "train" if is_train else ("test" if test_mode else "validation")
     split = {"train": "train.csv", "validation": "val.csv", "test": "test.csv"}[mode]
     entries, nb_classes = labelled_list(args, split)
-    ssv2 = args.data_set == "SSV2"  # TSN sampling, and flipping would swap left/right labels
-    return VideoClsDataset(args, entries, mode, segment_sampling=ssv2, flip=not ssv2), nb_classes
+    ssv2 = args.data_set == "SSV2"  # flipping would swap left/right labels
+    return VideoClsDataset(args, entries, mode, segment_sampling=segment_sampling(args),
+                           flip=not ssv2), nb_classes
+
+
+def segment_sampling(args):  # --segment_sampling, else as VideoMAE samples: TSN for SSv2 only
+    chosen = getattr(args, "segment_sampling", None)
+    return args.data_set == "SSV2" if chosen is None else chosen

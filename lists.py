@@ -6,7 +6,8 @@ import os
 
 from errors import UsageError
 
-DATASET_CLASSES = {"Kinetics-400": 400, "SSV2": 174, "UCF101": 101, "HMDB51": 51}
+DATASET_CLASSES = {"Kinetics-400": 400, "SSV2": 174, "UCF101": 101, "HMDB51": 51, "Gym99": 99,
+                   "FX-S1": 11, "UB-S1": 15, "EPIC-100-verbs": 97, "Charades": 157, "UCFRep": 1}
 
 
 def pretraining_list(data_path):

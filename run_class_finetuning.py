@@ -218,7 +218,8 @@ def linear_probe(args, dist_info, nb_classes):
             log.info("probe: cached %s features from %s", split, cache)
             continue
         dataset = datasets.VideoClsDataset(args, entries[split], "test", views=(segments, crops),
-                                           segment_sampling=args.data_set == "SSV2", flip=False)
+                                           segment_sampling=datasets.segment_sampling(args),
+                                           flip=False)
         features[split] = engine.extract_features(encoder, eval_loader(args, dataset, dist_info),
                                                   dist_info, sharded, args.precision)
         features[split]["num_videos"] = len(dataset.entries)

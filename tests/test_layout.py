@@ -56,11 +56,11 @@ ALLOWED = {
 # killed while its batch is handed over (worker_death); training.py: an epoch whose validation
 # a stop signal cut short is finished by the resume (_close_epoch);
 # lists.py: the row formats of multi-label, count and segment lists (issue 26); datasets.py:
-# --task and the segment each clip stays in;
+# --task, --segment_sampling and the segment each clip stays in;
 # run_class_finetuning.py: --task through fine-tuning, the test and the probe, predictions.npz;
 # checkpoint.py: the one reader and reporter of weights that four files used to write each;
 # teachers.py: the table of targets the student regresses
-BUDGET = {"run_smile_pretraining": 300, "run_class_finetuning": 370, "datasets": 410,
+BUDGET = {"run_smile_pretraining": 300, "run_class_finetuning": 370, "datasets": 415,
           "motion_infusion": 400, "masking_generator": 250, "modeling_finetune": 250,
           "modeling_pretrain": 400, "engine_for_pretraining": 250, "engine_for_finetuning": 300,
           "utils": 250, "distributed": 290, "checkpoint": 330, "training": 350,

@@ -1,6 +1,8 @@
 """The recipe scripts as a user runs them, with $PYTHON standing in for the training: what
 each would launch parses with its entry point's own flags, and says the recipe's numbers."""
+import contextlib
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -13,6 +15,10 @@ from conftest import ROOT
 RECORDER = """#!/usr/bin/env bash
 [ "$1" = -c ] && exit 0             # the scripts' check for the requirements
 printf '%s\\0' "$@" >> "$CALLS"; printf '\\n' >> "$CALLS"
+if [ -n "${MAKE_RESULTS:-}" ]; then  # the run finished: its results.json is written
+    prev=; for a in "$@"; do [ "$prev" = --output_dir ] && mkdir -p "$a" && : > "$a/results.json"
+    prev=$a; done
+fi
 exit "${RUN_EXIT_CODE:-0}"          # what the run would end with
 """
 PARSERS = {"run_smile_pretraining.py": pretraining.get_args_parser,
@@ -145,3 +151,70 @@ def test_a_wrong_script_argument_is_one_line(script, argument):
                             text=True, timeout=60)
     assert result.returncode == 2 and result.stderr.startswith("usage:")
     assert result.stderr.count("\n") == 1 and not result.stdout
+
+
+EXPERIMENTS = sorted(f[:-5] for f in os.listdir(os.path.join(ROOT, "scripts", "eval"))
+                     if f.endswith(".yaml"))
+
+
+def test_the_evaluation_script_runs_every_experiment_once(tmp_path):
+    """Table 1's six probes and SEVERE's eight, each from its recipe into its own folder with
+    its dataset's lists; an experiment that has its results.json is not run again."""
+    checkpoint = tmp_path / "k400_vitb_stage2" / "checkpoint-299.pth"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"")
+    done = os.path.join(ROOT, "runs", "eval", "k400_vitb_stage2-checkpoint-299", "probe_k400")
+    try:
+        evaluation_runs(tmp_path, checkpoint, done)
+    finally:
+        shutil.rmtree(os.path.dirname(done), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.removedirs(os.path.dirname(os.path.dirname(done)))  # runs/eval, runs if empty
+
+
+def evaluation_runs(tmp_path, checkpoint, done):
+    runs, out = launched(tmp_path, "scripts/eval/evaluate.sh", str(checkpoint),
+                         env=dict(LISTS="/lists", EXTRA_FLAGS="--num_workers 3"))
+    assert len(runs) == 1 and "run the same command to resume" in out  # stopped: it waits
+    (tmp_path / "calls").unlink()
+    runs, out = launched(tmp_path, "scripts/eval/evaluate.sh", str(checkpoint),
+                         env=dict(LISTS="/lists", EXTRA_FLAGS="--num_workers 3",
+                                  MAKE_RESULTS="1"))
+    assert len(EXPERIMENTS) == 14 and len(runs) == 14
+    by_name = {os.path.basename(args.output_dir): args for _, args in runs}
+    assert sorted(by_name) == EXPERIMENTS and all(a.num_workers == 3 for a in by_name.values())
+    assert all(a.finetune == str(checkpoint) and a.output_dir == os.path.relpath(
+        os.path.join(os.path.dirname(done), name), ROOT) for name, a in by_name.items())
+    probes = {n for n, a in by_name.items() if a.linear_probe}
+    assert probes == {e for e in EXPERIMENTS if e.startswith("probe_")} and len(probes) == 6
+    assert (by_name["severe_charades"].task, by_name["severe_charades"].data_path) == (
+        "multi_label", "/lists/charades")
+    assert (by_name["severe_ucfrep"].task, by_name["severe_ucfrep"].segment_sampling) == (
+        "counting", True)
+    assert by_name["severe_fx_s1"].data_path == "/lists/gym99_fx_s1"
+    assert by_name["severe_ucf101_1000"].data_path == "/lists/ucf101_1000"
+    for name in EXPERIMENTS:  # all but probe_k400 to be done again
+        if name != "probe_k400":
+            os.remove(os.path.join(os.path.dirname(done), name, "results.json"))
+    (tmp_path / "calls").unlink()
+    runs, out = launched(tmp_path, "scripts/eval/evaluate.sh", str(checkpoint), "table1",
+                         "severe_ucfrep", env=dict(MAKE_RESULTS="1"))
+    assert [os.path.basename(a.output_dir) for _, a in runs] == [
+        "probe_ucf101", "probe_hmdb51", "probe_ssv2", "probe_gym99", "probe_epic_verbs",
+        "severe_ucfrep"] and f"probe_k400: done ({os.path.relpath(done, ROOT)}/results.json)" \
+        in out, out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["{checkpoint}", "severe_kinetics"], "error: no experiment 'severe_kinetics': one of "
+                                          "table1, severe, all, probe_epic_verbs"),
+    (["/nope.pth"], "error: checkpoint /nope.pth does not exist"),
+])
+def test_a_wrong_evaluation_argument_is_one_line(tmp_path, argv, message):
+    checkpoint = tmp_path / "c.pth"
+    checkpoint.write_bytes(b"")
+    result = subprocess.run(["bash", "scripts/eval/evaluate.sh",
+                             *[a.format(checkpoint=checkpoint) for a in argv]], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
+    assert result.stderr.count("\n") == 1

@@ -114,7 +114,7 @@ def main(argv=None):
         if os.path.isfile(part) and part_is_usable(part, key):
             continue
         dataset = datasets.VideoClsDataset(args, chunk, "test", flip=False,
-                                           segment_sampling=args.data_set == "SSV2")
+                                           segment_sampling=datasets.segment_sampling(args))
         views = engine.extract_features(encoder, finetuning.eval_loader(args, dataset, dist_info),
                                         dist_info, False, args.precision, tokens=args.tokens)
         np.savez(part + ".tmp.npz", key=np.array(key), **video_rows(views, len(chunk),
