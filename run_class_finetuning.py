@@ -334,6 +334,9 @@ def main(args):
                      switch_prob=args.mixup_switch_prob, label_smoothing=args.smoothing,
                      num_classes=nb_classes) if args.task == "classification" and (
                          args.mixup > 0 or args.cutmix > 0) else None
+    if args.task != "classification" and max(args.mixup, args.cutmix, args.smoothing) > 0:
+        log.info("--task %s: mixup, cutmix and label smoothing are off (they mix or soften "
+                 "one class per video)", args.task)
     criterion = (tasks.loss(args.task) if args.task != "classification" else
                  SoftTargetCrossEntropy() if mixup_fn else LabelSmoothingCrossEntropy(
                      args.smoothing) if args.smoothing > 0 else torch.nn.CrossEntropyLoss())

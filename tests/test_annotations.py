@@ -107,7 +107,7 @@ def test_ucfrep_counts_repetitions_between_the_bounds(tmp_path):
     ("gym99", {"gym99_train_element_v1.1.txt": "a_E_1 x\n", "gym99_val_element.txt": ""},
      r"gym99_train_element_v1.1.txt:1: label 'x' is not an integer"),
     ("hmdb51", {"a_test_split1.txt": "x.avi 1\n"}, r"1 files \*_test_split1.txt, HMDB-51 has 51"),
-    ("epic100", {}, r"EPIC_100_train.csv:0: not found"),
+    ("epic100", {}, r"EPIC_100_train.csv: not found \(--help lists the files of each dataset\)"),
 ])
 def test_a_row_the_converter_cannot_read_is_one_line(tmp_path, capsys, dataset, files, message):
     ann = tmp_path / "ann"

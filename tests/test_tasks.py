@@ -98,7 +98,8 @@ def test_multi_label_fine_tuning_and_probe_report_scikit_learns_map(tmp_path):
     code, log = cli(*common, "--epochs", "2", "--warmup_epochs", "1", "--mixup", "0.8",
                     "--output_dir", str(tmp_path / "ft"))
     assert code == 0, log
-    assert "epoch 2: val mAP " in log, log
+    assert "epoch 2: val mAP " in log and "--task multi_label: mixup, cutmix and label " \
+        "smoothing are off" in log, log
     path = save_random_student(tmp_path / "pretrained.pth")
     code, log = cli(*common, "--linear_probe", "--finetune", path, "--probe_epochs", "20",
                     "--output_dir", str(tmp_path / "probe"))

@@ -39,21 +39,21 @@ GYM_SUBSETS = {"FX-S1": range(6, 17), "UB-S1": range(74, 89)}  # SEVERE's gym_se
 
 
 class RowError(ValueError):
-    def __init__(self, path, row, why):
-        super().__init__(f"{path}:{row}: {why}")
+    def __init__(self, path, row, why):  # row 0: the file (or folder) as a whole
+        super().__init__(f"{path}:{row}: {why}" if row else f"{path}: {why}")
 
 
 def read_rows(path):
     """[(row number, words)] of a whitespace-separated file."""
     if not os.path.isfile(path):
-        raise RowError(path, 0, "not found")
+        raise RowError(path, 0, "not found (--help lists the files of each dataset)")
     with open(path, encoding="utf-8-sig") as f:
         return [(n, line.split()) for n, line in enumerate(f, start=1) if line.strip()]
 
 
 def read_csv(path, columns):
     if not os.path.isfile(path):
-        raise RowError(path, 0, "not found")
+        raise RowError(path, 0, "not found (--help lists the files of each dataset)")
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if missing := [c for c in columns if c not in (reader.fieldnames or [])]:
