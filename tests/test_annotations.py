@@ -17,6 +17,27 @@ def converted(tmp_path, dataset, *flags, task="classification"):
             for split in ("train", "val", "test")}
 
 
+def test_kinetics_and_something_something_lists(tmp_path):
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    header = "label,youtube_id,time_start,time_end,split\n"
+    (ann / "train.csv").write_text(header + "riding a bike,abc,10,20,train\n"
+                                   "abseiling,xyz,0,10,train\n")
+    (ann / "validate.csv").write_text(header + "riding a bike,def,3,13,val\n")
+    out = converted(tmp_path, "k400")
+    assert out["train"] == [("/v/riding_a_bike/abc_000010_000020.mp4", 1),
+                            ("/v/abseiling/xyz_000000_000010.mp4", 0)]
+    assert out["test"] == [("/v/riding_a_bike/def_000003_000013.mp4", 1)]
+    (ann / "something-something-v2-labels.json").write_text(
+        '{"Holding something": "0", "Pushing something from left to right": "1"}')
+    (ann / "something-something-v2-train.json").write_text(
+        '[{"id": "78687", "template": "Pushing [something] from left to right"}]')
+    (ann / "something-something-v2-validation.json").write_text(
+        '[{"id": "74225", "template": "Holding [something]"}]')
+    out = converted(tmp_path, "ssv2")
+    assert out["train"] == [("/v/78687.webm", 1)] and out["test"] == [("/v/74225.webm", 0)]
+
+
 def test_ucf101_fold_lists_count_classes_from_zero(tmp_path):
     ann = tmp_path / "ann"
     ann.mkdir()
@@ -107,6 +128,12 @@ def test_ucfrep_counts_repetitions_between_the_bounds(tmp_path):
     ("gym99", {"gym99_train_element_v1.1.txt": "a_E_1 x\n", "gym99_val_element.txt": ""},
      r"gym99_train_element_v1.1.txt:1: label 'x' is not an integer"),
     ("hmdb51", {"a_test_split1.txt": "x.avi 1\n"}, r"1 files \*_test_split1.txt, HMDB-51 has 51"),
+    ("k400", {"train.csv": "label,youtube_id,time_start,time_end\na,x,0,10\n",
+              "validate.csv": "label,youtube_id,time_start,time_end\nb,y,0,10\n"},
+     r"validate.csv:2: class 'b' is not one of train.csv's"),
+    ("ssv2", {"something-something-v2-labels.json": '{"Holding something": "0"}',
+              "something-something-v2-train.json": '[{"id": "1", "template": "Dropping x"}]'},
+     r"something-something-v2-train.json:1: template 'Dropping x' is not in the labels file"),
     ("epic100", {}, r"EPIC_100_train.csv: not found \(--help lists the files of each dataset\)"),
 ])
 def test_a_row_the_converter_cannot_read_is_one_line(tmp_path, capsys, dataset, files, message):

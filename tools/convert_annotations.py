@@ -4,6 +4,10 @@ of its own, as the papers evaluate).
 
     python tools/convert_annotations.py DATASET ANNOTATIONS OUT_DIR [--fold 1] [--subset S]
 
+    k400      Kinetics-400's train.csv, validate.csv (label, youtube_id, time_start, time_end;
+              classes numbered in sorted order)      -> 'LABEL_NAME/ID_000010_000020.mp4 LABEL'
+    ssv2      something-something-v2-labels.json, -train.json, -validation.json
+                                                              -> 'ID.webm LABEL'
     ucf101    UCF101TrainTestSplits-RecognitionTask: classInd.txt, trainlist0F.txt,
               testlist0F.txt (--fold F)                       -> 'CLASS/v_X.avi LABEL'
     hmdb51    testTrainMulti_7030_splits: CLASS_test_splitF.txt (1 train, 2 test)
@@ -27,6 +31,7 @@ or with fewer than two repetitions (UCFRep, as SEVERE skips them) is left out an
 import argparse
 import csv
 import glob
+import json
 import os
 import sys
 
@@ -66,6 +71,44 @@ def number(path, row, text, what):
         return int(text)
     except (TypeError, ValueError):
         raise RowError(path, row, f"{what} {text!r} is not an integer") from None
+
+
+def k400(folder, fold, subset):
+    splits, classes = {}, None
+    for split, name in (("train", "train.csv"), ("test", "validate.csv")):
+        path = os.path.join(folder, name)
+        rows = read_csv(path, ("label", "youtube_id", "time_start", "time_end"))
+        classes = classes or {c: k for k, c in enumerate(sorted({r["label"] for _, r in rows}))}
+        splits[split] = []
+        for row, r in rows:
+            if r["label"] not in classes:
+                raise RowError(path, row, f"class {r['label']!r} is not one of train.csv's")
+            start, end = (number(path, row, r[k], k) for k in ("time_start", "time_end"))
+            splits[split].append(f"{r['label'].replace(' ', '_')}/{r['youtube_id']}_"
+                                 f"{start:06d}_{end:06d}.mp4 {classes[r['label']]}")
+    return splits, {}
+
+
+def ssv2(folder, fold, subset):
+    def load(name):
+        path = os.path.join(folder, f"something-something-v2-{name}.json")
+        try:
+            with open(path) as f:
+                return path, json.load(f)
+        except (OSError, ValueError) as err:
+            raise RowError(path, 0, f"unreadable ({type(err).__name__}: {err})") from None
+    _, labels = load("labels")
+    splits = {}
+    for split, name in (("train", "train"), ("test", "validation")):
+        path, videos = load(name)
+        rows = []
+        for row, video in enumerate(videos, start=1):
+            template = video.get("template", "").replace("[", "").replace("]", "")
+            if template not in labels:
+                raise RowError(path, row, f"template {template!r} is not in the labels file")
+            rows.append(f"{video['id']}.webm {labels[template]}")
+        splits[split] = rows
+    return splits, {}
 
 
 def ucf101(folder, fold, subset):
@@ -170,7 +213,7 @@ def ucfrep(folder, fold, subset):
     return splits, {"with fewer than 2 repetitions": short}
 
 
-CONVERTERS = dict(ucf101=ucf101, hmdb51=hmdb51, epic100=epic100, gym99=gym99, charades=charades,
+CONVERTERS = dict(k400=k400, ssv2=ssv2, ucf101=ucf101, hmdb51=hmdb51, epic100=epic100, gym99=gym99, charades=charades,
                   ucfrep=ucfrep)
 
 
