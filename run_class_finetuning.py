@@ -10,6 +10,7 @@ num_failed, ...).
 from stop_signals import installed  # noqa: F401  first: a stop signal during the imports is kept
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -153,8 +154,7 @@ def load_weights(model, args):
 
 
 def model_identity(args):
-    """What --finetune names, for the caches: the file (its path and time) and which of its
-    weights were read."""
+    """What --finetune names, for the caches: its path and time, and which weights were read."""
     path = args.finetune
     return (f"{os.path.abspath(path)} {os.path.getmtime(path)} raw={args.raw_weights}"
             if os.path.exists(path) else path)
@@ -186,9 +186,8 @@ def name_failures(args, failed, entries, split):
 
 
 def write_results(args, dist_info, results, predictions, entries):
-    """results.json, and predictions.npz: each scored video's `video` index in the list, its
-    `path`, `prediction` (the mean over its views: class probabilities, or the count) and
-    `label`; a probe of several seeds adds every seed's in `prediction_per_seed`."""
+    """results.json, and predictions.npz: each scored video's `video` (list index), `path`,
+    `prediction` (mean over views) and `label`; with several probe seeds `prediction_per_seed`."""
     log.info("results: %s", json.dumps(results))
     if dist_info.is_main:
         with open(os.path.join(args.output_dir, "results.json"), "w") as f:
@@ -232,10 +231,10 @@ def linear_probe(args, dist_info, nb_classes):
               for split, views in (("train", train), ("test", test))}
     runs, merged, headline = [], [], tasks.HEADLINE[args.task]  # several seeds: their spread
     for seed in range(args.seed, args.seed + args.probe_repeats):
-        probe = engine.train_probe(train["features"][train["ok"]], train["label"][train["ok"]],
-                                   nb_classes, args.probe_epochs, args.probe_lr,
-                                   args.probe_weight_decay, args.probe_batch_size, seed,
-                                   args.task)
+        ok = train["ok"]
+        probe = engine.train_probe(train["features"][ok], train["label"][ok], nb_classes,
+                                   args.probe_epochs, args.probe_lr, args.probe_weight_decay,
+                                   args.probe_batch_size, seed, args.task)
         with torch.no_grad():
             test["logits"] = probe(torch.from_numpy(test["features"]).float()).numpy()
         merged.append(tasks.merge_views(test, test["num_videos"], args.task))
@@ -243,9 +242,8 @@ def linear_probe(args, dist_info, nb_classes):
     results = {k: {c: float(np.mean([r[k][c] for r in runs])) for c in v} if isinstance(
         v, dict) else float(np.mean([r[k] for r in runs])) for k, v in runs[0].items()}
     results.update({f"{headline}_per_seed": [r[headline] for r in runs]}, task=args.task,
-                   num_videos=test["num_videos"],
-                   num_failed=len(failed["test"]), failed_videos=failed["test"],
-                   failed_train_videos=failed["train"],
+                   num_videos=test["num_videos"], num_failed=len(failed["test"]),
+                   failed_videos=failed["test"], failed_train_videos=failed["train"],
                    mode="linear_probe", checkpoint=args.finetune,
                    protocol=f"{args.probe_train_segments} train clips/video, "
                             f"{args.test_num_segment}x{args.test_num_crop} test views, "
@@ -256,12 +254,12 @@ def linear_probe(args, dist_info, nb_classes):
 
 
 def resumable_evaluation(model, args, dist_info, dataset, nb_classes, name, identity):
-    """engine.evaluate of `dataset`, or None when a stop signal came first: the views done are
-    kept in OUTPUT_DIR/{name}_views.rankR.pt with what made them (`identity`: the model) for
-    the next call, which computes the rest only. The file goes once scored."""
-    key = dict(model=identity, task=args.task, views=len(dataset), frames=args.num_frames,
-               size=args.input_size, processes=dist_info.world_size, dist_eval=args.dist_eval,
-               list=getattr(dataset.entries, "digest", None))
+    """engine.evaluate of `dataset`, or None at a stop signal: the views done are kept in
+    OUTPUT_DIR/{name}_views.rankR.pt, keyed by `identity` (the model) and the settings, for the
+    next call to do the rest; the caller removes the file (`views_file`) once it is used."""
+    key = dict(model=identity, task=args.task, views=[dataset.num_segments, dataset.num_crops],
+               frames=args.num_frames, size=args.input_size, processes=dist_info.world_size,
+               dist_eval=args.dist_eval, list=getattr(dataset.entries, "digest", None))
     path = os.path.join(args.output_dir, f"{name}_views.rank{dist_info.rank}.pt")
     earlier, done = engine.views_done(path, key, name, len(dataset) // len(dataset.entries))
     try:
@@ -275,9 +273,7 @@ def resumable_evaluation(model, args, dist_info, dataset, nb_classes, name, iden
         log.info("%s received during the %s: the views done are kept in %s; run the same "
                  "command to finish it", stop_signals.stop_flag().signal, name, path)
         return None
-    if os.path.isfile(path):
-        os.remove(path)
-    return results
+    return dict(results, views_file=path)
 
 
 def test(model, args, dist_info, nb_classes, mode, identity):
@@ -296,7 +292,10 @@ def test(model, args, dist_info, nb_classes, mode, identity):
         logger = outputs.MetricLogger(args.output_dir, args.log_dir, dist_info.is_main)
         logger.image("test/confusion", pictures.confusion_picture(confusion), 0)
         logger.close()
+    views_file = results.pop("views_file")
     write_results(args, dist_info, results, [results.pop("predictions")], dataset.entries)
+    with contextlib.suppress(FileNotFoundError):  # the views are in results.json now
+        os.remove(views_file)
     return results
 
 
@@ -335,8 +334,7 @@ def main(args):
                      num_classes=nb_classes) if args.task == "classification" and (
                          args.mixup > 0 or args.cutmix > 0) else None
     if args.task != "classification" and max(args.mixup, args.cutmix, args.smoothing) > 0:
-        log.info("--task %s: mixup, cutmix and label smoothing are off (they mix or soften "
-                 "one class per video)", args.task)
+        log.info("--task %s: mixup, cutmix and label smoothing are off", args.task)
     criterion = (tasks.loss(args.task) if args.task != "classification" else
                  SoftTargetCrossEntropy() if mixup_fn else LabelSmoothingCrossEntropy(
                      args.smoothing) if args.smoothing > 0 else torch.nn.CrossEntropyLoss())
@@ -348,6 +346,8 @@ def main(args):
         if (val := resumable_evaluation(net, args, dist_info, val_set, nb_classes, "validation",
                                         f"the model after epoch {epoch + 1} of this run")) is None:
             return None
+        with contextlib.suppress(FileNotFoundError):  # a cut resume validates from the start
+            os.remove(val.pop("views_file"))
         log.info("epoch %d: val %s", epoch + 1, tasks.headline(args.task, val))
         if "confusion" in val and pictures.picture_due(epoch, args.epochs, args.vis_freq):
             logger.image("val/confusion", pictures.confusion_picture(val["confusion"]), epoch + 1)
