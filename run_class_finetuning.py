@@ -96,7 +96,7 @@ def check_args(args):
     datasets.check_args(args, pretraining=False)
     utils.check_run_args(args)
     if not args.data_path or not os.path.isdir(args.data_path):
-        raise ValueError("--data_path must be the folder holding train.csv, val.csv, test.csv")
+        raise ValueError(f"--data_path {args.data_path}: not a folder of train/val/test.csv")
     for name in ["test.csv"] + ([] if args.eval else ["train.csv"]) + (
             [] if args.eval or args.linear_probe else ["val.csv"]):
         if not os.path.isfile(os.path.join(args.data_path, name)):

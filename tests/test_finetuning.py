@@ -296,6 +296,8 @@ def test_a_stop_signal_during_the_test_keeps_the_views_done(finetuned, colour_se
     (["--eval"], "need --finetune"),
     (["--finetune", "/nope.pth"], "--finetune /nope.pth does not exist"),
     (["--num_frames", "5"], "--num_frames 5 is not divisible"),
+    (["--data_path", "/path/to/lists/ucf101"],  # a script's path left as it came
+     "--data_path /path/to/lists/ucf101: not a folder of train/val/test.csv"),
 ])
 def test_finetune_bad_arguments(colour_set, argv, message):
     """Found by check_args, before anything is built (guard.run_cli turns the ValueError into
