@@ -6,6 +6,7 @@ kept uint8 to the training device (a quarter of the bytes). Fine-tuning: decode 
 """
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 
@@ -23,8 +24,8 @@ from lists import (DATASET_CLASSES, TASKS, frame_step, labelled_list,  # noqa: F
                    pretraining_list, read_list)  # (re-exported for the entry points and tests)
 from rendering import paste_objects, plan_clip, render_clip, shared_uint8
 from utils import IMAGENET_MEAN, normalize_video, settled
-from video_io import (DECODERS, VideoDecodeError, check_backend, dense_indices, in_segment,
-                      list_images, read_clip, read_image, segment_indices)
+from video_io import (DECODERS, PendingDecode, VideoDecodeError, check_backend, dense_indices,
+                      in_segment, list_images, probe, read_clip, read_image, segment_indices)
 from video_transforms import (random_resized_crop, resize_short_side, same_ops_per_frame,
                               seeded_rng, to_tensor, view_crop)
 
@@ -74,6 +75,12 @@ def add_pretraining_args(parser):
                        help="where the pixel work (crop and resize, the objects' warps and "
                             "compositing) happens: the loader's workers, or batched on the "
                             "training device (the workers then decode and draw only)")
+    group.add_argument("--decode_on", default="workers", choices=("workers", "device"),
+                       help="with --augment_on device: `device` leaves the workers the file's "
+                            "header only; the training process decodes each batch a step "
+                            "ahead, on the GPU with --video_backend torchcodec (NVDEC)")
+    group.add_argument("--decode_threads", type=int, default=4,
+                       help="--decode_on device: files the training process decodes at once")
     return parser
 
 
@@ -136,6 +143,12 @@ def check_args(args, pretraining=True):
     masking_generator.check_args(args)
     if args.infusion_prob is not None and not 0 <= args.infusion_prob <= 1:
         raise ValueError(f"--infusion_prob must be in [0, 1], got {args.infusion_prob}")
+    if args.decode_on == "device" and (args.augment_on != "device"
+                                       or args.background != "video"):
+        raise ValueError("--decode_on device needs --augment_on device and --background video "
+                         "(a still background is decoded where it is drawn)")
+    if args.decode_threads < 1:
+        raise ValueError(f"--decode_threads must be >= 1, got {args.decode_threads}")
     if args.object_cache_mb < 0:
         raise ValueError(f"--object_cache_mb must be >= 0, got {args.object_cache_mb}")
     for flag in ("repeated_sampling", "num_objects"):
@@ -180,11 +193,16 @@ class _RetryingDataset(Dataset):
     def read(self, index, choose_indices):
         """read_clip of entry `index` (within its segment, if the list gives one), noting a file
         of a single frame (a still image, or a JPEG named .mp4): it trains as a still clip,
-        which the run says once (bad_files.NOTE)."""
+        which the run says once (bad_files.NOTE). With --decode_on device: its probe (a
+        video_io.PendingDecode), which the training process decodes."""
         path, lengths = self.entries[index][0], []
         choose = in_segment(choose_indices, getattr(self.entries, "segments", None) and
                             self.entries.segments[index], path)
-        frames = read_clip(path, self.args.video_backend, lambda n: lengths.append(n) or choose(n))
+        counted = lambda n: lengths.append(n) or choose(n)  # noqa: E731
+        if getattr(self.args, "decode_on", "workers") == "device":
+            frames = dataclasses.replace(probe(path, counted), index=index)
+        else:
+            frames = read_clip(path, self.args.video_backend, counted)
         if lengths[-1:] == [1]:
             self.notes.append((-1, path, NOTE + "a single frame: it trains as a still clip"))
         return frames
@@ -258,7 +276,10 @@ class PretrainingDataset(_RetryingDataset):
     def stages(self, index, rng):
         """Every intermediate of one sample's first clip (for pictures)."""
         a = self.args
-        plan, mask, object_tokens = self.plan(self.decode(index, rng), rng)
+        decoded = self.decode(index, rng)
+        if isinstance(decoded, PendingDecode):  # --decode_on device: the pictures decode here
+            decoded = read_clip(decoded.path, a.video_backend, lambda n: decoded.indices)
+        plan, mask, object_tokens = self.plan(decoded, rng)
         original = render_clip(plan, objects=False)
         objects = motion_infusion.infused_objects(plan.objects, a.num_frames, a.input_size,
                                                   a.input_size) if plan.objects else None

@@ -46,8 +46,9 @@ class ReadBoard:
     """Which sample each loader process is reading, since when (wall clock: the workers' and
     the main process's clocks agree), and the first batch a worker lost on its way out."""
 
-    def __init__(self, num_workers):
-        self.slots = multiprocessing.RawArray("d", 2 * (num_workers + 1))
+    def __init__(self, num_workers, decode_threads=0):
+        self.num_workers = num_workers  # slots: the main process, workers, decoder threads
+        self.slots = multiprocessing.RawArray("d", 2 * (num_workers + 1 + decode_threads))
         self.lost = multiprocessing.RawArray("c", 1024)
 
     @staticmethod
@@ -56,9 +57,9 @@ class ReadBoard:
         return 0 if info is None else info.id + 1
 
     @contextlib.contextmanager
-    def reading(self, index):
-        """Around the read of sample `index` in this process."""
-        slot = self._slot()
+    def reading(self, index, slot=None):
+        """Around the read of sample `index` in this process (or in decoder thread `slot`)."""
+        slot = self._slot() if slot is None else slot
         self.slots[2 * slot + 1], self.slots[2 * slot] = index, time.time()
         try:
             yield
@@ -70,6 +71,11 @@ class ReadBoard:
         now, slots = time.time(), self.slots[:]
         return sorted(((k // 2, int(slots[k + 1]), now - slots[k])
                        for k in range(0, len(slots), 2) if slots[k]), key=lambda r: -r[2])
+
+    def reader(self, slot):
+        return ("the main process" if slot == 0 else f"worker {slot - 1}"
+                if slot <= self.num_workers else
+                f"decoder thread {slot - self.num_workers - 1} of the training process")
 
     def in_worker(self):
         """In a loader worker (distributed.seed_worker): a finished batch goes to the main
@@ -125,9 +131,9 @@ class DataWatch:
             self.phase, self.since = phase, time.monotonic()
             self.next_warning = self.since + self.warn_s
 
-    def batches(self, iterable):
-        """The loader's batches, each waited for under the watch; the loop's body between
-        them is the step phase."""
+    def batches(self, iterable, loader_iterator=None):
+        """The loader's batches (from `loader_iterator`, through `iterable`), each waited for
+        under the watch; the loop's body between them is the step phase."""
         it = iter(iterable)
         try:
             while True:
@@ -137,7 +143,7 @@ class DataWatch:
                 except StopIteration:
                     return
                 except (ConnectionError, EOFError, FileNotFoundError) as err:
-                    raise distributed.worker_death(it) or err
+                    raise distributed.worker_death(loader_iterator or it) or err
                 self._enter("step")
                 yield batch
         finally:
@@ -149,8 +155,8 @@ class DataWatch:
 
     def reads(self):
         """What the loader processes are reading: [(phrase, path, seconds)], oldest first."""
-        return [(f"{'the main process' if slot == 0 else f'worker {slot - 1}'} has been reading "
-                 f"{self.path_of(index)} for {seconds:.0f} s", self.path_of(index), seconds)
+        return [(f"{self.board.reader(slot)} has been reading {self.path_of(index)} for "
+                 f"{seconds:.0f} s", self.path_of(index), seconds)
                 for slot, index, seconds in self.board.reads()]
 
     def _watch(self):

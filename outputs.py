@@ -193,8 +193,9 @@ SCHEDULE = {"lr", "min_lr", "warmup_lr", "epochs", "warmup_epochs", "weight_deca
             "layer_decay", "drop_path"}
 MACHINERY = {"num_workers", "print_freq", "pin_mem", "device", "precision", "compile",
              "use_checkpoint", "enable_deepspeed", "output_dir", "log_dir", "save_ckpt_freq",
-             "keep_last", "auto_resume", "resume", "local_rank", "config", "video_backend",
-             "augment_on", "object_cache_mb",  # where and how fast, not which clips
+             "keep_last", "auto_resume", "resume", "local_rank", "config",
+             # where and how fast, not which clips
+             "video_backend", "augment_on", "decode_on", "decode_threads", "object_cache_mb",
              "data_warn_s", "data_timeout_s", "dist_timeout_s",
              "max_bad_fraction", "max_retries", "dist_eval", "new_data_list", "vis_freq",
              "test_num_segment", "test_num_crop", "short_side_size",  # evaluation only

@@ -70,6 +70,14 @@ def object_from_frame(matrices):
     return np.concatenate([linear, -linear @ matrices[..., 2:]], axis=-1).astype(np.float32)
 
 
+@dataclass
+class PendingSources:
+    """pack_plans' sources before they are decoded (--decode_on device): the crops
+    (video_io.PendingDecode) and the padded shape [n, T, H, W, 3] they are decoded into."""
+    crops: list
+    shape: tuple
+
+
 def pack_plans(plans):
     """ClipPlans as render_batch's padded tensors. The clips cut from one decode share its
     frames, which travel once (in a worker's shared memory), cut to the union of their boxes."""
@@ -84,9 +92,13 @@ def pack_plans(plans):
         crops.append(source[:, y0:y1, x0:x1])
         source_of[members] = g
         boxes[members, :2] -= (x0, y0)
-    padded, sources = shared_uint8((len(crops), *np.max([c.shape for c in crops], axis=0)))
-    for target, crop in zip(padded, crops):
-        target[:crop.shape[0], :crop.shape[1], :crop.shape[2]] = crop
+    shape = (len(crops), *np.max([c.shape for c in crops], axis=0))
+    if not isinstance(crops[0], np.ndarray):  # video_io.PendingDecode (--decode_on device)
+        sources = PendingSources(crops, shape)
+    else:
+        padded, sources = shared_uint8(shape)
+        for target, crop in zip(padded, crops):
+            target[:crop.shape[0], :crop.shape[1], :crop.shape[2]] = crop
     k = max(len(plan.objects) for plan in plans)
     rgba = [o.rgba for plan in plans for o in plan.objects] or [np.zeros((1, 1, 4), np.uint8)]
     objects = torch.zeros((len(plans), k, *np.max([o.shape for o in rgba], axis=0)),

@@ -97,7 +97,9 @@ class Job:
     """What fit trains: its `step`, the data (`loader`, `sampler`, `dataset`), and `kind` and
     `model_kwargs` (build keywords) for every checkpoint, `after_epoch(model, epoch, logger)`
     -> metrics (validation, pictures), or None when a stop signal cut it short (the resume
-    calls it again), `initialize(model)`: start weights if nothing resumes."""
+    calls it again), `initialize(model)`: start weights if nothing resumes, `prefetch(batches,
+    board, first_slot)` -> batches: work the training process does a batch ahead
+    (decode_ahead.DecodeAhead), with `prefetch.threads` read-board slots from `first_slot`."""
     kind: str
     step: Step
     loader: torch.utils.data.DataLoader
@@ -106,6 +108,7 @@ class Job:
     model_kwargs: Optional[dict] = None
     after_epoch: Optional[Callable] = None
     initialize: Optional[Callable] = None
+    prefetch: Optional[Callable] = None
 
 
 def train_step(step, batch, lr, update):
@@ -143,10 +146,12 @@ def train_one_epoch(job, run, epoch, first_batch):
     totals, counts, data_time, start = {}, {}, 0.0, time.time()
     window_start, window_data, window_steps = start, 0.0, 0
     run.watch.update_done((epoch, first_batch))
-    batches = distributed.start_workers(job.loader)
+    loaded = batches = distributed.start_workers(job.loader)
+    if job.prefetch:  # its reads come after the workers' on the board
+        batches = job.prefetch(loaded, job.dataset.board, job.loader.num_workers + 1)
     try:
         wait_start, bad_step, stopping = time.time(), None, False
-        for i, batch in enumerate(run.watch.batches(batches), start=first_batch):
+        for i, batch in enumerate(run.watch.batches(batches, loaded), start=first_batch):
             waited = time.time() - wait_start
             data_time, window_data = data_time + waited, window_data + waited
             run.ledger.record(batch.attempts, epoch)
@@ -180,7 +185,9 @@ def train_one_epoch(job, run, epoch, first_batch):
                 return _means(totals, counts, run, data_time, start), i + 1
             wait_start = time.time()
     finally:
-        distributed.stop_workers(batches)
+        if batches is not loaded:
+            batches.close()
+        distributed.stop_workers(loaded)
     run.ledger.check(epoch_end=True)
     return _means(totals, counts, run, data_time, start), None
 
@@ -283,7 +290,8 @@ def fit(args, dist_info, job):
 
     explain = functools.partial(guard.failure_line, args=args, hosts=hosts, rank=dist_info.rank)
     stop_flag = stop_signals.stop_flag()  # installed at import by the entry points
-    job.dataset.board = guard.ReadBoard(job.loader.num_workers)  # the workers inherit it
+    job.dataset.board = guard.ReadBoard(job.loader.num_workers,  # the workers inherit it
+                                        getattr(job.prefetch, "threads", 0))
     watch = guard.DataWatch(job.dataset.board, ledger.describe, args.data_warn_s,
                             args.data_timeout_s, stop_flag, bail, dist_info.rank, explain)
     run = Run(dist_info, steps_per_epoch, args.epochs, args.print_freq,

@@ -7,9 +7,11 @@ so the dataset can skip it and the run can count it (bad_files.py).
 import glob
 import os
 import stat
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from errors import BadInputError
 
@@ -77,12 +79,12 @@ def _length(path, length):
     return length
 
 
-def decode(backend, path, choose_indices):
+def decode(backend, path, choose_indices, **options):
     """One decoder's frames; whatever it raises for a bad file (decord's DECORDError, av.error,
     torchcodec's RuntimeError) becomes a VideoDecodeError naming the file and the decoder. The
     decoders lower FFmpeg's log to panics: a bad file gives the project's one line, not dozens."""
     try:
-        return DECODERS[backend](path, choose_indices)
+        return DECODERS[backend](path, choose_indices, **options)
     except VideoDecodeError:
         raise
     except Exception as err:
@@ -150,13 +152,15 @@ def _decode_wanted(container, stream, wanted, frame_at):
     return decoded
 
 
-def decode_torchcodec(path, choose_indices):
+def decode_torchcodec(path, choose_indices, device="cpu"):
     """torchcodec (optional: `pip install torchcodec`, with FFmpeg's shared libraries from the
-    system, e.g. Debian's libavcodec59); one FFmpeg thread, as the other decoders."""
+    system, e.g. Debian's libavcodec59); one FFmpeg thread, as the other decoders. On a CUDA
+    `device` it decodes there (NVDEC) and returns the device tensor."""
     from torchcodec.decoders import VideoDecoder
-    reader = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=1)
+    reader = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=1, device=device)
     indices = choose_indices(_length(path, reader.metadata.num_frames or 0))
-    return reader.get_frames_at([int(i) for i in indices]).data.numpy()
+    frames = reader.get_frames_at([int(i) for i in indices]).data
+    return frames if torch.device(device).type == "cuda" else frames.numpy()
 
 
 DECODERS = {"decord": decode_decord, "pyav": decode_pyav, "torchcodec": decode_torchcodec}
@@ -210,6 +214,67 @@ def read_clip(path, backend, choose_indices):
     if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
         raise VideoDecodeError(path, f"decoded an unexpected array of shape {frames.shape}")
     return frames
+
+
+# ---------------------------------------------------------------- probing (--decode_on device)
+@dataclass
+class PendingDecode:
+    """A clip's frames as a loader worker planned them without decoding (--decode_on device):
+    frames `indices` of sample `index`'s file `path`, whose frames are `frame_size` (H, W), of
+    which the window `crop` (y0, y1, x0, x1) is kept. It stands in for the decoded array
+    (`shape`, `len`, `[:, y0:y1, x0:x1]`) until the training process decodes it
+    (decode_ahead.decode_pending)."""
+    path: str
+    index: int
+    indices: np.ndarray
+    frame_size: tuple
+    crop: tuple = None
+
+    def __post_init__(self):
+        self.crop = self.crop or (0, self.frame_size[0], 0, self.frame_size[1])
+
+    @property
+    def shape(self):
+        y0, y1, x0, x1 = self.crop
+        return len(self.indices), y1 - y0, x1 - x0, 3
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, window):
+        _, rows, columns = window
+        (y0, y1, _), (x0, x1, _) = (part.indices(n) for part, n in zip((rows, columns),
+                                                                        self.shape[1:3]))
+        top, _, left, _ = self.crop
+        return PendingDecode(self.path, self.index, self.indices, self.frame_size,
+                             (top + y0, top + y1, left + x0, left + x1))
+
+
+def probe(path, choose_indices):
+    """A PendingDecode of the frames choose_indices(video length) picks, from the file's
+    header and packet list (demuxed, not decoded): what a worker reads when the training
+    process decodes. The length is counted as decode_pyav counts it."""
+    import av
+    av.logging.set_level(av.logging.PANIC)
+    if reason := unreadable(path):
+        raise VideoDecodeError(path, reason)
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(path, "no video stream")
+            stream = container.streams.video[0]
+            length = sum(1 for packet in container.demux(stream) if packet.size)
+            height, width = stream.codec_context.height, stream.codec_context.width
+    except VideoDecodeError:
+        raise
+    except Exception as err:
+        raise VideoDecodeError(path, f"pyav: {type(err).__name__}: {err}") from err
+    if 0 < length < (stream.frames or 0):
+        raise VideoDecodeError(path, f"truncated: {length} of {stream.frames} frames in the file")
+    if not height or not width:
+        raise VideoDecodeError(path, "no frame size in its header")
+    indices = np.asarray(choose_indices(_length(path, length)))
+    return PendingDecode(path, -1, indices, (height, width))
 
 
 # ---------------------------------------------------------------- still images

@@ -15,7 +15,9 @@ of them (--objects_as folder: from the folder).
 Each pipeline is the stage-1 sample of the recipe (16 frames of 224², --sampling_rate 4, 2
 objects, trajectory mask) as a loader worker makes it (the batched fetch where the code has
 one, and the collate), timed in CPU seconds (time.process_time) of a process with one
-thread; `device` is --augment_on device, whose render (timed apart) is the device's share.
+thread; `device` is --augment_on device, whose render (timed apart) is the device's share;
+`dev-dec` is --augment_on device --decode_on device: the workers read headers, the training
+process decodes (NVDEC with --backend torchcodec on a CUDA --device) and renders.
 `decode` is the decode of the clip's frames alone. With --baseline REV the same samples run through that commit's code too (git archive
 into a temporary folder; it cannot read stride-baked lists), and on `prepared then`: the
 videos prepared by that commit's own tools/prepare_videos.py. Every pipeline runs in a child
@@ -45,14 +47,20 @@ def serve(tree, specs):
     import batches
     import datasets
     import video_io
+    try:  # --decode_on device (a baseline may predate it)
+        import decode_ahead
+    except ImportError:
+        decode_ahead = None
     built = {}
     for name, spec in specs.items():
         values = dict(data_path=spec["list"], num_frames=16, sampling_rate=4, input_size=224,
                       objects_path=spec["objects"], repeated_sampling=spec["repeats"])
         if spec["backend"]:  # else the code's own default
             values["video_backend"] = spec["backend"]
-        if spec["augment_on"] != "workers":
-            values["augment_on"] = spec["augment_on"]
+        if spec["augment_on"] != "workers":  # "device", or "device-decode": decoded there too
+            values["augment_on"] = "device"
+        if spec["augment_on"] == "device-decode":
+            values["decode_on"] = "device"
         built[name] = datasets.build_pretraining_dataset(datasets.data_settings(1, **values))
     collate = batches.collate_pretraining
     for dataset in built.values():  # first calls (imports, codec set-up) are not a rate
@@ -79,8 +87,10 @@ def serve(tree, specs):
                 batch = (collate(samples) if "repeats" not in collate.__code__.co_varnames
                          else collate(samples, repeats=spec["repeats"]))
             worker += time.process_time() - start
-            if spec["augment_on"] == "device" and not spec["decode_only"]:
+            if spec["augment_on"] != "workers" and not spec["decode_only"]:
                 start = time.perf_counter() if device.type == "cuda" else time.process_time()
+                if spec["augment_on"] == "device-decode":  # CPU time counts the decoder thread
+                    batch, = decode_ahead.DecodeAhead(spec["backend"], device, 1)([batch])
                 batch.video_on(device)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
@@ -173,7 +183,8 @@ def main():
     parser.add_argument("--baseline", default=None,
                         help="a commit whose data path runs beside this one (e.g. e96f1c4), "
                              "with its own default decoder")
-    parser.add_argument("--paths", default="workers,device", help="--augment_on values")
+    parser.add_argument("--paths", default="workers,device,device-decode",
+                        help="--augment_on values; device-decode: with --decode_on device")
     parser.add_argument("--device", default="cpu", help="where the device path renders")
     parser.add_argument("--target_clips_per_s", default="212,680",
                         help="clip rates to size the CPUs for (212: the released recipe in a "
@@ -258,13 +269,16 @@ def main():
         print(f"\n{'files':13s} {'code':8s} {'pipeline':8s} {'R':>2s} {'worker ms':>10s} "
               f"{'device ms':>10s}{head}   (per clip)")
         for (tree, (files, path, backend, r)), (worker, render, clips) in totals.items():
-            name = f"decode {backend}" if path == "decode" else path
+            name = f"decode {backend}" if path == "decode" else path.replace("device-decode",
+                                                                             "dev-dec")
             cores = "".join(f"{t * worker / clips:11.1f}" for t in targets)
-            device = f"{1000 * render / clips:10.1f}" if path == "device" else f"{'':10s}"
+            device = f"{1000 * render / clips:10.1f}" if path.startswith("device") else \
+                f"{'':10s}"
             print(f"{files:13s} {tree:8s} {name:8s} {r:2d} {1000 * worker / clips:10.1f} "
                   f"{device}{cores}")
         if "device" in opts.paths:
-            print(f"\ndevice ms: the render of --augment_on device on {opts.device}"
+            print(f"\ndevice ms: the render of --augment_on device on {opts.device} (dev-dec: "
+                  "the decode too)"
                   + (" (torch on one CPU thread: a GPU's time is not measured here)"
                      if opts.device == "cpu" else ""))
 

@@ -8,6 +8,7 @@ import torch
 
 import batches
 import datasets
+import decode_ahead
 import errors
 import video_io
 from conftest import write_list
@@ -68,6 +69,40 @@ def test_bad_files_raise_decode_error(video_dir, backend, case, reason):
     with pytest.raises(video_io.VideoDecodeError, match=reason) as info:
         video_io.read_clip(video_dir[case], backend, lambda n: [0])
     assert info.value.path == video_dir[case]
+
+
+@pytest.mark.parametrize("case,reason", [("missing", "not found"), ("empty", "empty file"),
+                                         ("text", "pyav: "), ("truncated", None)])
+def test_a_probe_refuses_what_a_decoder_refuses(video_dir, case, reason):
+    """--decode_on device: the worker's probe (header and packets, no decoding) counts a file
+    bad where the decoders do, so the training process gets files that open."""
+    with pytest.raises(video_io.VideoDecodeError, match=reason) as info:
+        video_io.probe(video_dir[case], lambda n: [0])
+    assert info.value.path == video_dir[case]
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord", usable("torchcodec")])
+def test_a_probed_clip_decodes_in_the_training_process_to_the_workers_frames(video_dir,
+                                                                           backend):
+    lengths = []
+    pending = video_io.probe(video_dir["clip2"], lambda n: lengths.append(n) or [0, 9, 39])
+    assert lengths == [40] and pending.frame_size == (64, 80) and len(pending) == 3
+    window = pending[:, 5:50, 10:70][:, 1:30, 2:40]  # as pack_plans cuts it, twice
+    assert window.crop == (6, 35, 12, 50) and window.shape == (3, 29, 38, 3)
+    frames, gave_up = decode_ahead.decode_pending(window, backend, torch.device("cpu"))
+    decoded = video_io.read_clip(video_dir["clip2"], backend, lambda n: [0, 9, 39])
+    assert gave_up == "" and torch.equal(frames, torch.from_numpy(decoded[:, 6:35, 12:50]))
+
+
+def test_decoding_on_the_device_needs_the_pixel_work_there(tmp_path, video_dir):
+    listing = write_list(tmp_path / "train.csv", [(video_dir["clip0"], 0)])
+    with pytest.raises(ValueError, match="--decode_on device needs --augment_on device"):
+        datasets.check_args(pretrain_args(background="video", data_path=listing,
+                                          decode_on="device"))
+    with pytest.raises(ValueError, match="--decode_threads must be >= 1"):
+        datasets.check_args(pretrain_args(background="video", data_path=listing,
+                                          augment_on="device", decode_on="device",
+                                          decode_threads=0))
 
 
 @pytest.mark.parametrize("kind", ["fifo", "folder"])

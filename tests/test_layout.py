@@ -39,9 +39,10 @@ ALLOWED = {
     "engine_for_finetuning": {"utils", "pictures", "tasks"},
     "pictures": set(),
     "batches": {"masking_generator", "rendering"},
+    "decode_ahead": {"rendering", "video_io"},
     "run_smile_pretraining": {"datasets", "modeling_pretrain", "engine_for_pretraining",
                               "motion_infusion", "object_banks", "masking_generator", "teachers",
-                              "batches", "pictures", "video_transforms"} | PLUMBING,
+                              "batches", "pictures", "video_transforms", "decode_ahead"} | PLUMBING,
     "run_class_finetuning": {"datasets", "modeling_finetune", "engine_for_finetuning",
                              "masking_generator", "batches", "hf_videomae", "tasks",
                              "pictures"} | PLUMBING,
@@ -59,15 +60,19 @@ ALLOWED = {
 # --task, --segment_sampling and the segment each clip stays in;
 # run_class_finetuning.py: --task through fine-tuning, the test and the probe, predictions.npz;
 # checkpoint.py: the one reader and reporter of weights that four files used to write each;
-# teachers.py: the table of targets the student regresses
-BUDGET = {"run_smile_pretraining": 300, "run_class_finetuning": 370, "datasets": 415,
+# teachers.py: the table of targets the student regresses;
+# decode_ahead.py (new, issue 24): decoding in the training process (NVDEC), with video_io.py's
+# probe and PendingDecode, datasets.py's --decode_on, rendering.py's PendingSources, training's
+# prefetch hook and guard.py's read-board slots for its threads
+BUDGET = {"run_smile_pretraining": 300, "run_class_finetuning": 370, "datasets": 435,
           "motion_infusion": 400, "masking_generator": 250, "modeling_finetune": 250,
           "modeling_pretrain": 400, "engine_for_pretraining": 250, "engine_for_finetuning": 300,
-          "utils": 250, "distributed": 290, "checkpoint": 330, "training": 350,
-          "bad_files": 200, "errors": 80, "lists": 170, "video_io": 250, "teachers": 300,
-          "video_transforms": 150, "outputs": 340, "stop_signals": 100, "launch": 100,
+          "utils": 250, "distributed": 290, "checkpoint": 330, "training": 360,
+          "bad_files": 200, "errors": 80, "lists": 170, "video_io": 300, "teachers": 300,
+          "video_transforms": 150, "outputs": 345, "stop_signals": 100, "launch": 100,
           "batches": 100, "hf_videomae": 150, "pictures": 150, "object_banks": 250,
-          "rendering": 150, "guard": 300, "tasks": 150}
+          "rendering": 160, "guard": 310, "tasks": 150,
+          "decode_ahead": 150}
 
 
 def local_imports(module):

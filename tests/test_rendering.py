@@ -1,6 +1,8 @@
 """--augment_on device: the workers decode and draw (ClipPlans), the training device renders
 a batch of them; it gives the clips the workers render from the same plans (run here on CPU
 tensors: the ops are the ones a GPU runs)."""
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -8,7 +10,9 @@ import torch
 
 import batches
 import datasets
+import decode_ahead
 import rendering
+import video_io
 from conftest import write_list
 from media import pretrain_args
 from utils import settled
@@ -86,3 +90,152 @@ def test_an_unknown_mask_type_is_refused():
     import masking_generator
     with pytest.raises(ValueError, match="unknown mask type 'random'"):
         masking_generator.build_mask_generator((2, 4, 4), "random", 0.5, 0.1)
+
+
+def decoded_ahead(args, indices):
+    """The batches of `indices` (lists of sample indices) as the training process gets them
+    with --decode_on device (on CPU tensors), and how many batches the loader had handed over
+    when each came out."""
+    dataset = datasets.build_pretraining_dataset(args)
+    pulled = []
+
+    def loader():
+        for batch_indices in indices:
+            pulled.append(batch_indices)
+            yield batches.collate_pretraining([dataset[i] for i in batch_indices])
+    out = []
+    for batch in decode_ahead.DecodeAhead(args.video_backend, CPU, 2)(loader()):
+        out.append((batch, len(pulled)))
+    return out
+
+
+def test_decoding_in_the_training_process_gives_the_workers_clips(video_dir, tmp_path):
+    """--decode_on device: the workers read headers only (video_io.PendingDecode); the
+    training process decodes a batch ahead of the step and renders exactly the clips, masks
+    and attempts that decoding in the workers gives."""
+    listing = write_list(tmp_path / "train.csv", [(video_dir[f"clip{i}"], 0) for i in range(4)])
+    args = pretrain_args(background="video", data_path=listing, augment_on="device",
+                         decode_on="device", repeated_sampling=2, input_size=48)
+    workers = datasets.build_pretraining_dataset(settled(args, decode_on="workers"))
+    planned = datasets.build_pretraining_dataset(args)[1][0][0].source
+    assert isinstance(planned, video_io.PendingDecode) and planned.index == 1
+    assert planned.frame_size == (64, 80) and planned.shape == (8, 64, 80, 3)
+    out = decoded_ahead(args, [[0, 1], [2, 3], [1, 2]])
+    assert [pulled for _, pulled in out] == [2, 3, 3]  # one batch ahead of the step
+    for (batch, _), indices in zip(out, [[0, 1], [2, 3], [1, 2]]):
+        reference = batches.collate_pretraining([workers[i] for i in indices])
+        assert torch.equal(batch.sources, reference.sources)
+        assert torch.equal(batch.video_on(CPU), reference.video_on(CPU))
+        assert torch.equal(batch.masked, reference.masked) and batch.attempts == \
+            reference.attempts
+
+
+def test_a_file_the_training_process_cannot_decode_is_bad_and_its_clips_black(video_dir,
+                                                                             tmp_path):
+    """A file that passed its worker's probe and then cannot be decoded (here: removed in
+    between) leaves its clips a black background this once and is reported as bad with the
+    batch; the batch's other clips are the ones the workers give."""
+    import shutil
+    copy = shutil.copy(video_dir["clip1"], tmp_path / "going.mp4")
+    listing = write_list(tmp_path / "train.csv", [(video_dir["clip0"], 0), (copy, 0)])
+    args = pretrain_args(background="video", data_path=listing, augment_on="device",
+                         decode_on="device", infusion_prob=0.0, input_size=48)
+    dataset = datasets.build_pretraining_dataset(args)
+    batch = batches.collate_pretraining([dataset[0], dataset[1]])
+    os.remove(copy)
+    decoded, = decode_ahead.DecodeAhead("pyav", CPU, 2)(iter([batch]))
+    assert (decoded.sources[1] == 0).all() and decoded.sources[0].any()
+    (index, path, reason), = [a for a in decoded.attempts if a[2]]
+    assert (index, path) == (1, str(copy)) and "file not found" in reason
+    assert "trained on a black background this once" in reason
+    reference = datasets.build_pretraining_dataset(settled(args, decode_on="workers"))
+    expected = batches.collate_pretraining([reference[0]]).video_on(CPU)
+    assert torch.equal(decoded.video_on(CPU)[:1], expected)
+
+
+def test_a_hung_decode_in_the_training_process_is_named_and_ends_the_wait(video_dir, tmp_path,
+                                                                          monkeypatch):
+    """A decoder thread whose read never returns (a stale mount) is watched as a worker's read:
+    the watch names the file and the thread, and at --data_timeout_s it bails with the file
+    listed as hung (here the bail is recorded and the read let go)."""
+    import threading
+
+    import guard
+    import stop_signals
+    listing = write_list(tmp_path / "train.csv", [(video_dir[f"clip{i}"], 0) for i in range(2)])
+    args = pretrain_args(background="video", data_path=listing, augment_on="device",
+                         decode_on="device", input_size=48)
+    dataset = datasets.build_pretraining_dataset(args)
+    batch = batches.collate_pretraining([dataset[0], dataset[1]])
+    stale, real = threading.Event(), decode_ahead.decode_pending
+    monkeypatch.setattr(decode_ahead, "decode_pending", lambda p, *a: (
+        p.index == 1 and stale.wait(60) and None) or real(p, *a))
+    board, bailed = guard.ReadBoard(0, decode_threads=2), []
+    watch = guard.DataWatch(board, dataset.file_paths.__getitem__, 1, 2,
+                            stop_signals.stop_flag(), lambda *a: bailed.append(a) or stale.set())
+    with watch:
+        decoded, = watch.batches(decode_ahead.DecodeAhead("pyav", CPU, 2)(iter([batch]), board, 1))
+    (code, line, hung), = bailed
+    assert code == 5 and line.startswith("no batch for 2 s (--data_timeout_s 2): decoder thread")
+    assert f"of the training process has been reading {video_dir['clip1']} for 2 s" in line
+    assert [path for path, _ in hung] == [video_dir["clip1"]]
+    assert board.reader(1) == "decoder thread 0 of the training process"
+    assert decoded.sources[1].any()  # let go, it read the file
+
+
+def test_files_nvdec_rejects_are_decoded_on_the_cpu_and_a_failing_nvdec_is_dropped(
+        video_dir, tmp_path, monkeypatch, caplog):
+    """Run here with a stand-in for torchcodec's CUDA decoder that rejects every file (as a
+    CPU-only torchcodec build does on a GPU): each file is read on the CPU instead, the first
+    rejection is said, and after NVDEC_TRIES rejections and no success NVDEC is not asked
+    again (one warning), rather than one line per file for the rest of the run."""
+    listing = write_list(tmp_path / "train.csv",
+                         [(video_dir[f"clip{i}"], 0) for i in range(4)] * 3)
+    args = pretrain_args(background="video", data_path=listing, augment_on="device",
+                         decode_on="device", input_size=48)
+    asked = []
+
+    def no_nvdec(path, choose, device="cpu"):
+        asked.append(path)
+        raise RuntimeError("Unsupported device: cuda (a CPU-only build)")
+    monkeypatch.setitem(video_io.DECODERS, "torchcodec", no_nvdec)
+    dataset = datasets.build_pretraining_dataset(args)
+    reference = datasets.build_pretraining_dataset(settled(args, decode_on="workers"))
+    loader = [batches.collate_pretraining([dataset[i] for i in range(k, k + 4)])
+              for k in (0, 4, 8, 0)]
+    decoder = decode_ahead.DecodeAhead("pyav", CPU, 2, nvdec=True)
+    with caplog.at_level("WARNING", logger="smile"):
+        out = list(decoder(iter(loader)))
+    # batches 1 and 2, and what of batch 3 (decoding ahead) asked before NVDEC went off;
+    # batch 4 asks nothing
+    assert decode_ahead.NVDEC_TRIES <= len(asked) <= 12 and not decoder.nvdec
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2 and "files it rejects are decoded on the CPU" in warnings[0]
+    assert "NVDEC decoded none of the first 8 files" in warnings[1]
+    for batch, k in zip(out, (0, 4, 8, 0)):
+        expected = batches.collate_pretraining([reference[i] for i in range(k, k + 4)])
+        assert torch.equal(batch.video_on(CPU), expected.video_on(CPU))
+        assert not [a for a in batch.attempts if a[2]]  # nothing counted bad
+
+
+def nvdec_usable():
+    if not torch.cuda.is_available():
+        return "needs a CUDA device"
+    try:
+        video_io.check_backend("torchcodec")
+    except ValueError as err:
+        return str(err)
+    return ""
+
+
+@pytest.mark.skipif(bool(nvdec_usable()), reason=nvdec_usable() or "")
+def test_nvdec_gives_the_cpu_decoders_frames_on_the_gpu(video_dir):
+    """On a GPU (bench/device_check.sh): torchcodec's CUDA decode of a probed window stays on
+    the device, NVDEC is not rejected, and its frames are the CPU decoder's up to colour
+    conversion (NVDEC's YUV->RGB is not swscale's)."""
+    cuda = torch.device("cuda")
+    pending = video_io.probe(video_dir["clip3"], lambda n: [0, 5, 17, 39])[:, 4:60, 8:72]
+    frames, gave_up = decode_ahead.decode_pending(pending, "pyav", cuda, nvdec=True)
+    cpu, _ = decode_ahead.decode_pending(pending, "pyav", CPU)
+    assert gave_up == "" and frames.device.type == "cuda" and frames.shape == cpu.shape
+    assert (frames.cpu().int() - cpu.int()).abs().float().mean() < 3

@@ -210,8 +210,9 @@ def test_two_processes_match_one(tmp_path):
 @pytest.mark.slow
 def test_pixels_on_the_device_from_stride_baked_files_through_both_stages(video_dir, tmp_path):
     """--augment_on device on a list prepared with --stride 2 (sampled at --sampling_rate 2):
-    stage 1 stopped by a signal mid-epoch and resumed ends with the weights of an
-    uninterrupted run; stage 2 starts from it on the same path."""
+    stage 1 decoded by the training process (--decode_on device), stopped by a signal
+    mid-epoch and resumed, ends with the weights of an uninterrupted run that decoded in its
+    workers; stage 2 starts from it, decoding in the training process too."""
     from tools import prepare_videos
     listing = write_list(tmp_path / "src.csv", [(video_dir[f"clip{i}"], 0) for i in range(4)] * 6)
     assert prepare_videos.main([listing, str(tmp_path / "baked"), "--stride", "2", "--workers",
@@ -223,6 +224,7 @@ def test_pixels_on_the_device_from_stride_baked_files_through_both_stages(video_
     code, log = cli(*data, "--output_dir", reference)
     assert code == 0, log
     assert "24 videos, 6 steps/epoch x 2 epochs, batch 4 clips (2 per video)" in log
+    data += ["--decode_on", "device", "--decode_threads", "2"]
     proc = cli(*data, "--output_dir", stopped, wait=False)
     wait_for(os.path.join(stopped, "train.log"), "epoch 1/2 step 2/6", proc)
     proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,118 @@
+"""--decode_on device: the training process decodes what the loader's workers only probed.
+
+A worker reads a video's header and packet list (video_io.probe), plans its clips from them as
+it would from the frames, and hands the batch over with its decodes pending
+(rendering.PendingSources). `DecodeAhead` decodes them here, one batch ahead of the step, in a
+few threads: torchcodec on the GPU (NVDEC) when it is the backend and the device is CUDA, else
+the backend on the CPU. Then the batch is rendered on the device as --augment_on device does.
+"""
+import collections
+import contextlib
+import itertools
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from rendering import PendingSources
+from video_io import VideoDecodeError, decode, read_clip
+
+log = logging.getLogger("smile")
+NVDEC_TRIES = 8  # files NVDEC may reject before a run stops asking it
+
+
+def decode_pending(pending, backend, device, nvdec=False):
+    """uint8 [T, h, w, 3] on `device`: the cropped frames of a PendingDecode, and why NVDEC gave
+    up on it ('' if it did not, or was not asked). With `nvdec` torchcodec decodes on the CUDA
+    `device` (the frames never visit the host); a file it rejects, and every other backend, is
+    read on the CPU by read_clip (with its second decoder)."""
+    length = len(pending.indices)
+    choose = lambda n: np.minimum(pending.indices, n - 1)  # noqa: E731 (the probe's count)
+    frames, gave_up = None, ""
+    if nvdec:
+        try:
+            frames = torch.as_tensor(decode("torchcodec", pending.path, choose, device=device))
+        except VideoDecodeError as err:
+            gave_up = err.reason
+    if frames is None:
+        frames = torch.from_numpy(read_clip(pending.path, backend, choose)).to(device)
+    if tuple(frames.shape[:3]) != (length, *pending.frame_size):
+        raise VideoDecodeError(pending.path, f"decoded {tuple(frames.shape[:3])} frames, and "
+                               f"its header said {(length, *pending.frame_size)}")
+    y0, y1, x0, x1 = pending.crop
+    return frames[:, y0:y1, x0:x1], gave_up
+
+
+class DecodeAhead:
+    """--decode_on device: the loader's batches with their sources (rendering.PendingSources)
+    decoded in the training process by `threads` threads onto `device`, one batch ahead of the
+    step (batch n + 1 decodes while step n runs). Each thread's read is on the run's read
+    board (guard.ReadBoard slots from `first_slot`), so a hung read is named like a worker's.
+
+    A file that passed its worker's probe but cannot be decoded here keeps a black background
+    for its clips this once (the objects are still pasted) and is reported with the batch's
+    attempts: it counts as bad and later epochs leave it out, as a worker's bad read would."""
+
+    def __init__(self, backend, device, threads, nvdec=None):
+        self.backend, self.device, self.threads = backend, device, threads
+        self.nvdec = backend == "torchcodec" and torch.device(device).type == "cuda" \
+            if nvdec is None else nvdec
+        self.nvdec_decoded = self.nvdec_rejected = 0
+
+    def __call__(self, batches, board=None, first_slot=0):
+        slots, local = itertools.count(first_slot), threading.local()
+        pool = ThreadPoolExecutor(self.threads, "decode",
+                                  initializer=lambda: setattr(local, "slot", next(slots)))
+
+        def decode(pending):
+            with board.reading(pending.index, local.slot) if board else contextlib.nullcontext():
+                return decode_pending(pending, self.backend, self.device, self.nvdec)
+
+        ahead = collections.deque()
+        try:
+            for batch in batches:
+                pending = isinstance(getattr(batch, "sources", None), PendingSources)
+                ahead.append((batch, [pool.submit(decode, p) for p in batch.sources.crops]
+                              if pending else None))
+                if len(ahead) == 2:
+                    yield self.finish(*ahead.popleft())
+            while ahead:
+                yield self.finish(*ahead.popleft())
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def finish(self, batch, futures):
+        if futures is None:
+            return batch
+        sources = torch.zeros(batch.sources.shape, dtype=torch.uint8, device=self.device)
+        attempts = list(batch.attempts)
+        for target, pending, future in zip(sources, batch.sources.crops, futures):
+            try:
+                frames, gave_up = future.result()
+            except VideoDecodeError as err:
+                attempts.append((pending.index, err.path, f"{err.reason} (read by the training "
+                                 "process: its clips trained on a black background this once)"))
+                continue
+            target[:frames.shape[0], :frames.shape[1], :frames.shape[2]] = frames
+            self.count_nvdec(pending.path, gave_up)
+        return batch._replace(sources=sources, attempts=attempts)
+
+    def count_nvdec(self, path, gave_up):
+        """A file NVDEC rejects is decoded on the CPU (said for the first); when it rejected
+        the first NVDEC_TRIES and decoded none, NVDEC is off for the run (said once)."""
+        if not self.nvdec:
+            return
+        if not gave_up:
+            self.nvdec_decoded += 1
+            return
+        self.nvdec_rejected += 1
+        if self.nvdec_rejected == 1:
+            log.warning("NVDEC could not decode %s (%s): files it rejects are decoded on the "
+                        "CPU", path, gave_up)
+        if not self.nvdec_decoded and self.nvdec_rejected >= NVDEC_TRIES:
+            self.nvdec = False
+            log.warning("NVDEC decoded none of the first %d files (the last: %s): they are "
+                        "decoded on the CPU from here on. Is torchcodec a CUDA build, and "
+                        "FFmpeg built with NVDEC (INSTALL.md)?", NVDEC_TRIES, gave_up)
