@@ -20,7 +20,7 @@ import object_banks
 import tasks
 from bad_files import NOTE
 from errors import BadInputError, DataAbort
-from lists import (DATASET_CLASSES, TASKS, frame_step, labelled_list,  # noqa: F401
+from lists import (DATASET_CLASSES, TASKS, class_count, frame_step, labelled_list,  # noqa: F401
                    pretraining_list, read_list)  # (re-exported for the entry points and tests)
 from rendering import paste_objects, plan_clip, render_clip, shared_uint8
 from utils import IMAGENET_MEAN, normalize_video, settled
@@ -341,8 +341,7 @@ class VideoClsDataset(_RetryingDataset):
         self.list_digest = getattr(entries, "digest", None)  # what a resume compares
         self.args, self.entries, self.mode, self.flip = args, entries, mode, flip
         self.segment_sampling, self.step = segment_sampling, frame_step(entries, args.sampling_rate)
-        self.task, self.nb_classes = getattr(args, "task", "classification"), (
-            args.nb_classes or DATASET_CLASSES[args.data_set])
+        self.task, self.nb_classes = getattr(args, "task", "classification"), class_count(args)
         self.num_segments, self.num_crops = (1, 1) if mode != "test" else views or (
             args.test_num_segment, args.test_num_crop)
         self.rand_augment = self.random_erasing = None

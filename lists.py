@@ -152,6 +152,10 @@ def frame_step(entries, sampling_rate):
     return sampling_rate // stride
 
 
+def class_count(args):  # --nb_classes, else the dataset's own
+    return args.nb_classes or DATASET_CLASSES[args.data_set]
+
+
 def labelled_list(args, split):
     """(entries of DATA_PATH/split, the model's outputs: classes, or 1 for a count), every
     label checked against it."""
@@ -159,7 +163,7 @@ def labelled_list(args, split):
     entries = read_list(path, args.data_root, task=task)
     if task == "counting":
         return entries, 1
-    nb_classes = args.nb_classes or DATASET_CLASSES[args.data_set]
+    nb_classes = class_count(args)
     bad = [(p, label) for p, labels in entries for label in (
         labels if task == "multi_label" else (labels,)) if not 0 <= label < nb_classes]
     if bad:

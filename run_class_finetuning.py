@@ -306,8 +306,7 @@ def main(args):
     args = utils.run_settings(args, dist_info.world_size)  # read-only from here on
     log.info("%s", utils.run_header(args, dist_info))
     distributed.seed_everything(args.seed)
-    nb_classes = tasks.outputs(args.task,
-                               args.nb_classes or datasets.DATASET_CLASSES[args.data_set])
+    nb_classes = tasks.outputs(args.task, datasets.class_count(args))
     if args.linear_probe:
         linear_probe(args, dist_info, nb_classes)
         return 0

@@ -16,7 +16,8 @@ def test_bench_data_prints_every_pipeline(video_dir, tmp_path):
     assert "yours: 2 videos, 80x64 at 25 fps" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("yours ")]
     assert [(row[2], row[3]) for row in rows] == [("decode", "pyav"), ("workers", "2"),
-                                                  ("device", "2")]
+                                                  ("device", "2"), ("dev-dec", "2")]
+    assert float(rows[-1][5]) > 0  # the training process's decode and render
     assert all(float(row[-2]) > 0 for row in rows)  # cores for 212 clips/s
 
 
