@@ -66,7 +66,7 @@ class DecodeAhead:
         pool = ThreadPoolExecutor(self.threads, "decode",
                                   initializer=lambda: setattr(local, "slot", next(slots)))
 
-        def decode(pending):
+        def read(pending):
             with board.reading(pending.index, local.slot) if board else contextlib.nullcontext():
                 return decode_pending(pending, self.backend, self.device, self.nvdec)
 
@@ -74,7 +74,7 @@ class DecodeAhead:
         try:
             for batch in batches:
                 pending = isinstance(getattr(batch, "sources", None), PendingSources)
-                ahead.append((batch, [pool.submit(decode, p) for p in batch.sources.crops]
+                ahead.append((batch, [pool.submit(read, p) for p in batch.sources.crops]
                               if pending else None))
                 if len(ahead) == 2:
                     yield self.finish(*ahead.popleft())

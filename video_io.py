@@ -98,11 +98,12 @@ def decode_decord(path, choose_indices):
     return reader.get_batch(list(choose_indices(_length(path, len(reader))))).asnumpy()
 
 
-def decode_pyav(path, choose_indices):
+def decode_pyav(path, choose_indices, probe_only=False):
     """PyAV, one thread. The demuxer's packets (read, not decoded) give every frame's
     timestamp and the keyframes, so decoding starts at the keyframe before the first wanted
     frame, skips the non-reference frames it will not keep and stops at the last wanted one.
-    A stream whose packets carry no usable timestamps is decoded from its start."""
+    A stream whose packets carry no usable timestamps is decoded from its start. With
+    `probe_only` nothing is decoded: see `probe`."""
     import av
     av.logging.set_level(av.logging.PANIC)
     with av.open(path) as container:
@@ -116,6 +117,11 @@ def decode_pyav(path, choose_indices):
             raise VideoDecodeError(path, f"truncated: {len(packets)} of {stream.frames} frames "
                                          "in the file")
         indices = choose_indices(_length(path, len(packets)))
+        if probe_only:
+            size = stream.codec_context.height, stream.codec_context.width
+            if not all(size):
+                raise VideoDecodeError(path, "no frame size in its header")
+            return PendingDecode(path, -1, np.asarray(indices), size)
         wanted = set(int(i) for i in indices)
         timestamps = sorted(pts for pts, _ in packets if pts is not None)
         if seekable := len(set(timestamps)) == len(packets):
@@ -252,29 +258,11 @@ class PendingDecode:
 
 def probe(path, choose_indices):
     """A PendingDecode of the frames choose_indices(video length) picks, from the file's
-    header and packet list (demuxed, not decoded): what a worker reads when the training
-    process decodes. The length is counted as decode_pyav counts it."""
-    import av
-    av.logging.set_level(av.logging.PANIC)
+    header and packet list (demuxed, not decoded; the length counted as PyAV's decode counts
+    it): what a worker reads when the training process decodes."""
     if reason := unreadable(path):
         raise VideoDecodeError(path, reason)
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise VideoDecodeError(path, "no video stream")
-            stream = container.streams.video[0]
-            length = sum(1 for packet in container.demux(stream) if packet.size)
-            height, width = stream.codec_context.height, stream.codec_context.width
-    except VideoDecodeError:
-        raise
-    except Exception as err:
-        raise VideoDecodeError(path, f"pyav: {type(err).__name__}: {err}") from err
-    if 0 < length < (stream.frames or 0):
-        raise VideoDecodeError(path, f"truncated: {length} of {stream.frames} frames in the file")
-    if not height or not width:
-        raise VideoDecodeError(path, "no frame size in its header")
-    indices = np.asarray(choose_indices(_length(path, length)))
-    return PendingDecode(path, -1, indices, (height, width))
+    return decode("pyav", path, choose_indices, probe_only=True)
 
 
 # ---------------------------------------------------------------- still images
