@@ -56,7 +56,8 @@ ALLOWED = {
 # resume's precedence, the random states an exact resume restores; distributed.py: a worker
 # killed while its batch is handed over (worker_death); training.py: an epoch whose validation
 # a stop signal cut short is finished by the resume (_close_epoch);
-# lists.py: the row formats of multi-label, count and segment lists (issue 26); datasets.py:
+# lists.py: the row formats of multi-label, count and segment lists (issue 26), class_count
+# (once for the three places that derived the class count); datasets.py:
 # --task, --segment_sampling and the segment each clip stays in;
 # run_class_finetuning.py: --task through fine-tuning, the test and the probe, predictions.npz;
 # checkpoint.py: the one reader and reporter of weights that four files used to write each;
@@ -68,7 +69,7 @@ BUDGET = {"run_smile_pretraining": 300, "run_class_finetuning": 370, "datasets":
           "motion_infusion": 400, "masking_generator": 250, "modeling_finetune": 250,
           "modeling_pretrain": 400, "engine_for_pretraining": 250, "engine_for_finetuning": 300,
           "utils": 250, "distributed": 290, "checkpoint": 330, "training": 360,
-          "bad_files": 200, "errors": 80, "lists": 170, "video_io": 300, "teachers": 300,
+          "bad_files": 200, "errors": 80, "lists": 175, "video_io": 300, "teachers": 300,
           "video_transforms": 150, "outputs": 345, "stop_signals": 100, "launch": 100,
           "batches": 100, "hf_videomae": 150, "pictures": 150, "object_banks": 250,
           "rendering": 160, "guard": 310, "tasks": 150,
