@@ -24,10 +24,10 @@ NVDEC_TRIES = 8  # files NVDEC may reject before a run stops asking it
 
 
 def decode_pending(pending, backend, device, nvdec=False):
-    """uint8 [T, h, w, 3] on `device`: the cropped frames of a PendingDecode, and why NVDEC gave
-    up on it ('' if it did not, or was not asked). With `nvdec` torchcodec decodes on the CUDA
-    `device` (the frames never visit the host); a file it rejects, and every other backend, is
-    read on the CPU by read_clip (with its second decoder)."""
+    """uint8 [T, h, w, 3]: the cropped frames of a PendingDecode, and why NVDEC gave up on it
+    ('' if it did not, or was not asked). With `nvdec` torchcodec decodes on the CUDA `device`
+    and the frames stay there; a file it rejects, and every other backend, is read on the CPU
+    by read_clip (with its second decoder), and its frames are left on the host."""
     length = len(pending.indices)
     choose = lambda n: np.minimum(pending.indices, n - 1)  # noqa: E731 (the probe's count)
     frames, gave_up = None, ""
@@ -37,7 +37,7 @@ def decode_pending(pending, backend, device, nvdec=False):
         except VideoDecodeError as err:
             gave_up = err.reason
     if frames is None:
-        frames = torch.from_numpy(read_clip(pending.path, backend, choose)).to(device)
+        frames = torch.from_numpy(read_clip(pending.path, backend, choose))
     if tuple(frames.shape[:3]) != (length, *pending.frame_size):
         raise VideoDecodeError(pending.path, f"decoded {tuple(frames.shape[:3])} frames, and "
                                f"its header said {(length, *pending.frame_size)}")
@@ -84,19 +84,30 @@ class DecodeAhead:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def finish(self, batch, futures):
+        """The batch with its sources decoded, on the device. Frames decoded on the CPU go
+        there in one copy from pinned memory, which does not wait for the step the device is
+        running (a copy from pageable memory would, and hold up this thread with it)."""
         if futures is None:
             return batch
-        sources = torch.zeros(batch.sources.shape, dtype=torch.uint8, device=self.device)
-        attempts = list(batch.attempts)
-        for target, pending, future in zip(sources, batch.sources.crops, futures):
+        cuda = torch.device(self.device).type == "cuda"
+        host = torch.zeros(batch.sources.shape, dtype=torch.uint8, pin_memory=cuda)
+        attempts, on_device = list(batch.attempts), []
+        for k, (pending, future) in enumerate(zip(batch.sources.crops, futures)):
             try:
                 frames, gave_up = future.result()
             except VideoDecodeError as err:
                 attempts.append((pending.index, err.path, f"{err.reason} (read by the training "
                                  "process: its clips trained on a black background this once)"))
                 continue
-            target[:frames.shape[0], :frames.shape[1], :frames.shape[2]] = frames
+            window = (k, slice(frames.shape[0]), slice(frames.shape[1]), slice(frames.shape[2]))
+            if frames.device.type == "cpu":
+                host[window] = frames
+            else:  # NVDEC's
+                on_device.append((window, frames))
             self.count_nvdec(pending.path, gave_up)
+        sources = host.to(self.device, non_blocking=True)
+        for window, frames in on_device:
+            sources[window] = frames
         return batch._replace(sources=sources, attempts=attempts)
 
     def count_nvdec(self, path, gave_up):
