@@ -57,6 +57,19 @@ def test_pyav_seeks_and_skips_yet_returns_exactly_the_frames_asked_for(tmp_path,
     assert list(frame_numbers(video_io.read_clip(path, "pyav", lambda n: [149, 0]))) == [149, 0]
 
 
+@pytest.mark.parametrize("name,codec", [("v.webm", "libvpx-vp9"), ("v.avi", "mpeg4"),
+                                        ("v.h264", "libx264")])
+def test_pyav_reads_the_containers_users_have(tmp_path, name, codec):
+    """SSv2's VP9 WebM, UCF-101's and HMDB-51's AVI, and a raw H.264 stream, which has no
+    timestamps and is read from its start: PyAV opens them without decoding a frame for their
+    header, and returns the frames asked for in the order asked (repeats kept)."""
+    path = write_video(str(tmp_path / name), indexed_frames(40), codec=codec)
+    wanted = [31, 2, 2, 17, 39]
+    assert list(frame_numbers(video_io.read_clip(path, "pyav", lambda n: wanted))) == wanted
+    pending = video_io.probe(path, lambda n: [n - 1])
+    assert pending.frame_size == (64, 96) and list(pending.indices) == [39]
+
+
 def test_missing_backend_is_one_line():
     with pytest.raises(ValueError, match="--video_backend no_such_decoder is not usable here"):
         video_io.check_backend("no_such_decoder")
