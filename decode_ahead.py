@@ -26,23 +26,25 @@ NVDEC_TRIES = 8  # files NVDEC may reject before a run stops asking it
 def decode_pending(pending, backend, device, nvdec=False):
     """uint8 [T, h, w, 3]: the cropped frames of a PendingDecode, and why NVDEC gave up on it
     ('' if it did not, or was not asked). With `nvdec` torchcodec decodes on the CUDA `device`
-    and the frames stay there; a file it rejects, and every other backend, is read on the CPU
-    by read_clip (with its second decoder), and its frames are left on the host."""
+    and the frames stay there (a file torchcodec falls back to its CPU decoder for is kept, and
+    the reason returned); a file it rejects, and every other backend, is read on the CPU by
+    read_clip (with its second decoder), and its frames are left on the host."""
     length = len(pending.indices)
     choose = lambda n: np.minimum(pending.indices, n - 1)  # noqa: E731 (the probe's count)
-    frames, gave_up = None, ""
+    frames, gave_up = None, []
     if nvdec:
         try:
-            frames = torch.as_tensor(decode("torchcodec", pending.path, choose, device=device))
+            frames = torch.as_tensor(decode("torchcodec", pending.path, choose, device=device,
+                                            on_cpu_fallback=gave_up.append))
         except VideoDecodeError as err:
-            gave_up = err.reason
+            gave_up.append(err.reason)
     if frames is None:
         frames = torch.from_numpy(read_clip(pending.path, backend, choose))
     if tuple(frames.shape[:3]) != (length, *pending.frame_size):
         raise VideoDecodeError(pending.path, f"decoded {tuple(frames.shape[:3])} frames, and "
                                f"its header said {(length, *pending.frame_size)}")
     y0, y1, x0, x1 = pending.crop
-    return frames[:, y0:y1, x0:x1], gave_up
+    return frames[:, y0:y1, x0:x1], "".join(gave_up)
 
 
 class DecodeAhead:
@@ -125,5 +127,5 @@ class DecodeAhead:
         if not self.nvdec_decoded and self.nvdec_rejected >= NVDEC_TRIES:
             self.nvdec = False
             log.warning("NVDEC decoded none of the first %d files (the last: %s): they are "
-                        "decoded on the CPU from here on. Is torchcodec a CUDA build, and "
-                        "FFmpeg built with NVDEC (INSTALL.md)?", NVDEC_TRIES, gave_up)
+                        "decoded on the CPU from here on. Is torchcodec a CUDA build, and the "
+                        "driver's libnvcuvid.so.1 visible (INSTALL.md)?", NVDEC_TRIES, gave_up)

@@ -128,15 +128,14 @@ def decode_pyav(path, choose_indices, probe_only=False):
             frame_at = {pts: i for i, pts in enumerate(timestamps)}
             keys = [frame_at[pts] for pts, key in packets if key and frame_at[pts] <= min(wanted)]
             container.seek(timestamps[max(keys, default=0)], stream=stream)
-            decoded, missing = _decode_wanted(container, stream, indices, frame_at.get)
+            decoded = _decode_wanted(container, stream, wanted, frame_at.get)
     if not seekable:  # e.g. a raw H.264 stream: no timestamps, and it cannot seek
         with av.open(path, options=_HEADER_ONLY) as container:
-            decoded, missing = _decode_wanted(container, container.streams.video[0], indices,
-                                              None)
-    if missing:
+            decoded = _decode_wanted(container, container.streams.video[0], wanted, None)
+    if missing := wanted.difference(decoded):
         raise VideoDecodeError(path, f"truncated: frame {min(missing)} of {len(packets)} could "
                                      "not be decoded")
-    return decoded
+    return np.stack([decoded[int(i)] for i in indices])
 
 
 # avformat_find_stream_info decodes the first frame, on a pool of threads, to learn what the
@@ -145,50 +144,39 @@ def decode_pyav(path, choose_indices, probe_only=False):
 _HEADER_ONLY = {"skip_frame": "all", "threads": "1"}
 
 
-def _decode_wanted(container, stream, indices, frame_at):
-    """RGB frames [T, H, W, 3] at `indices` (repeats allowed), decoding from where the
-    container is and writing each wanted frame straight into its rows; the indices missing
-    from the stream are returned as a set. frame_at(pts) -> index, or None to count frames
-    from the stream's start."""
+def _decode_wanted(container, stream, wanted, frame_at):
+    """{frame index: RGB frame} of the wanted frames, decoding from where the container is;
+    frame_at(pts) -> index, or None to count frames from the stream's start."""
     from av.video.reformatter import VideoReformatter
     to_rgb = VideoReformatter()  # one for the video: frame.to_ndarray(format=) makes one a frame
-    rows = {}
-    for row, i in enumerate(indices):
-        rows.setdefault(int(i), []).append(row)
-    codec, clip, count, skipping, left = stream.codec_context, None, 0, None, set(rows)
+    codec, decoded, count, skipping = stream.codec_context, {}, 0, None
     for packet in container.demux(stream):
         if frame_at and packet.pts is not None:  # skip_frame is read per packet (one thread)
-            if skipping != (skip := frame_at(packet.pts) not in left):
+            if skipping != (skip := frame_at(packet.pts) not in wanted):
                 codec.skip_frame, skipping = "NONREF" if skip else "DEFAULT", skip
         for frame in codec.decode(packet):
             i = frame_at(frame.pts) if frame_at else count
             count += 1
-            if i in left:
-                left.discard(i)
+            if i in wanted:  # a view of the RGB frame's plane: the clip's stack is its one copy
                 rgb = to_rgb.reformat(frame, format="rgb24")
-                if clip is None:
-                    clip = np.empty((len(indices), rgb.height, rgb.width, 3), np.uint8)
-                clip[rows[i][0]] = _plane_pixels(rgb)
-                for row in rows[i][1:]:
-                    clip[row] = clip[rows[i][0]]
-        if not left:
+                plane = rgb.planes[0]
+                decoded[i] = np.frombuffer(plane, np.uint8, rgb.height * plane.line_size).reshape(
+                    rgb.height, -1)[:, :rgb.width * 3].reshape(rgb.height, rgb.width, 3)
+        if len(decoded) == len(wanted):
             break
-    return clip, left
+    return decoded
 
 
-def _plane_pixels(rgb):
-    """A packed RGB frame's pixels as a view of its plane (its rows may be padded)."""
-    plane = rgb.planes[0]
-    return np.frombuffer(plane, np.uint8).reshape(rgb.height, plane.line_size)[
-        :, :rgb.width * 3].reshape(rgb.height, rgb.width, 3)
-
-
-def decode_torchcodec(path, choose_indices, device="cpu"):
+def decode_torchcodec(path, choose_indices, device="cpu", on_cpu_fallback=None):
     """torchcodec (optional: `pip install torchcodec`, with FFmpeg's shared libraries from the
     system, e.g. Debian's libavcodec59); one FFmpeg thread, as the other decoders. On a CUDA
-    `device` it decodes there (NVDEC) and returns the device tensor."""
+    `device` it decodes there (NVDEC) and returns the device tensor. torchcodec decodes on the
+    CPU, and says nothing, where the driver's NVDEC library is missing or the stream is one
+    NVDEC cannot read: `on_cpu_fallback(reason)` is then called."""
     from torchcodec.decoders import VideoDecoder
     reader = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=1, device=device)
+    if on_cpu_fallback and (fallback := getattr(reader, "cpu_fallback", None)):  # >= 0.9
+        on_cpu_fallback(str(fallback).split("due to: ")[-1])
     indices = choose_indices(_length(path, reader.metadata.num_frames or 0))
     frames = reader.get_frames_at([int(i) for i in indices]).data
     return frames if torch.device(device).type == "cuda" else frames.numpy()

@@ -6,7 +6,7 @@
 #    of --decode_on device (NVDEC decode and render), wall time with the GPU synchronised;
 # 3. a short stage-1 run through the CLI with --decode_on device --video_backend torchcodec on
 #    the GPU, whose log says whether NVDEC decoded or fell back to the CPU.
-# Needs the requirements, a CUDA build of torchcodec and FFmpeg with NVDEC (INSTALL.md).
+# Needs the requirements, a CUDA build of torchcodec and the driver's libnvcuvid (INSTALL.md).
 # Knobs (environment): SAMPLES (24), PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,8 @@ PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo pyt
 "$PYTHON" -c "import torch, torchcodec; assert torch.cuda.is_available(), 'no CUDA device'; \
 print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'torchcodec', torchcodec.__version__)" \
     | tee "$OUT/device.txt"
+{ ldconfig -p | grep nvcuvid || echo "no libnvcuvid: NVDEC falls back to the CPU (INSTALL.md)"; } \
+    | tee -a "$OUT/device.txt"
 "$PYTHON" -m pytest -q -rs tests/test_rendering.py 2>&1 | tee "$OUT/tests.txt"
 "$PYTHON" bench/bench_data.py --samples "${SAMPLES:-24}" --device cuda --backend torchcodec \
     --decoders pyav,torchcodec --paths device,device-decode 2>&1 | tee "$OUT/bench_data.txt"

@@ -57,6 +57,29 @@ def test_pyav_seeks_and_skips_yet_returns_exactly_the_frames_asked_for(tmp_path,
     assert list(frame_numbers(video_io.read_clip(path, "pyav", lambda n: [149, 0]))) == [149, 0]
 
 
+@pytest.mark.parametrize("backend", [usable("torchcodec")])
+def test_torchcodecs_silent_cpu_fallback_is_reported(video_dir, monkeypatch, backend):
+    """Without the driver's NVDEC library torchcodec decodes on the CPU and says so only in
+    its `cpu_fallback`: decode_torchcodec hands that on (decode_ahead counts it as an NVDEC
+    failure), with torchcodec's own status class and wording."""
+    import torchcodec.decoders as tc
+    from torchcodec.decoders._video_decoder import CpuFallbackStatus
+
+    class WithoutNvcuvid(tc.VideoDecoder):
+        @property
+        def cpu_fallback(self):
+            status = CpuFallbackStatus()
+            status.status_known, status._is_fallback, status._backend = True, True, "CUDA"
+            status._nvcuvid_unavailable = True
+            return status
+    reasons, choose = [], lambda n: [0, 5]
+    expected = video_io.decode_torchcodec(video_dir["clip0"], choose, on_cpu_fallback=reasons.append)
+    assert not reasons  # a real decoder on the CPU did not fall back
+    monkeypatch.setattr(tc, "VideoDecoder", WithoutNvcuvid)
+    frames = video_io.decode_torchcodec(video_dir["clip0"], choose, on_cpu_fallback=reasons.append)
+    assert reasons == ["NVcuvid unavailable"] and np.array_equal(frames, expected)
+
+
 @pytest.mark.parametrize("name,codec", [("v.webm", "libvpx-vp9"), ("v.avi", "mpeg4"),
                                         ("v.h264", "libx264")])
 def test_pyav_reads_the_containers_users_have(tmp_path, name, codec):

@@ -185,21 +185,27 @@ def test_a_hung_decode_in_the_training_process_is_named_and_ends_the_wait(video_
     assert decoded.sources[1].any()  # let go, it read the file
 
 
+@pytest.mark.parametrize("nvdec_fails", ["rejects", "falls back"])
 def test_files_nvdec_rejects_are_decoded_on_the_cpu_and_a_failing_nvdec_is_dropped(
-        video_dir, tmp_path, monkeypatch, caplog):
-    """Run here with a stand-in for torchcodec's CUDA decoder that rejects every file (as a
-    CPU-only torchcodec build does on a GPU): each file is read on the CPU instead, the first
-    rejection is said, and after NVDEC_TRIES rejections and no success NVDEC is not asked
-    again (one warning), rather than one line per file for the rest of the run."""
+        video_dir, tmp_path, monkeypatch, caplog, nvdec_fails):
+    """Run here with a stand-in for torchcodec's CUDA decoder that fails on every file: it
+    rejects them (as a CPU-only torchcodec build does on a GPU), or decodes them on the CPU
+    and only its `cpu_fallback` says so (as torchcodec does without the driver's NVDEC
+    library). Each file's clips are still the workers', the first failure is said, and after
+    NVDEC_TRIES failures and no success NVDEC is not asked again (one warning), rather than one
+    line per file for the rest of the run, or a run that says NVDEC and decodes on the CPU."""
     listing = write_list(tmp_path / "train.csv",
                          [(video_dir[f"clip{i}"], 0) for i in range(4)] * 3)
     args = pretrain_args(background="video", data_path=listing, augment_on="device",
                          decode_on="device", input_size=48)
     asked = []
 
-    def no_nvdec(path, choose, device="cpu"):
+    def no_nvdec(path, choose, device="cpu", on_cpu_fallback=None):
         asked.append(path)
-        raise RuntimeError("Unsupported device: cuda (a CPU-only build)")
+        if nvdec_fails == "rejects":
+            raise RuntimeError("Unsupported device: cuda (a CPU-only build)")
+        on_cpu_fallback("NVcuvid unavailable")
+        return video_io.decode_pyav(path, choose)
     monkeypatch.setitem(video_io.DECODERS, "torchcodec", no_nvdec)
     dataset = datasets.build_pretraining_dataset(args)
     reference = datasets.build_pretraining_dataset(settled(args, decode_on="workers"))
@@ -214,6 +220,7 @@ def test_files_nvdec_rejects_are_decoded_on_the_cpu_and_a_failing_nvdec_is_dropp
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2 and "files it rejects are decoded on the CPU" in warnings[0]
     assert "NVDEC decoded none of the first 8 files" in warnings[1]
+    assert ("NVcuvid unavailable" if nvdec_fails == "falls back" else "CPU-only") in warnings[1]
     for batch, k in zip(out, (0, 4, 8, 0)):
         expected = batches.collate_pretraining([reference[i] for i in range(k, k + 4)])
         assert torch.equal(batch.video_on(CPU), expected.video_on(CPU))
