@@ -81,14 +81,15 @@ def test_torchcodecs_silent_cpu_fallback_is_reported(video_dir, monkeypatch, bac
 
 
 @pytest.mark.parametrize("name,codec", [("v.webm", "libvpx-vp9"), ("v.avi", "mpeg4"),
-                                        ("v.h264", "libx264")])
+                                        ("v.h264", "libx264"), ("v.ts", "libx264")])
 def test_pyav_reads_the_containers_users_have(tmp_path, name, codec):
-    """SSv2's VP9 WebM, UCF-101's and HMDB-51's AVI, and a raw H.264 stream, which has no
-    timestamps and is read from its start: PyAV opens them without decoding a frame for their
-    header, and returns the frames asked for in the order asked (repeats kept)."""
+    """SSv2's VP9 WebM, UCF-101's and HMDB-51's AVI, a raw H.264 stream (no timestamps) and
+    MPEG-TS (whose seek, by bytes, lands elsewhere): PyAV opens them without decoding a frame
+    for their header, and returns the frames asked for in the order asked (repeats kept); the
+    last two are read from their start."""
     path = write_video(str(tmp_path / name), indexed_frames(40), codec=codec)
     wanted = [31, 2, 2, 17, 39]
-    assert list(frame_numbers(video_io.read_clip(path, "pyav", lambda n: wanted))) == wanted
+    assert list(frame_numbers(video_io.decode_pyav(path, lambda n: wanted))) == wanted
     pending = video_io.probe(path, lambda n: [n - 1])
     assert pending.frame_size == (64, 96) and list(pending.indices) == [39]
 
