@@ -72,11 +72,11 @@ def test_torchcodecs_silent_cpu_fallback_is_reported(video_dir, monkeypatch, bac
             status.status_known, status._is_fallback, status._backend = True, True, "CUDA"
             status._nvcuvid_unavailable = True
             return status
-    reasons, choose = [], lambda n: [0, 5]
-    expected = video_io.decode_torchcodec(video_dir["clip0"], choose, on_cpu_fallback=reasons.append)
+    reasons, choose, path = [], lambda n: [0, 5], video_dir["clip0"]
+    expected = video_io.decode_torchcodec(path, choose, on_cpu_fallback=reasons.append)
     assert not reasons  # a real decoder on the CPU did not fall back
     monkeypatch.setattr(tc, "VideoDecoder", WithoutNvcuvid)
-    frames = video_io.decode_torchcodec(video_dir["clip0"], choose, on_cpu_fallback=reasons.append)
+    frames = video_io.decode_torchcodec(path, choose, on_cpu_fallback=reasons.append)
     assert reasons == ["NVcuvid unavailable"] and np.array_equal(frames, expected)
 
 
