@@ -169,6 +169,42 @@ def test_prepare_videos_bakes_a_stride_in_and_keeps_one_kind_of_file_per_folder(
     assert (out / "train.csv.clean").read_text().splitlines() == lines
 
 
+def test_prepare_videos_cuts_each_segment_into_a_file_of_its_own(tmp_path):
+    """A list of segments (EPIC-Kitchens'): each becomes a file of its own, overlapping ones
+    too, in one pass over the video, with --stride 2 counted from the segment's start; the
+    new list holds whole files with the labels as written, and the loader reads it. A segment
+    starting after the video's end is named with why. --task multi_label (Charades) keeps
+    several labels; without it such a row is refused before any work."""
+    import numpy as np
+
+    import lists
+    import video_io
+    from media import frame_numbers, indexed_frames, write_video
+    from tools import prepare_videos
+    video = write_video(str(tmp_path / "src" / "long.mp4"), indexed_frames(60))
+    listing = tmp_path / "segments.txt"
+    listing.write_text("src/long.mp4 5 20 3\nsrc/long.mp4 12 59 1\nsrc/long.mp4 70 80 2\n")
+    out = tmp_path / "out"
+    assert prepare_videos.main([str(listing), str(out), "--stride", "2", "--workers", "1"]) == 1
+    assert (out / "segments.txt").read_text().splitlines() == [
+        "# frame_stride 2", "long_5_20.mp4 3", "long_12_59.mp4 1"]
+    for name, expected in (("long_5_20", range(5, 21, 2)), ("long_12_59", range(12, 60, 2))):
+        frames = video_io.decode_pyav(str(out / f"{name}.mp4"), np.arange)
+        assert list(frame_numbers(frames)) == list(expected)
+    assert (out / "segments.txt.failed.tsv").read_text().splitlines()[1:] == [
+        f"{video} 70 80\tthe segment starts at frame 70, after the video's 60 frames"]
+    entries = lists.read_list(str(out / "segments.txt"))
+    assert entries.frame_stride == 2 and not entries.segments and len(entries) == 2
+
+    (tmp_path / "charades.txt").write_text("src/long.mp4 4,9\n")
+    code, log = run_script("tools/prepare_videos.py", str(tmp_path / "charades.txt"),
+                           str(tmp_path / "c"), "--workers", "1")
+    assert code == 2 and "several labels: --task multi_label" in log, log
+    assert prepare_videos.main([str(tmp_path / "charades.txt"), str(tmp_path / "c"),
+                                "--task", "multi_label", "--workers", "1"]) == 0
+    assert (tmp_path / "c" / "charades.txt").read_text() == "long.mp4 4,9\n"
+
+
 def test_check_videos_eta_leaves_out_the_pools_start_up():
     """The first result comes after every worker imported its decoders (seconds); the rate
     counts from there, and only once enough files were done after it."""

@@ -1,12 +1,14 @@
 """Pre-flight check of a video list: run it before a long run, then train on LIST.clean.
 
     python tools/check_videos.py LIST [--data_root ROOT] [--workers N] [--video_backend decord]
+                                      [--task multi_label]
 
 Opens every file of LIST (VideoMAE 'PATH LABEL' lines or CSV 'PATH,LABEL', as the loader reads
-them) in parallel and decodes what training needs: the container, the video stream, its frame
-count, its first and last frames (PyAV, then decord, as in training). Writes LIST.clean (the
-good lines, unchanged) and LIST.bad.tsv (path, reason), prints a summary, and exits 1 when any
-file is bad (0 when all are good, 2 for a list it cannot read).
+them; --task as in training, e.g. multi_label for Charades') in parallel and decodes what
+training needs: the container, the video stream, its frame count, its first and last frames
+(PyAV, then decord, as in training). Writes LIST.clean (the good lines, unchanged) and
+LIST.bad.tsv (path, reason), prints a summary, and exits 1 when any file is bad (0 when all
+are good, 2 for a list it cannot read).
 """
 import argparse
 import multiprocessing
@@ -16,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from errors import exit_usage  # noqa: E402
-from lists import parse_line  # noqa: E402
+from lists import TASKS, parse_line  # noqa: E402
 from utils import format_eta  # noqa: E402
 from video_io import DECODERS, VideoDecodeError, read_clip  # noqa: E402
 
@@ -31,6 +33,8 @@ def get_args(argv=None):
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
                         help="processes that open files at once (default: all cores)")
     parser.add_argument("--video_backend", default="pyav", choices=tuple(DECODERS))
+    parser.add_argument("--task", default="classification", choices=TASKS,
+                        help="the list's labels, as for training (Charades: multi_label)")
     return parser.parse_args(argv)
 
 
@@ -81,7 +85,7 @@ def main(argv=None):
     jobs, root = [], args.data_root or os.path.dirname(os.path.abspath(args.list))
     for lineno, line in enumerate(lines):
         try:
-            entry = parse_line(line, require_label=False)
+            entry = parse_line(line, require_label=False, task=args.task)
         except ValueError as err:
             exit_usage(f"{args.list}:{lineno + 1}: {err}")
         if entry:

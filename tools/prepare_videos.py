@@ -1,9 +1,11 @@
 """Re-encode a video list for fast training: smaller frames, frequent keyframes, no audio.
 
     python tools/prepare_videos.py LIST OUT_DIR [--stride 4] [--short_side 320] [--workers N]
+                                   [--task multi_label]
 
-Each video of LIST (VideoMAE 'PATH LABEL' lines or CSV, as the loader reads them) is decoded
-and written to OUT_DIR, keeping its path below the inputs' common folder, as H.264 with:
+Each video of LIST (VideoMAE 'PATH LABEL' lines or CSV, as the loader reads them; --task
+multi_label or counting for Charades' or UCFRep's labels) is decoded and written to OUT_DIR,
+keeping its path below the inputs' common folder, as H.264 with:
 - the short side scaled down to --short_side (VideoMAE's Kinetics convention; never scaled up),
 - with --stride N, only every N-th frame of the source (frames 0, N, 2N, ...; the frame rate
   divided by N, so time is kept): a clip sampled every --sampling_rate frames, a multiple of
@@ -17,14 +19,21 @@ and written to OUT_DIR, keeping its path below the inputs' common folder, as H.2
   nothing references, which PyAV skips when it does not keep them,
 - no audio. FFmpeg comes with PyAV: no system binary is needed.
 
+A list of segments ('PATH START END LABEL', EPIC-Kitchens') gets each segment cut into a file
+of its own, PATH_START_END.mp4 (one pass over each video, however many segments it has), and
+a new list of whole files: a clip of a segment is then read without reading the long video's
+every packet, as the loader must for a segment of it.
+
 Resumable: an output is written as NAME.partial.mp4 and renamed when complete, so a run killed
 midway redoes only the files it was writing; finished outputs are skipped. Writes
 OUT_DIR/<LIST's name> (the converted entries, paths relative to OUT_DIR, labels kept) and
-OUT_DIR/<LIST's name>.failed.tsv (path, reason) naming every input that could not be converted.
+OUT_DIR/<LIST's name>.failed.tsv (path, or path START END of a segment, and why) naming every
+input that could not be converted.
 Exits 0 when every file converted, 1 when some failed, 2 for a list it cannot read.
 """
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -33,7 +42,7 @@ from fractions import Fraction
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from errors import UsageError, exit_usage  # noqa: E402
-from lists import read_list  # noqa: E402
+from lists import TASKS, read_list  # noqa: E402
 from tools.check_videos import Progress  # noqa: E402
 
 PARTIAL = ".partial.mp4"
@@ -57,6 +66,8 @@ def get_args(argv=None):
     parser.add_argument("--preset", default="veryfast", help="x264 speed preset")
     parser.add_argument("--tune", default="fastdecode", choices=("fastdecode", "none"),
                         help="x264 tuning: fastdecode decodes faster, for larger files")
+    parser.add_argument("--task", default="classification", choices=TASKS,
+                        help="the list's labels, as for training (its --task)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
                         help="videos converted at once (default: all cores)")
     return parser.parse_args(argv)
@@ -69,57 +80,92 @@ def output_size(width, height, short_side):
 
 
 def convert(job):
-    """(input path, '' when converted or already there, else why not)."""
-    source, target, opts = job
-    if os.path.isfile(target):
-        return source, ""
-    partial = target[:-len(".mp4")] + PARTIAL
-    try:
-        frames = encode(source, partial, opts)
-        if frames == 0:
-            raise ValueError("no video frames decoded")
-        os.replace(partial, target)
-        return source, ""
-    except Exception as err:  # any decoder or encoder failure leaves this file unconverted
-        if os.path.exists(partial):
-            os.remove(partial)
-        return source, f"{type(err).__name__}: {' '.join(str(err).split())}"
+    """(input path, {output: why it was not written}): every output of one input video."""
+    source, outputs, opts = job
+    todo = {target: segment for target, segment in outputs.items() if not os.path.isfile(target)}
+    partial = {target: target[:-len(".mp4")] + PARTIAL for target in todo}
+    written, frames, reason = {}, 0, ""
+    if todo:
+        try:
+            frames = encode(source, {partial[t]: seg for t, seg in todo.items()}, opts, written)
+        except Exception as err:  # a decoder or encoder failure: what it finished is kept
+            reason = f"{type(err).__name__}: {' '.join(str(err).split())}"
+    failed = {}
+    for target, segment in todo.items():
+        if written.get(partial[target]):
+            os.replace(partial[target], target)
+            continue
+        if os.path.exists(partial[target]):
+            os.remove(partial[target])
+        failed[target] = reason or (f"the segment starts at frame {segment[0]}, after the "
+                                    f"video's {frames} frames" if segment else
+                                    "no video frames decoded")
+    return source, failed
 
 
-def encode(source, partial, opts):  # -> frames written
+def encode(source, outputs, opts, written):
+    """Write each output {path: (start, end) frames, or None for all} of `source` in one pass
+    over it; written[path] = its frame count once it is complete. -> frames decoded."""
     import av
     av.logging.set_level(av.logging.PANIC)
-    os.makedirs(os.path.dirname(partial), exist_ok=True)
+    spans = {path: segment or (0, math.inf) for path, segment in outputs.items()}
+    last = max(end for _, end in spans.values())
+    counts, writers, frames = dict.fromkeys(outputs, 0), {}, 0
     with av.open(source) as inp:
         if not inp.streams.video:
             raise ValueError("no video stream")
         in_stream = inp.streams.video[0]
         in_stream.thread_type = "AUTO"
         rate = in_stream.average_rate or in_stream.guessed_rate or Fraction(30)
-        width, height = output_size(in_stream.codec_context.width,
-                                    in_stream.codec_context.height, opts.short_side)
-        count = 0
-        with av.open(partial, mode="w", format="mp4") as out:
-            rate = Fraction(rate).limit_denominator(1001) / opts.stride
-            stream = out.add_stream("libx264", rate=rate)
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = {"crf": str(opts.crf), "preset": opts.preset,
-                              "x264-params": f"keyint={opts.keyint}:min-keyint={opts.keyint}"
-                                             ":scenecut=0:b-pyramid=none",
-                              **({} if opts.tune == "none" else {"tune": opts.tune})}
-            out.metadata["comment"] = f"one frame in {opts.stride} of {source}"
+        rate = Fraction(rate).limit_denominator(1001) / opts.stride
+        size = output_size(in_stream.codec_context.width, in_stream.codec_context.height,
+                           opts.short_side)
+        try:
             for i, frame in enumerate(inp.decode(in_stream)):
-                if i % opts.stride:
-                    continue
-                frame = frame.reformat(width=width, height=height, format="yuv420p",
-                                       interpolation="AREA")
-                frame.pts, frame.time_base = count, 1 / rate  # constant frame rate out
-                # the source's own keyframes would force extra ones in the output
-                frame.pict_type = av.video.frame.PictureType.NONE
-                count += 1
-                out.mux(stream.encode(frame))
-            out.mux(stream.encode(None))
-    return count
+                if i > last:
+                    break
+                frames, scaled = i + 1, None
+                for path, (start, end) in spans.items():
+                    if not start <= i <= end or (i - start) % opts.stride:
+                        continue
+                    if path not in writers:
+                        writers[path] = open_output(path, size, rate, source, opts)
+                    scaled = scaled or frame.reformat(width=size[0], height=size[1],
+                                                      format="yuv420p", interpolation="AREA")
+                    # constant frame rate out; the source's keyframes would force extra ones
+                    scaled.pts, scaled.time_base = counts[path], 1 / rate
+                    scaled.pict_type = av.video.frame.PictureType.NONE
+                    counts[path] += 1
+                    writers[path][0].mux(writers[path][1].encode(scaled))
+                    if i + opts.stride > end:  # its last frame: finish it, freeing its encoder
+                        finish(*writers.pop(path))
+                        written[path] = counts[path]
+            for path in list(writers):  # the video ended: what is open ends with it
+                finish(*writers.pop(path))
+                written[path] = counts[path]
+        finally:
+            for out, _ in writers.values():  # after an error: incomplete, not kept
+                out.close()
+    return frames
+
+
+def open_output(path, size, rate, source, opts):
+    import av
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    out = av.open(path, mode="w", format="mp4")
+    stream = out.add_stream("libx264", rate=rate)
+    stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+    stream.options = {"crf": str(opts.crf), "preset": opts.preset,
+                      "x264-params": f"keyint={opts.keyint}:min-keyint={opts.keyint}"
+                                     ":scenecut=0:b-pyramid=none",
+                      **({} if opts.tune == "none" else {"tune": opts.tune})}
+    out.metadata["comment"] = f"one frame in {opts.stride} of {source}"
+    return out, stream
+
+
+def finish(out, stream):
+    out.mux(stream.encode(None))
+    out.close()
 
 
 def same_settings(out_dir, args):
@@ -147,7 +193,7 @@ def main(argv=None):
     args = argparse.Namespace(**{**vars(args), "keyint": args.keyint or (
         8 if args.stride > 1 else 16)})  # the default depends on --stride
     try:  # as the loader reads it: relative paths from --data_root, else the list's folder
-        entries = read_list(args.list, args.data_root, require_label=False)
+        entries = read_list(args.list, args.data_root, require_label=False, task=args.task)
     except (UsageError, FileNotFoundError) as err:
         exit_usage(err)
     out_dir = os.path.abspath(args.out_dir)
@@ -155,32 +201,48 @@ def main(argv=None):
     if any(os.path.abspath(p).startswith(out_dir + os.sep) for p, _ in entries):
         exit_usage(f"OUT_DIR {args.out_dir} holds inputs of the list; choose another")
     same_settings(out_dir, args)
-    relative = {p: os.path.splitext(os.path.relpath(p, common))[0] + ".mp4" for p, _ in entries}
-    jobs = [(p, os.path.join(out_dir, relative[p]), args) for p in dict.fromkeys(relative)]
-    done_before = sum(os.path.isfile(target) for _, target, _ in jobs)
+    segments = entries.segments or [None] * len(entries)
+    rows, outputs = [], {}  # (output, label) per entry; {input: {output: segment}}
+    for (path, label), segment in zip(entries, segments):
+        stem = os.path.splitext(os.path.relpath(path, common))[0]
+        output = os.path.join(out_dir, stem + ("_%d_%d" % segment if segment else "") + ".mp4")
+        outputs.setdefault(path, {})[output] = segment
+        rows.append((output, label))
+    jobs = [(path, targets, args) for path, targets in outputs.items()]
+    total = sum(len(targets) for targets in outputs.values())
+    done_before = len({output for output, _ in rows if os.path.isfile(output)})
 
     failed, start, progress = {}, time.time(), Progress(len(jobs), args.workers)
     with multiprocessing.get_context("spawn").Pool(max(args.workers, 1)) as pool:
-        for done, (source, reason) in enumerate(pool.imap_unordered(convert, jobs), 1):
-            if reason:
-                failed[source] = reason
-            progress(done, len(failed))
+        for done, (source, reasons) in enumerate(pool.imap_unordered(convert, jobs), 1):
+            failed.update({output: (source, outputs[source][output], reason)
+                           for output, reason in reasons.items()})
+            progress(done, len({source for source, _, _ in failed.values()}))
 
     name = os.path.basename(args.list)
     new_list, failed_tsv = os.path.join(out_dir, name), os.path.join(out_dir, name + ".failed.tsv")
     with open(new_list, "w", encoding="utf-8") as f:
         f.write(f"# frame_stride {args.stride}\n" if args.stride > 1 else "")
-        f.writelines(relative[p] + ("" if label < 0 else f" {label}") + "\n"
-                     for p, label in entries if p not in failed)
+        f.writelines(os.path.relpath(output, out_dir) + label_text(label) + "\n"
+                     for output, label in rows if output not in failed)
     with open(failed_tsv, "w", encoding="utf-8") as f:
         f.write("path\treason\n")
-        f.writelines(f"{p}\t{failed[p]}\n" for p in sorted(failed))
-    print(f"{len(jobs) - len(failed)} of {len(jobs)} videos ready in {out_dir} ({done_before} "
+        f.writelines(f"{source}{' %d %d' % segment if segment else ''}\t{reason}\n"
+                     for source, segment, reason in sorted(failed.values(), key=str))
+    kind = "segments" if entries.segments else "videos"
+    print(f"{total - len(failed)} of {total} {kind} ready in {out_dir} ({done_before} "
           f"done before this run; {time.time() - start:.0f} s, {args.workers} workers)\n"
           f"  new list: {new_list}")
     if failed:
         print(f"  {len(failed)} could not be converted, listed with the reason in {failed_tsv}")
     return 1 if failed else 0
+
+
+def label_text(label):
+    """' LABEL' as the list wrote it ('1,5,9' for several), '' for a row without one."""
+    if isinstance(label, tuple):
+        return " " + ",".join(map(str, label))
+    return "" if label == -1 else f" {label}"
 
 
 if __name__ == "__main__":
