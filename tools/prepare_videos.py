@@ -109,7 +109,6 @@ def encode(source, outputs, opts, written):
     import av
     av.logging.set_level(av.logging.PANIC)
     spans = {path: segment or (0, math.inf) for path, segment in outputs.items()}
-    last = max(end for _, end in spans.values())
     counts, writers, frames = dict.fromkeys(outputs, 0), {}, 0
     with av.open(source) as inp:
         if not inp.streams.video:
@@ -121,9 +120,9 @@ def encode(source, outputs, opts, written):
         size = output_size(in_stream.codec_context.width, in_stream.codec_context.height,
                            opts.short_side)
         try:
+            # decoded to its end: leaving a frame-threaded decode early can hang once torch
+            # is imported (PyAV issue 1849)
             for i, frame in enumerate(inp.decode(in_stream)):
-                if i > last:
-                    break
                 frames, scaled = i + 1, None
                 for path, (start, end) in spans.items():
                     if not start <= i <= end or (i - start) % opts.stride:
