@@ -231,7 +231,8 @@ def read_clip(path, backend, choose_indices):
         try:
             frames = decode(second, path, choose_indices)
         except VideoDecodeError as also:
-            raise VideoDecodeError(path, f"{err.reason}; {also.reason}") from err
+            raise VideoDecodeError(path, err.reason if also.reason == err.reason else
+                                   f"{err.reason}; {also.reason}") from err
     if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
         raise VideoDecodeError(path, f"decoded an unexpected array of shape {frames.shape}")
     return frames

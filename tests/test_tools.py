@@ -173,8 +173,9 @@ def test_prepare_videos_cuts_each_segment_into_a_file_of_its_own(tmp_path):
     """A list of segments (EPIC-Kitchens'): each becomes a file of its own, overlapping ones
     too, in one pass over the video, with --stride 2 counted from the segment's start; the
     new list holds whole files with the labels as written, and the loader reads it. A segment
-    starting after the video's end is named with why. --task multi_label (Charades) keeps
-    several labels; without it such a row is refused before any work."""
+    starting after the video's end is named with why, by check_videos.py too. --task
+    multi_label (Charades) keeps several labels; without it such a row is refused before any
+    work."""
     import numpy as np
 
     import lists
@@ -195,6 +196,9 @@ def test_prepare_videos_cuts_each_segment_into_a_file_of_its_own(tmp_path):
         f"{video} 70 80\tthe segment starts at frame 70, after the video's 60 frames"]
     entries = lists.read_list(str(out / "segments.txt"))
     assert entries.frame_stride == 2 and not entries.segments and len(entries) == 2
+    code, log = run_script("tools/check_videos.py", str(listing), "--workers", "1")
+    assert code == 1 and (tmp_path / "segments.txt.bad.tsv").read_text().splitlines()[1:] == [
+        f"{video}\tits segment starts at frame 70, and the video has 60 frames"], log
 
     (tmp_path / "charades.txt").write_text("src/long.mp4 4,9\n")
     code, log = run_script("tools/prepare_videos.py", str(tmp_path / "charades.txt"),

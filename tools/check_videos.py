@@ -6,9 +6,9 @@
 Opens every file of LIST (VideoMAE 'PATH LABEL' lines or CSV 'PATH,LABEL', as the loader reads
 them; --task as in training, e.g. multi_label for Charades') in parallel and decodes what
 training needs: the container, the video stream, its frame count, its first and last frames
-(PyAV, then decord, as in training). Writes LIST.clean (the good lines, unchanged) and
-LIST.bad.tsv (path, reason), prints a summary, and exits 1 when any file is bad (0 when all
-are good, 2 for a list it cannot read).
+(a segment's, in a list of segments; PyAV, then decord, as in training). Writes LIST.clean
+(the good lines, unchanged) and LIST.bad.tsv (path, reason), prints a summary, and exits 1
+when any file is bad (0 when all are good, 2 for a list it cannot read).
 """
 import argparse
 import multiprocessing
@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from errors import exit_usage  # noqa: E402
 from lists import TASKS, parse_line  # noqa: E402
 from utils import format_eta  # noqa: E402
-from video_io import DECODERS, VideoDecodeError, read_clip  # noqa: E402
+from video_io import DECODERS, VideoDecodeError, in_segment, read_clip  # noqa: E402
 
 
 def get_args(argv=None):
@@ -39,10 +39,11 @@ def get_args(argv=None):
 
 
 def check(job):
-    """(line number, '' if the file is usable for training, else why not)."""
-    lineno, path, backend = job
+    """(line number, '' if the file (its segment, for a segment list) is usable for training,
+    else why not)."""
+    lineno, path, backend, segment = job
     try:
-        read_clip(path, backend, lambda n: [0, n - 1])
+        read_clip(path, backend, in_segment(lambda n: [0, n - 1], segment, path))
         return lineno, ""
     except VideoDecodeError as err:
         return lineno, " ".join(err.reason.split())
@@ -89,7 +90,7 @@ def main(argv=None):
         except ValueError as err:
             exit_usage(f"{args.list}:{lineno + 1}: {err}")
         if entry:
-            jobs.append((lineno, os.path.join(root, entry[0]), args.video_backend))
+            jobs.append((lineno, os.path.join(root, entry[0]), args.video_backend, entry[2]))
     if not jobs:
         exit_usage(f"{args.list} has no entries")
 
@@ -105,7 +106,7 @@ def main(argv=None):
     with open(clean, "w", encoding="utf-8") as f:
         f.writelines(line if line.endswith("\n") else line + "\n" for i, line in enumerate(lines)
                      if line.strip() and i not in reasons)
-    paths = {lineno: path for lineno, path, _ in jobs}
+    paths = {lineno: path for lineno, path, *_ in jobs}
     with open(bad, "w", encoding="utf-8") as f:
         f.write("path\treason\n")
         f.writelines(f"{paths[i]}\t{reasons[i]}\n" for i in sorted(reasons))
