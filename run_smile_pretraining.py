@@ -139,11 +139,13 @@ def main(args):
              dist_info.world_size, args.num_masks_per_clip, args.total_batch_size,
              args.update_freq, args.scaled_lr, args.lr, args.stage, args.mask_type,
              args.infusion_prob, target)
+    prefetch = decode_ahead.DecodeAhead(args.video_backend, dist_info.device,
+                                        args.decode_threads) if args.decode_on == "device" else None
     if args.augment_on == "device":
-        nvdec = args.video_backend == "torchcodec" and dist_info.device.type == "cuda"
-        decoder = f"NVDEC on {dist_info.device}" if nvdec else f"{args.video_backend} on the CPU"
+        decoder = prefetch and (f"NVDEC on {dist_info.device}" if prefetch.nvdec else
+                                f"{args.video_backend} on the CPU")
         log.info("pixel work on %s; videos decoded by %s", dist_info.device,
-                 "the loader workers" if args.decode_on == "workers" else
+                 "the loader workers" if prefetch is None else
                  f"this process a batch ahead, {args.decode_threads} threads, {decoder}")
 
     def load_first_stage(model):  # stage 2 starts here, unless fit finds this run to resume
@@ -199,9 +201,7 @@ def main(args):
     training.fit(args, dist_info, training.Job(
         f"stage-{args.stage} pretraining", step, loader, sampler, dataset,
         model_kwargs=model_kwargs, after_epoch=show,
-        initialize=load_first_stage if args.first_stage_path else None,
-        prefetch=decode_ahead.DecodeAhead(args.video_backend, dist_info.device, args.decode_threads)
-        if args.decode_on == "device" else None))
+        initialize=load_first_stage if args.first_stage_path else None, prefetch=prefetch))
     return 0  # finished, or stopped by a signal after saving
 
 
