@@ -57,6 +57,17 @@ def test_pyav_seeks_and_skips_yet_returns_exactly_the_frames_asked_for(tmp_path,
     assert list(frame_numbers(video_io.read_clip(path, "pyav", lambda n: [149, 0]))) == [149, 0]
 
 
+def test_pyav_decodes_and_converts_on_the_workers_own_thread(video_dir, monkeypatch):
+    """A loader worker is one core: neither the codec nor swscale (on a pool of every core by
+    default from PyAV 17) may start threads of their own. Counted while a frame is converted."""
+    threads = lambda: len(os.listdir("/proc/self/task"))  # noqa: E731
+    before, during, frombuffer = threads(), [], np.frombuffer
+    monkeypatch.setattr(video_io.np, "frombuffer",
+                        lambda *a, **k: during.append(threads()) or frombuffer(*a, **k))
+    frames = video_io.decode_pyav(video_dir["clip0"], lambda n: np.arange(0, 40, 5))
+    assert len(frames) == 8 and len(during) == 8 and max(during) == before
+
+
 @pytest.mark.parametrize("backend", [usable("torchcodec")])
 def test_torchcodecs_silent_cpu_fallback_is_reported(video_dir, monkeypatch, backend):
     """Without the driver's NVDEC library torchcodec decodes on the CPU and says so only in
