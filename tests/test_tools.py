@@ -2,6 +2,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -167,6 +168,48 @@ def test_prepare_videos_bakes_a_stride_in_and_keeps_one_kind_of_file_per_folder(
     code, log = run_script("tools/check_videos.py", str(out / "train.csv"), "--workers", "1")
     assert code == 0 and "2 of 2 files are usable" in log, log
     assert (out / "train.csv.clean").read_text().splitlines() == lines
+
+
+COLOUR_PATCHES = np.array([[220, 30, 40], [30, 200, 60], [40, 50, 210], [230, 220, 40]],
+                          np.uint8)
+
+
+def write_tagged_video(path, matrix, full_range):
+    """Four flat saturated patches, converted to YUV with `matrix` ('itu709' or 'itu601') and
+    the range asked for, and tagged so: as a camera or YouTube writes its files."""
+    import av
+    frame = np.repeat(np.repeat(COLOUR_PATCHES.reshape(2, 2, 3), 32, 0), 48, 1)
+    tags = dict(colorspace=1 if matrix == "itu709" else 6, color_range=2 if full_range else 1)
+    with av.open(path, mode="w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for tag, value in tags.items():
+            setattr(stream.codec_context, tag, value)
+        for i in range(8):
+            yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace=matrix, dst_color_range=2 if full_range else 1)
+            yuv.pts = i
+            out.mux(stream.encode(yuv))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("matrix, full_range", [("itu709", False), ("itu601", True)])
+def test_prepared_videos_keep_the_colours_of_their_sources(tmp_path, matrix, full_range):
+    """A BT.709 or full-range source decodes to its own colours, and so does the file that
+    prepare_videos makes of it: the frames are scaled, not converted, and the file carries the
+    source's colour tags (without them it read as BT.601 in TV range: 10-20 levels off)."""
+    import video_io
+    from tools import prepare_videos
+    (tmp_path / "src").mkdir()
+    source = write_tagged_video(str(tmp_path / "src" / "tagged.mp4"), matrix, full_range)
+    listing = tmp_path / "train.csv"
+    listing.write_text(f"{source} 0\n")
+    assert prepare_videos.main([str(listing), str(tmp_path / "out"), "--workers", "1"]) == 0
+    for path in (source, str(tmp_path / "out" / "tagged.mp4")):
+        frames = video_io.read_clip(path, "pyav", lambda n: [0, n - 1]).astype(int)
+        centres = frames[:, 16::32, 24::48].reshape(2, 4, 3)  # the middle of each patch
+        assert np.abs(centres - COLOUR_PATCHES).max() <= 6, (path, centres[0])  # before: 16, 27
 
 
 def test_prepare_videos_cuts_each_segment_into_a_file_of_its_own(tmp_path):

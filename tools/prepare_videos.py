@@ -46,6 +46,7 @@ from lists import TASKS, read_list  # noqa: E402
 from tools.check_videos import Progress  # noqa: E402
 
 PARTIAL = ".partial.mp4"
+COLOUR_TAGS = ("colorspace", "color_range", "color_primaries", "color_trc")
 
 
 def get_args(argv=None):
@@ -128,7 +129,8 @@ def encode(source, outputs, opts, written):
                     if not start <= i <= end or (i - start) % opts.stride:
                         continue
                     if path not in writers:
-                        writers[path] = open_output(path, size, rate, source, opts)
+                        writers[path] = open_output(path, size, rate, source, opts,
+                                                    in_stream.codec_context)
                     scaled = scaled or frame.reformat(width=size[0], height=size[1],
                                                       format="yuv420p", interpolation="AREA")
                     # constant frame rate out; the source's keyframes would force extra ones
@@ -148,12 +150,17 @@ def encode(source, outputs, opts, written):
     return frames
 
 
-def open_output(path, size, rate, source, opts):
+def open_output(path, size, rate, source, opts, decoder):
     import av
     os.makedirs(os.path.dirname(path), exist_ok=True)
     out = av.open(path, mode="w", format="mp4")
     stream = out.add_stream("libx264", rate=rate)
     stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+    # the frames keep the source's colour matrix and range (scaled, not converted): so must
+    # the file's tags, or a BT.709 or full-range video decodes to other colours once prepared
+    for tag in COLOUR_TAGS:
+        if hasattr(decoder, tag):  # the codec contexts of PyAV 12 have only some of them
+            setattr(stream.codec_context, tag, getattr(decoder, tag))
     stream.options = {"crf": str(opts.crf), "preset": opts.preset,
                       "x264-params": f"keyint={opts.keyint}:min-keyint={opts.keyint}"
                                      ":scenecut=0:b-pyramid=none",
