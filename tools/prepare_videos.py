@@ -17,6 +17,8 @@ keeping its path below the inputs' common folder, as H.264 with:
 - x264's fastdecode tuning (no CABAC, no deblocking filter): decoding takes about a third
   less CPU, for files about a tenth larger (bench/bench_data.py measures both); B-frames that
   nothing references, which PyAV skips when it does not keep them,
+- the source's colour tags (BT.709, full range): the frames are scaled, not converted, so
+  they decode to the source's colours,
 - no audio. FFmpeg comes with PyAV: no system binary is needed.
 
 A list of segments ('PATH START END LABEL', EPIC-Kitchens') gets each segment cut into a file
