@@ -142,6 +142,47 @@ def test_a_probed_clip_decodes_in_the_training_process_to_the_workers_frames(vid
     assert gave_up == "" and torch.equal(frames, torch.from_numpy(decoded[:, 6:35, 12:50]))
 
 
+def red_corner(frame):
+    """Where the red quarter of sideways_frames() is in a decoded frame."""
+    rows, columns = np.nonzero(frame[..., 0] > 150)
+    height, width = frame.shape[:2]
+    return ("top" if rows.mean() < height / 2 else "bottom",
+            "left" if columns.mean() < width / 2 else "right")
+
+
+def sideways_frames():
+    frames = np.zeros((8, 128, 192, 3), np.uint8)
+    frames[:, :64, :96] = (220, 30, 40)  # the top left quarter red
+    return frames
+
+
+@pytest.mark.parametrize("rotation, corner", [(90, ("bottom", "left")),
+                                              (-90, ("top", "right")),
+                                              (180, ("bottom", "right"))])
+def test_a_video_stored_sideways_is_read_upright_by_every_decoder_and_the_probe(
+        tmp_path, rotation, corner):
+    """A phone stores a portrait video sideways, with a display matrix to show it turned.
+    decord and torchcodec turn its frames upright; PyAV, the default, read them as stored
+    (and --decode_on device refused every such file: its probe gave the stored size, its
+    decoder the turned frames). Now every decoder and the probe agree."""
+    path = write_video(str(tmp_path / "phone.mp4"), sideways_frames(), rotation=rotation)
+    upright = (192, 128) if rotation % 180 else (128, 192)
+    clip = video_io.decode("pyav", path, lambda n: [0, 7])
+    assert clip.shape == (2, *upright, 3) and red_corner(clip[0]) == corner
+    for backend in ("decord", "torchcodec"):
+        try:
+            video_io.check_backend(backend)
+        except ValueError:
+            continue  # torchcodec is optional
+        other = video_io.decode(backend, path, lambda n: [0, 7])
+        assert other.shape == clip.shape and np.abs(other.astype(int) - clip).mean() < 1
+    pending = video_io.probe(path, lambda n: [0, 7])
+    assert pending.frame_size == upright
+    frames, gave_up = decode_ahead.decode_pending(pending[:, 10:100, 20:60], "pyav",
+                                                  torch.device("cpu"))
+    assert gave_up == "" and torch.equal(frames, torch.from_numpy(clip[:, 10:100, 20:60]))
+
+
 def test_decoding_on_the_device_needs_the_pixel_work_there(tmp_path, video_dir):
     listing = write_list(tmp_path / "train.csv", [(video_dir["clip0"], 0)])
     with pytest.raises(ValueError, match="--decode_on device needs --augment_on device"):

@@ -212,6 +212,31 @@ def test_prepared_videos_keep_the_colours_of_their_sources(tmp_path, matrix, ful
         assert np.abs(centres - COLOUR_PATCHES).max() <= 6, (path, centres[0])  # before: 16, 27
 
 
+@pytest.mark.parametrize("rotation", [90, 180])
+def test_prepare_videos_writes_a_video_stored_sideways_upright(tmp_path, rotation):
+    """A phone's portrait video (stored sideways, with a display matrix) becomes an upright
+    file with no display matrix, whose frames are the ones the loader reads from the source
+    (before, it became a sideways file: its display matrix was dropped)."""
+    import av
+
+    import video_io
+    from tools import prepare_videos
+    from tools.synthetic_videos import write_video
+    frames = np.zeros((8, 128, 192, 3), np.uint8)
+    frames[:, :64, :96] = (220, 30, 40)
+    (tmp_path / "src").mkdir()
+    source = write_video(str(tmp_path / "src" / "phone.mp4"), frames, rotation=rotation)
+    listing = tmp_path / "train.csv"
+    listing.write_text(f"{source} 0\n")
+    assert prepare_videos.main([str(listing), str(tmp_path / "out"), "--workers", "1"]) == 0
+    prepared = str(tmp_path / "out" / "phone.mp4")
+    with av.open(prepared) as container:
+        assert next(container.decode(video=0)).rotation == 0
+    read = [video_io.read_clip(path, "pyav", lambda n: [0, 7]).astype(int)
+            for path in (source, prepared)]
+    assert read[0].shape == read[1].shape and np.abs(read[0] - read[1]).max() <= 6
+
+
 def test_prepare_videos_cuts_each_segment_into_a_file_of_its_own(tmp_path):
     """A list of segments (EPIC-Kitchens'): each becomes a file of its own, overlapping ones
     too, in one pass over the video, with --stride 2 counted from the segment's start; the

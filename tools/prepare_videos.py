@@ -18,7 +18,8 @@ keeping its path below the inputs' common folder, as H.264 with:
   less CPU, for files about a tenth larger (bench/bench_data.py measures both); B-frames that
   nothing references, which PyAV skips when it does not keep them,
 - the source's colour tags (BT.709, full range): the frames are scaled, not converted, so
-  they decode to the source's colours,
+  they decode to the source's colours; a video stored sideways (a phone's portrait video,
+  with a display matrix) is written upright, as the loader reads the source,
 - no audio. FFmpeg comes with PyAV: no system binary is needed.
 
 A list of segments ('PATH START END LABEL', EPIC-Kitchens') gets each segment cut into a file
@@ -42,8 +43,11 @@ import sys
 import time
 from fractions import Fraction
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from errors import UsageError, exit_usage  # noqa: E402
+from video_io import quarter_turns  # noqa: E402
 from lists import TASKS, read_list  # noqa: E402
 from tools.check_videos import Progress  # noqa: E402
 
@@ -130,11 +134,13 @@ def encode(source, outputs, opts, written):
                 for path, (start, end) in spans.items():
                     if not start <= i <= end or (i - start) % opts.stride:
                         continue
+                    turns = quarter_turns(frame)
                     if path not in writers:
-                        writers[path] = open_output(path, size, rate, source, opts,
-                                                    in_stream.codec_context)
-                    scaled = scaled or frame.reformat(width=size[0], height=size[1],
-                                                      format="yuv420p", interpolation="AREA")
+                        writers[path] = open_output(path, size[::-1] if turns % 2 else size,
+                                                    rate, source, opts, in_stream.codec_context)
+                    scaled = scaled or upright(frame.reformat(
+                        width=size[0], height=size[1], format="yuv420p", interpolation="AREA"),
+                        turns)
                     # constant frame rate out; the source's keyframes would force extra ones
                     scaled.pts, scaled.time_base = counts[path], 1 / rate
                     scaled.pict_type = av.video.frame.PictureType.NONE
@@ -150,6 +156,23 @@ def encode(source, outputs, opts, written):
             for out, _ in writers.values():  # after an error: incomplete, not kept
                 out.close()
     return frames
+
+
+def upright(frame, turns):
+    """A yuv420p frame turned `turns` quarter turns counter-clockwise, plane by plane (no
+    colour conversion): a phone's portrait video is written upright, with no display matrix
+    (which decord cannot read: it fails on a video stored sideways)."""
+    if not turns:
+        return frame
+    import av
+    planes = frame.to_ndarray()  # I420: the Y rows, then U's and V's (two chroma rows a row)
+    height, width = frame.height, frame.width
+    y, u, v = np.split(planes.ravel(), [height * width, height * width * 5 // 4])
+    turned = [np.rot90(plane.reshape(rows, -1), turns).ravel()
+              for plane, rows in ((y, height), (u, height // 2), (v, height // 2))]
+    shape = (width, height) if turns % 2 else (height, width)
+    return av.VideoFrame.from_ndarray(np.concatenate(turned).reshape(shape[0] * 3 // 2,
+                                                                     shape[1]), format="yuv420p")
 
 
 def open_output(path, size, rate, source, opts, decoder):

@@ -73,9 +73,11 @@ def footage_frames(num_frames, width, height, seed=0, grain=5.0):
     return frames
 
 
-def write_video(path, frames, fps=25, codec="libx264", bit_rate=None, options=None):
+def write_video(path, frames, fps=25, codec="libx264", bit_rate=None, options=None, rotation=0):
     """Encode uint8 RGB frames [T, H, W, 3] into a real video file (H.264 by default);
-    `bit_rate` (bits/s) for an average-bit-rate encode, `options` for the encoder's own."""
+    `bit_rate` (bits/s) for an average-bit-rate encode, `options` for the encoder's own;
+    `rotation` (degrees counter-clockwise) in a display matrix, as a phone stores a portrait
+    video: the frames as given, to be shown turned."""
     import av
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     height, width = frames.shape[1:3]
@@ -86,6 +88,8 @@ def write_video(path, frames, fps=25, codec="libx264", bit_rate=None, options=No
         if bit_rate:
             stream.bit_rate = bit_rate
         stream.options = dict(options or {})
+        if rotation:
+            stream.set_display_rotation(rotation)
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
