@@ -299,8 +299,8 @@ class PendingDecode:
 
 
 def probe(path, choose_indices):
-    """A PendingDecode of the frames choose_indices(video length) picks, from the header and
-    the packets (demuxed, not decoded, counted as PyAV's decode counts): a worker's read."""
+    """A PendingDecode of the frames choose_indices(video length) picks, from the header, the
+    packets (demuxed, counted as PyAV's decode counts) and the first frame (which way up)."""
     if reason := unreadable(path):
         raise VideoDecodeError(path, reason)
     return decode("pyav", path, choose_indices, probe_only=True)

@@ -47,9 +47,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from errors import UsageError, exit_usage  # noqa: E402
-from video_io import quarter_turns  # noqa: E402
 from lists import TASKS, read_list  # noqa: E402
 from tools.check_videos import Progress  # noqa: E402
+from video_io import quarter_turns  # noqa: E402
 
 PARTIAL = ".partial.mp4"
 COLOUR_TAGS = ("colorspace", "color_range", "color_primaries", "color_trc")
@@ -160,8 +160,8 @@ def encode(source, outputs, opts, written):
 
 def upright(frame, turns):
     """A yuv420p frame turned `turns` quarter turns counter-clockwise, plane by plane (no
-    colour conversion): a phone's portrait video is written upright, with no display matrix
-    (which decord cannot read: it fails on a video stored sideways)."""
+    colour conversion): a phone's portrait video is written upright, with no display matrix,
+    so that a reader which ignores one (PyAV by itself does) gets it upright too."""
     if not turns:
         return frame
     import av
@@ -184,7 +184,7 @@ def open_output(path, size, rate, source, opts, decoder):
     # the frames keep the source's colour matrix and range (scaled, not converted): so must
     # the file's tags, or a BT.709 or full-range video decodes to other colours once prepared
     for tag in COLOUR_TAGS:
-        if hasattr(decoder, tag):  # the codec contexts of PyAV 12 have only some of them
+        if hasattr(decoder, tag):  # an older PyAV may lack some
             setattr(stream.codec_context, tag, getattr(decoder, tag))
     stream.options = {"crf": str(opts.crf), "preset": opts.preset,
                       "x264-params": f"keyint={opts.keyint}:min-keyint={opts.keyint}"
