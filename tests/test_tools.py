@@ -176,7 +176,7 @@ COLOUR_PATCHES = np.array([[220, 30, 40], [30, 200, 60], [40, 50, 210], [230, 22
 
 def write_tagged_video(path, matrix, full_range):
     """Four flat saturated patches, converted to YUV with `matrix` ('itu709' or 'itu601') and
-    the range asked for, and tagged so: as a camera or YouTube writes its files."""
+    the range asked for, and tagged so, as a camera writes its files."""
     import av
     frame = np.repeat(np.repeat(COLOUR_PATCHES.reshape(2, 2, 3), 32, 0), 48, 1)
     tags = dict(colorspace=1 if matrix == "itu709" else 6, color_range=2 if full_range else 1)
@@ -198,7 +198,7 @@ def write_tagged_video(path, matrix, full_range):
 def test_prepared_videos_keep_the_colours_of_their_sources(tmp_path, matrix, full_range):
     """A BT.709 or full-range source decodes to its own colours, and so does the file that
     prepare_videos makes of it: the frames are scaled, not converted, and the file carries the
-    source's colour tags (without them it read as BT.601 in TV range: 10-20 levels off)."""
+    source's colour tags (without them it read as BT.601 in TV range: 16-27 levels off)."""
     import video_io
     from tools import prepare_videos
     (tmp_path / "src").mkdir()
