@@ -27,22 +27,26 @@ def decode_pending(pending, backend, device, nvdec=False):
     """uint8 [T, h, w, 3]: the cropped frames of a PendingDecode, and why NVDEC gave up on it
     ('' if it did not, or was not asked). With `nvdec` torchcodec decodes on the CUDA `device`
     and the frames stay there (a file torchcodec falls back to its CPU decoder for is kept, and
-    the reason returned); a file it rejects, and every other backend, is read on the CPU by
-    read_clip (with its second decoder), and its frames are left on the host."""
-    length = len(pending.indices)
+    the reason returned); a file it rejects or gives at another size than the probe's, and
+    every other backend, is read on the CPU by read_clip (with its second decoder), and its
+    frames are left on the host."""
+    expected = (len(pending.indices), *pending.frame_size)
     choose = lambda n: np.minimum(pending.indices, n - 1)  # noqa: E731 (the probe's count)
     frames, gave_up = None, []
+
+    def checked(frames):
+        if tuple(frames.shape[:3]) != expected:
+            raise VideoDecodeError(pending.path, f"decoded {tuple(frames.shape[:3])} frames, "
+                                   f"and its header said {expected}")
+        return frames
     if nvdec:
-        try:
-            frames = torch.as_tensor(decode("torchcodec", pending.path, choose, device=device,
-                                            on_cpu_fallback=gave_up.append))
+        try:  # another size: e.g. a torchcodec before 0.11 leaves a sideways video sideways
+            frames = checked(torch.as_tensor(decode("torchcodec", pending.path, choose,
+                                                    device=device, on_cpu_fallback=gave_up.append)))
         except VideoDecodeError as err:
             gave_up.append(err.reason)
     if frames is None:
-        frames = torch.from_numpy(read_clip(pending.path, backend, choose))
-    if tuple(frames.shape[:3]) != (length, *pending.frame_size):
-        raise VideoDecodeError(pending.path, f"decoded {tuple(frames.shape[:3])} frames, and "
-                               f"its header said {(length, *pending.frame_size)}")
+        frames = checked(torch.from_numpy(read_clip(pending.path, backend, choose)))
     y0, y1, x0, x1 = pending.crop
     return frames[:, y0:y1, x0:x1], "".join(gave_up)
 

@@ -185,13 +185,19 @@ def test_a_hung_decode_in_the_training_process_is_named_and_ends_the_wait(video_
     assert decoded.sources[1].any()  # let go, it read the file
 
 
-@pytest.mark.parametrize("nvdec_fails", ["rejects", "falls back"])
+FAILURES = {"rejects": "CPU-only", "falls back": "NVcuvid unavailable",
+            "turns wrongly": "and its header said"}
+
+
+@pytest.mark.parametrize("nvdec_fails", FAILURES)
 def test_files_nvdec_rejects_are_decoded_on_the_cpu_and_a_failing_nvdec_is_dropped(
         video_dir, tmp_path, monkeypatch, caplog, nvdec_fails):
     """Run here with a stand-in for torchcodec's CUDA decoder that fails on every file: it
     rejects them (as a CPU-only torchcodec build does on a GPU), or decodes them on the CPU
     and only its `cpu_fallback` says so (as torchcodec does without the driver's NVDEC
-    library). Each file's clips are still the workers', the first failure is said, and after
+    library), or gives frames of another size than the probe's (as a torchcodec before 0.11
+    does for a video stored sideways). Each file's clips are still the workers', the first
+    failure is said, and after
     NVDEC_TRIES failures and no success NVDEC is not asked again (one warning), rather than one
     line per file for the rest of the run, or a run that says NVDEC and decodes on the CPU."""
     listing = write_list(tmp_path / "train.csv",
@@ -204,6 +210,8 @@ def test_files_nvdec_rejects_are_decoded_on_the_cpu_and_a_failing_nvdec_is_dropp
         asked.append(path)
         if nvdec_fails == "rejects":
             raise RuntimeError("Unsupported device: cuda (a CPU-only build)")
+        if nvdec_fails == "turns wrongly":
+            return video_io.decode_pyav(path, choose).transpose(0, 2, 1, 3)
         on_cpu_fallback("NVcuvid unavailable")
         return video_io.decode_pyav(path, choose)
     monkeypatch.setitem(video_io.DECODERS, "torchcodec", no_nvdec)
@@ -220,7 +228,7 @@ def test_files_nvdec_rejects_are_decoded_on_the_cpu_and_a_failing_nvdec_is_dropp
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2 and "files it rejects are decoded on the CPU" in warnings[0]
     assert "NVDEC decoded none of the first 8 files" in warnings[1]
-    assert ("NVcuvid unavailable" if nvdec_fails == "falls back" else "CPU-only") in warnings[1]
+    assert FAILURES[nvdec_fails] in warnings[1]
     for batch, k in zip(out, (0, 4, 8, 0)):
         expected = batches.collate_pretraining([reference[i] for i in range(k, k + 4)])
         assert torch.equal(batch.video_on(CPU), expected.video_on(CPU))
