@@ -5,7 +5,8 @@
 # 2. bench/bench_data.py on the GPU: the device's share of --augment_on device (the render) and
 #    of --decode_on device (NVDEC decode and render), wall time with the GPU synchronised;
 # 3. a short stage-1 run through the CLI with --decode_on device --video_backend torchcodec on
-#    the GPU, whose log says whether NVDEC decoded or fell back to the CPU.
+#    the GPU, whose log says whether NVDEC decoded or fell back to the CPU; a few of its videos
+#    are stored sideways, and NVDEC's frames of them are compared with the CPU's first.
 # Needs the requirements, a CUDA build of torchcodec and the driver's libnvcuvid (INSTALL.md).
 # Knobs (environment): SAMPLES (24), PYTHON.
 set -euo pipefail
@@ -26,9 +27,21 @@ import os, sys
 sys.path.insert(0, ".")
 from tools.synthetic_videos import footage_frames, write_video
 out = sys.argv[1]
+# three stored sideways, as phones store portrait videos (video_io turns them upright)
+turned = {15: 90, 23: -90, 31: 180}
 paths = [write_video(f"{out}/v{i}.mp4", footage_frames(120, 640, 360, i), fps=30,
-                     bit_rate=1_200_000) for i in range(32)]
+                     bit_rate=1_200_000, rotation=turned.get(i, 0)) for i in range(32)]
 open(f"{out}/train.csv", "w").writelines(os.path.basename(p) + "\n" for p in paths)
+import numpy as np, video_io
+for i in turned:  # NVDEC's frames of a sideways video: turned as the CPU's are?
+    try:
+        cpu = video_io.decode_pyav(paths[i], lambda n: [0, 60])
+        gpu = video_io.decode_torchcodec(paths[i], lambda n: [0, 60], device="cuda")
+        gpu = gpu.cpu().numpy()
+        same = gpu.shape == cpu.shape and np.abs(gpu.astype(int) - cpu).mean() < 3
+        print(f"{paths[i]}: NVDEC {gpu.shape}, CPU {cpu.shape}: {'same' if same else 'DIFFER'}")
+    except Exception as err:
+        print(f"{paths[i]}: NVDEC failed: {type(err).__name__}: {err}")
 PY
 "$PYTHON" run_smile_pretraining.py --model pretrain_videomae_base_patch16_224 \
     --teacher_model clip_vit_b16 --teacher_weights random --data_path "$OUT/videos/train.csv" \

@@ -15,7 +15,7 @@ import decode_ahead
 import rendering
 import video_io
 from conftest import write_list
-from media import pretrain_args
+from media import moving_square_frames, pretrain_args, write_video
 from utils import settled
 
 CPU = torch.device("cpu")
@@ -246,12 +246,15 @@ def nvdec_usable():
 
 
 @pytest.mark.skipif(bool(nvdec_usable()), reason=nvdec_usable() or "")
-def test_nvdec_gives_the_cpu_decoders_frames_on_the_gpu(video_dir):
+@pytest.mark.parametrize("rotation", [0, 90])
+def test_nvdec_gives_the_cpu_decoders_frames_on_the_gpu(video_dir, tmp_path, rotation):
     """On a GPU (bench/device_check.sh): torchcodec's CUDA decode of a probed window stays on
     the device, NVDEC is not rejected, and its frames are the CPU decoder's up to colour
-    conversion (NVDEC's YUV->RGB is not swscale's)."""
+    conversion (NVDEC's YUV->RGB is not swscale's), a video stored sideways too."""
     cuda = torch.device("cuda")
-    pending = video_io.probe(video_dir["clip3"], lambda n: [0, 5, 17, 39])[:, 4:60, 8:72]
+    path = video_dir["clip3"] if not rotation else write_video(
+        str(tmp_path / "phone.mp4"), moving_square_frames(40, 80, 64, seed=3), rotation=rotation)
+    pending = video_io.probe(path, lambda n: [0, 5, 17, 39])[:, 4:60, 8:60]
     frames, gave_up = decode_ahead.decode_pending(pending, "pyav", cuda, nvdec=True)
     cpu, _ = decode_ahead.decode_pending(pending, "pyav", CPU)
     assert gave_up == "" and frames.device.type == "cuda" and frames.shape == cpu.shape
