@@ -339,7 +339,8 @@ class PendingDecode:
 
 def probe(path, choose_indices):
     """A PendingDecode of the frames choose_indices(video length) picks, from the header, the
-    packets (demuxed, counted as PyAV's decode counts) and the first frame (which way up)."""
+    packets (demuxed, counted as PyAV's decode counts) and which way up the video is (an
+    MP4's track header, else its first frame)."""
     if reason := unreadable(path):
         raise VideoDecodeError(path, reason)
     return decode("pyav", path, choose_indices, probe_only=True)

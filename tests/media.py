@@ -7,7 +7,7 @@ import numpy as np
 from tools.synthetic_videos import moving_square_frames, write_video
 
 __all__ = ["moving_square_frames", "write_video", "write_object_png", "pretrain_args",
-           "indexed_frames", "frame_numbers"]
+           "indexed_frames", "frame_numbers", "sideways_frames"]
 
 
 def write_object_png(path, width=60, height=40, color=(200, 30, 30), alpha=True):
@@ -40,6 +40,14 @@ def indexed_frames(num_frames, width=96, height=64):
         for bit in range(BITS):
             if i >> bit & 1:
                 frames[i, :, bit * block:(bit + 1) * block] = 255
+    return frames
+
+
+def sideways_frames():
+    """uint8 [8, 128, 192, 3] with the top left quarter red: which way up a decoded frame is
+    shows where the red is."""
+    frames = np.zeros((8, 128, 192, 3), np.uint8)
+    frames[:, :64, :96] = (220, 30, 40)
     return frames
 
 

@@ -12,7 +12,8 @@ import decode_ahead
 import errors
 import video_io
 from conftest import write_list
-from media import frame_numbers, indexed_frames, moving_square_frames, pretrain_args, write_video
+from media import (frame_numbers, indexed_frames, moving_square_frames, pretrain_args,
+                   sideways_frames, write_video)
 
 
 # ---------------------------------------------------------------- decoding
@@ -148,12 +149,6 @@ def red_corner(frame):
     height, width = frame.shape[:2]
     return ("top" if rows.mean() < height / 2 else "bottom",
             "left" if columns.mean() < width / 2 else "right")
-
-
-def sideways_frames():
-    frames = np.zeros((8, 128, 192, 3), np.uint8)
-    frames[:, :64, :96] = (220, 30, 40)  # the top left quarter red
-    return frames
 
 
 @pytest.mark.parametrize("rotation, corner, container", [

@@ -220,12 +220,11 @@ def test_prepare_videos_writes_a_video_stored_sideways_upright(tmp_path, rotatio
     import av
 
     import video_io
+    from media import sideways_frames, write_video
     from tools import prepare_videos
-    from tools.synthetic_videos import write_video
-    frames = np.zeros((8, 128, 192, 3), np.uint8)
-    frames[:, :64, :96] = (220, 30, 40)
     (tmp_path / "src").mkdir()
-    source = write_video(str(tmp_path / "src" / "phone.mp4"), frames, rotation=rotation)
+    source = write_video(str(tmp_path / "src" / "phone.mp4"), sideways_frames(),
+                         rotation=rotation)
     listing = tmp_path / "train.csv"
     listing.write_text(f"{source} 0\n")
     assert prepare_videos.main([str(listing), str(tmp_path / "out"), "--workers", "1"]) == 0

@@ -130,11 +130,10 @@ def encode(source, outputs, opts, written):
             # decoded to its end: leaving a frame-threaded decode early can hang once torch
             # is imported (PyAV issue 1849)
             for i, frame in enumerate(inp.decode(in_stream)):
-                frames, scaled = i + 1, None
+                frames, scaled, turns = i + 1, None, quarter_turns(frame)
                 for path, (start, end) in spans.items():
                     if not start <= i <= end or (i - start) % opts.stride:
                         continue
-                    turns = quarter_turns(frame)
                     if path not in writers:
                         writers[path] = open_output(path, size[::-1] if turns % 2 else size,
                                                     rate, source, opts, in_stream.codec_context)
